@@ -102,6 +102,12 @@ def test_init_weights_runs_and_uses_xavier_for_deconv():
 
 
 @pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
+def test_registered_in_each_registry(scope):
+    registry = pytest.importorskip(f'{scope}.registry')
+    assert registry.MODELS.module_dict['MobileMambaFPN'] is MobileMambaFPN
+
+
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
 def test_builds_from_each_registry(scope):
     registry = pytest.importorskip(f'{scope}.registry')
     neck = registry.MODELS.build(dict(type='MobileMambaFPN', in_channels=[8, 12, 16],

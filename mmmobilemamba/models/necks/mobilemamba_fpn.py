@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule
 
-from .registry import register_in_openmmlab
+from ..registry import register_model
 
 __all__ = ['MobileMambaFPN']
 
@@ -80,7 +80,7 @@ class _DeconvLevel(nn.Module):
         return merged, self.fpn_conv(merged)
 
 
-@register_in_openmmlab
+@register_model()
 class MobileMambaFPN(BaseModule):
     """Feature pyramid over MobileMamba's stages, with transposed-conv levels below them.
 
