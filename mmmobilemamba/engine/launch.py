@@ -1,0 +1,371 @@
+"""The train/test command lines (``tools/train.py``, ``tools/test.py``) for mmdet and mmseg configs.
+
+One entry serves both: the config's ``default_scope`` (or the registry knowing its model type)
+decides. The steps are mmengine's usual ones (``Config`` + ``--cfg-options`` ->
+``Runner.from_cfg``) plus:
+
+* training stops before the runner is built when the class counts of datasets and heads
+  disagree (:func:`~mmmobilemamba.engine.dataset_check.check_class_counts`);
+* ``CheckpointHook`` is upgraded to :class:`AtomicCheckpointHook` (same arguments) and a
+  :class:`FiniteLossGuardHook` is added when the config has none (``--no-safety-hooks`` keeps
+  the config as written);
+* ``--resume`` without a path resumes from the newest *complete* checkpoint of the work dir;
+* ``--launcher pytorch`` on a machine without CUDA runs DDP on CPU over gloo.
+"""
+import argparse
+import logging
+import os
+import os.path as osp
+import re
+import sys
+from typing import List, Optional, Sequence
+
+import torch
+from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.logging import print_log
+
+from .codebase import detect_codebase as _detect_codebase
+from .dataset_check import ERROR, check_class_counts, format_report
+
+LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
+POINTER_FILE = 'last_checkpoint'
+_CHECKPOINT_NAME = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
+
+
+class LaunchError(RuntimeError):
+    """A problem with the command line or the config, reported without a traceback."""
+
+
+# --------------------------------------------------------------------------------- parsers
+def _add_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--work-dir', help='where logs and checkpoints go '
+                        '(default: cfg.work_dir, else ./work_dirs/<config name>)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+                        help='override config entries, e.g. model.decode_head.num_classes=3 '
+                        "train_dataloader.batch_size=4 'model.auxiliary_head.0.num_classes=3'")
+    parser.add_argument('--launcher', choices=LAUNCHERS, default='none',
+                        help='job launcher (tools/dist_*.sh use pytorch)')
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
+                        help=argparse.SUPPRESS)
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    """Arguments of ``tools/train.py``."""
+    parser = argparse.ArgumentParser(
+        prog='tools/train.py',
+        description='Train a detector (mmdet config) or a segmentor (mmseg config).')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('--resume', nargs='?', const='auto', metavar='CHECKPOINT',
+                        help='resume model, optimizer, scheduler and iteration from CHECKPOINT, '
+                        'or without a path from the newest complete checkpoint in the work dir')
+    parser.add_argument('--amp', action='store_true',
+                        help='automatic mixed precision (AmpOptimWrapper; needs a GPU)')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the learning rate by total batch size / '
+                        'auto_scale_lr.base_batch_size of the config')
+    parser.add_argument('--no-safety-hooks', action='store_true',
+                        help='keep the config\'s hooks as written (no AtomicCheckpointHook '
+                        'upgrade, no FiniteLossGuardHook)')
+    _add_common_args(parser)
+    return parser
+
+
+def build_test_parser() -> argparse.ArgumentParser:
+    """Arguments of ``tools/test.py``."""
+    parser = argparse.ArgumentParser(
+        prog='tools/test.py',
+        description='Evaluate a checkpoint: COCO box/mask AP for detection configs, '
+        'mIoU/aAcc for segmentation configs.')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--out', metavar='FILE.pkl',
+                        help='also dump the predictions to this pickle file')
+    parser.add_argument('--show-dir', help='save images with drawn predictions here '
+                        '(relative paths are inside <work-dir>/<timestamp>)')
+    parser.add_argument('--show', action='store_true', help='display predictions in a window')
+    parser.add_argument('--wait-time', type=float, default=2.0,
+                        help='seconds each image is shown with --show')
+    parser.add_argument('--tta', action='store_true',
+                        help='test-time augmentation (needs tta_model and tta_pipeline in '
+                        'the config)')
+    _add_common_args(parser)
+    return parser
+
+
+# --------------------------------------------------------------------------- configuration
+def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
+    """Read a config (importing its ``custom_imports``) and apply ``--cfg-options``."""
+    if not osp.isfile(path):
+        raise LaunchError(f'config file not found: {path}')
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def default_work_dir(cfg: Config, work_dir: Optional[str]) -> str:
+    """``--work-dir``, else ``cfg.work_dir``, else ``./work_dirs/<config file stem>``."""
+    if work_dir:
+        return work_dir
+    if cfg.get('work_dir'):
+        return cfg.work_dir
+    return osp.join('./work_dirs', osp.splitext(osp.basename(cfg.filename))[0])
+
+
+def detect_codebase(cfg: Config) -> str:
+    """'mmdet' or 'mmseg' (see :func:`mmmobilemamba.engine.codebase.detect_codebase`)."""
+    try:
+        return _detect_codebase(cfg)
+    except ValueError as err:
+        raise LaunchError(str(err)) from err
+
+
+def _set_launcher(cfg: Config, args: argparse.Namespace) -> None:
+    cfg.launcher = args.launcher
+    # Old launchers pass the rank as an argument only; mmengine reads the environment.
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+
+
+def enable_amp(cfg: Config) -> None:
+    """Switch ``optim_wrapper`` to ``AmpOptimWrapper`` with a dynamic loss scale."""
+    wrapper = cfg.optim_wrapper
+    kind = wrapper.get('type', 'OptimWrapper')
+    if kind == 'AmpOptimWrapper':
+        print_log('AMP is already enabled in the config', logger='current')
+        return
+    if kind != 'OptimWrapper':
+        raise LaunchError(f'--amp needs optim_wrapper.type OptimWrapper, the config has {kind}')
+    wrapper.type = 'AmpOptimWrapper'
+    wrapper.setdefault('loss_scale', 'dynamic')
+
+
+def enable_auto_scale_lr(cfg: Config) -> None:
+    """Turn on ``auto_scale_lr`` (the config must give ``auto_scale_lr.base_batch_size``)."""
+    if 'base_batch_size' not in (cfg.get('auto_scale_lr') or {}):
+        raise LaunchError('--auto-scale-lr needs auto_scale_lr = dict(base_batch_size=N) in '
+                          'the config: N is the total batch size its learning rate is for')
+    cfg.auto_scale_lr.enable = True
+
+
+def find_resume_checkpoint(work_dir: str) -> Optional[str]:
+    """The newest complete checkpoint of ``work_dir``, or ``None``.
+
+    ``last_checkpoint`` is trusted when it names an existing file (AtomicCheckpointHook only
+    writes it after its checkpoint is complete). Otherwise (missing or stale pointer, e.g. a
+    moved work dir) the ``epoch_N.pth``/``iter_N.pth`` with the largest N is used.
+    """
+    pointer = osp.join(work_dir, POINTER_FILE)
+    if osp.isfile(pointer):
+        with open(pointer) as f:
+            target = f.read().strip()
+        if target and osp.isfile(target):
+            return target
+        print_log(f'{pointer} names a missing checkpoint ({target!r}); looking for the newest '
+                  'one in the work dir', logger='current', level=logging.WARNING)
+    if not osp.isdir(work_dir):
+        return None
+    numbered = []
+    for name in os.listdir(work_dir):
+        match = _CHECKPOINT_NAME.match(name)
+        if match:
+            numbered.append((int(match.group(2)), name))
+    return osp.join(work_dir, max(numbered)[1]) if numbered else None
+
+
+def apply_resume(cfg: Config, resume: Optional[str]) -> None:
+    """Set ``cfg.resume``/``cfg.load_from`` for ``--resume [CHECKPOINT]``."""
+    if resume is None:
+        return
+    if resume == 'auto':
+        checkpoint = find_resume_checkpoint(cfg.work_dir)
+        if checkpoint is None:
+            print_log(f'--resume: no checkpoint in {cfg.work_dir}, training from scratch',
+                      logger='current', level=logging.WARNING)
+            cfg.resume = False
+            return
+    else:
+        if '://' not in resume and not osp.isfile(resume):
+            raise LaunchError(f'--resume: checkpoint not found: {resume}')
+        checkpoint = resume
+    cfg.resume = True
+    cfg.load_from = checkpoint
+
+
+def _hook_list(hooks) -> List[dict]:
+    return list(hooks) if hooks else []
+
+
+def apply_safety_hooks(cfg: Config) -> None:
+    """Make checkpoint writes atomic and stop on non-finite losses (see the module doc)."""
+    checkpoint_hook = (cfg.get('default_hooks') or {}).get('checkpoint')
+    if isinstance(checkpoint_hook, dict) and checkpoint_hook.get('type') in (
+            'CheckpointHook', 'mmengine.CheckpointHook'):
+        checkpoint_hook['type'] = 'AtomicCheckpointHook'
+    custom = _hook_list(cfg.get('custom_hooks'))
+    if not any(h.get('type') == 'FiniteLossGuardHook' for h in custom if isinstance(h, dict)):
+        custom.append(dict(type='FiniteLossGuardHook'))
+    cfg.custom_hooks = custom
+
+
+def prepare_cpu_distributed(cfg: Config) -> None:
+    """Run ``--launcher pytorch`` without CUDA as DDP on CPU over gloo.
+
+    mmengine's ``init_dist`` calls ``torch.cuda.set_device`` and its default DDP wrapper pins
+    ``device_ids``, both of which fail without a GPU; we initialise the process group
+    ourselves (mmengine then skips its own) and wrap the model with ``device_ids=None``.
+    SyncBN layers need GPUs: use BN in configs meant for CPU.
+    """
+    if cfg.launcher != 'pytorch' or torch.cuda.is_available():
+        return
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
+    wrapper = cfg.get('model_wrapper_cfg') or dict(
+        type='MMDistributedDataParallel',
+        broadcast_buffers=False,
+        find_unused_parameters=cfg.get('find_unused_parameters', False))
+    wrapper['device_ids'] = None
+    cfg.model_wrapper_cfg = wrapper
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get('RANK', '0')) == 0
+
+
+def run_class_count_check(cfg: Config) -> None:
+    """Print class-count problems; raise :class:`LaunchError` on a mismatch."""
+    problems = check_class_counts(cfg)
+    if not problems:
+        return
+    if _is_main_process():
+        print_log('Dataset/model check:\n' + format_report(problems), logger='current',
+                  level=logging.WARNING)
+    errors = [p for p in problems if p.severity == ERROR]
+    if errors:
+        raise LaunchError('the number of classes of the model does not match the dataset:\n' +
+                          '\n'.join(str(p) for p in errors))
+
+
+def build_runner(cfg: Config):
+    """``Runner.from_cfg``, or the registered ``cfg.runner_type``."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def prepare_train_config(args: argparse.Namespace) -> Config:
+    """The config ``tools/train.py`` runs, with every command-line option applied."""
+    cfg = load_config(args.config, args.cfg_options)
+    detect_codebase(cfg)  # fail early, clearly, on configs that are neither
+    _set_launcher(cfg, args)
+    cfg.work_dir = default_work_dir(cfg, args.work_dir)
+    if args.amp:
+        enable_amp(cfg)
+    if args.auto_scale_lr:
+        enable_auto_scale_lr(cfg)
+    if not args.no_safety_hooks:
+        apply_safety_hooks(cfg)
+    apply_resume(cfg, args.resume)
+    return cfg
+
+
+def _enable_visualization(cfg: Config, args: argparse.Namespace, codebase: str) -> None:
+    hooks = cfg.get('default_hooks') or ConfigDict()
+    hook = hooks.get('visualization')
+    if hook is None:
+        raise LaunchError('--show/--show-dir need default_hooks.visualization in the config')
+    hook['draw'] = True
+    hook['interval'] = 1
+    if args.show:
+        hook['show'] = True
+        hook['wait_time'] = args.wait_time
+    if args.show_dir:
+        if codebase == 'mmdet':
+            hook['test_out_dir'] = args.show_dir
+        else:  # mmseg's hook saves through the visualizer's backends
+            cfg.visualizer['save_dir'] = args.show_dir
+
+
+def _enable_tta(cfg: Config) -> None:
+    if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+        raise LaunchError('--tta needs tta_model and tta_pipeline in the config')
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    cfg.tta_model.module = cfg.model
+    cfg.model = cfg.tta_model
+
+
+def _add_dump_metric(cfg: Config, out: str, codebase: str) -> None:
+    if not out.endswith(('.pkl', '.pickle')):
+        raise LaunchError(f'--out must end with .pkl or .pickle, got {out}')
+    dump = dict(type='DumpDetResults' if codebase == 'mmdet' else 'DumpSegResults',
+                out_file_path=out)
+    evaluator = cfg.test_evaluator
+    cfg.test_evaluator = (list(evaluator) if isinstance(evaluator, (list, tuple))
+                          else [evaluator]) + [dump]
+
+
+def prepare_test_config(args: argparse.Namespace) -> Config:
+    """The config ``tools/test.py`` runs, with every command-line option applied."""
+    cfg = load_config(args.config, args.cfg_options)
+    codebase = detect_codebase(cfg)
+    _set_launcher(cfg, args)
+    cfg.work_dir = default_work_dir(cfg, args.work_dir)
+    if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
+        raise LaunchError(f'checkpoint not found: {args.checkpoint}')
+    cfg.load_from = args.checkpoint
+    if args.show or args.show_dir:
+        _enable_visualization(cfg, args, codebase)
+    if args.tta:
+        _enable_tta(cfg)
+    if args.out:
+        _add_dump_metric(cfg, args.out, codebase)
+    return cfg
+
+
+def _report_metrics(metrics: Optional[dict]) -> None:
+    # The metrics already print their tables through the runner's logger; this closing line
+    # makes the numbers easy to find (and to grep) at the end of a long log.
+    if metrics and _is_main_process():
+        listing = '  '.join(f'{k}: {v:.4f}' if isinstance(v, float) else f'{k}: {v}'
+                            for k, v in metrics.items())
+        print(f'Evaluation results: {listing}', flush=True)
+
+
+# ---------------------------------------------------------------------------- entry points
+def train_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``tools/train.py``: returns the process exit code (0 on success, 2 on a config error).
+
+    Args:
+        argv: Command-line arguments (default: ``sys.argv[1:]``).
+    """
+    args = build_train_parser().parse_args(argv)
+    try:
+        cfg = prepare_train_config(args)
+        run_class_count_check(cfg)
+        prepare_cpu_distributed(cfg)
+    except LaunchError as err:
+        print(f'error: {err}', file=sys.stderr, flush=True)
+        return 2
+    build_runner(cfg).train()
+    return 0
+
+
+def test_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``tools/test.py``: returns the process exit code (0 on success, 2 on a config error).
+
+    Args:
+        argv: Command-line arguments (default: ``sys.argv[1:]``).
+    """
+    args = build_test_parser().parse_args(argv)
+    try:
+        cfg = prepare_test_config(args)
+        prepare_cpu_distributed(cfg)
+    except LaunchError as err:
+        print(f'error: {err}', file=sys.stderr, flush=True)
+        return 2
+    metrics = build_runner(cfg).test()
+    _report_metrics(metrics)
+    return 0
