@@ -1,0 +1,174 @@
+"""Inference latency and FPS of a whole detector/segmentor, one image at a time.
+
+Each timed iteration is ``model.test_step(batch)``: the data preprocessor, backbone, neck,
+head and post-processing (NMS, resizing masks or logits back), in eval mode under
+``torch.no_grad``; on CUDA the device is synchronised before the clock is read. Images are
+synthetic (see :mod:`mmmobilemamba.analysis.dummy_batch`), so no data set is needed.
+"""
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+__all__ = ['BenchmarkResult', 'time_model', 'fuse_for_inference', 'config_benchmark']
+
+
+@dataclass
+class BenchmarkResult:
+    """Timings of :func:`time_model`.
+
+    Args:
+        times_ms (list[float]): milliseconds of each timed iteration (one image each).
+        device (str): the device the model ran on.
+        shape (tuple[int, int], optional): image ``(H, W)`` fed to the model.
+        warmup (int): untimed iterations run before.
+        mode (str): what was timed: 'predict' (the full ``test_step``) or 'tensor'.
+        notes (list[str]): extra lines for the summary (e.g. what was fused).
+    """
+
+    times_ms: List[float]
+    device: str
+    shape: Optional[Tuple[int, int]] = None
+    warmup: int = 0
+    mode: str = 'predict'
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def median_ms(self) -> float:
+        """Median latency per image in milliseconds."""
+        return statistics.median(self.times_ms)
+
+    @property
+    def mean_ms(self) -> float:
+        """Mean latency per image in milliseconds."""
+        return statistics.fmean(self.times_ms)
+
+    @property
+    def fps(self) -> float:
+        """Images per second, from the median latency (robust to stray slow iterations)."""
+        return 1000.0 / self.median_ms
+
+    def summary(self) -> str:
+        """One block of text with the settings and the results."""
+        shape = f'{self.shape[0]}x{self.shape[1]}' if self.shape else '?'
+        lines = [f'device {self.device}, image {shape} (HxW), batch 1, mode {self.mode}, '
+                 f'{self.warmup} warm-up + {len(self.times_ms)} timed iterations',
+                 f'median {self.median_ms:.2f} ms/img, mean {self.mean_ms:.2f} ms/img, '
+                 f'min {min(self.times_ms):.2f}, max {max(self.times_ms):.2f}',
+                 f'FPS (from the median): {self.fps:.2f}']
+        return '\n'.join(lines + self.notes)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_model(step: Callable[[], object], device: torch.device, num_iters: int = 50,
+               warmup: int = 5) -> List[float]:
+    """Milliseconds of each of ``num_iters`` calls of ``step``, after ``warmup`` calls.
+
+    Args:
+        step (callable): runs one inference (no arguments).
+        device (torch.device): device to synchronise on before reading the clock.
+        num_iters (int): timed iterations. Default: 50.
+        warmup (int): untimed iterations first (allocator, cuDNN autotuning). Default: 5.
+
+    Returns:
+        list[float]: one duration per timed iteration.
+    """
+    if num_iters < 1 or warmup < 0:
+        raise ValueError(f'need num_iters >= 1 and warmup >= 0, got {num_iters}, {warmup}')
+    with torch.no_grad():
+        for _ in range(warmup):
+            step()
+        times = []
+        for _ in range(num_iters):
+            _synchronize(device)
+            start = time.perf_counter()
+            step()
+            _synchronize(device)
+            times.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def fuse_for_inference(model: nn.Module) -> List[str]:
+    """Fold what can be folded for inference, in place; return what was done.
+
+    Modules with a ``switch_to_deploy`` method (MobileMamba's re-parameterisable blocks)
+    are switched, outermost first; then remaining conv + BN pairs are fused by mmcv.
+
+    Args:
+        model (nn.Module): a model in eval mode.
+
+    Returns:
+        list[str]: names of the switched modules, then 'fuse_conv_bn'.
+    """
+    from mmcv.cnn import fuse_conv_bn
+
+    done: List[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix + '.') for prefix in done):
+            continue  # its parent's switch_to_deploy already took care of it
+        if name and callable(getattr(module, 'switch_to_deploy', None)):
+            module.switch_to_deploy()
+            done.append(name)
+    fuse_conv_bn(model)
+    return done + ['fuse_conv_bn']
+
+
+def config_benchmark(config, checkpoint=None, shape: Optional[Tuple[int, int]] = None,
+                     device: str = 'cpu', num_iters: int = 50, warmup: int = 5,
+                     fuse: bool = False, mode: str = 'predict',
+                     cfg_options: Optional[dict] = None) -> BenchmarkResult:
+    """Latency of the detector/segmentor of a config on a synthetic image.
+
+    Args:
+        config (str | Path | Config): detection or segmentation config.
+        checkpoint (str | Path, optional): weights; random weights if None (the network
+            costs the same, post-processing may see more or fewer boxes than a trained one).
+        shape (tuple[int, int], optional): image ``(H, W)``; by default 800x1280 for
+            detection and 512x512 for segmentation.
+        device (str): 'cpu' or 'cuda' (or 'cuda:N'). Default: 'cpu'.
+        num_iters (int): timed iterations. Default: 50.
+        warmup (int): untimed iterations first. Default: 5.
+        fuse (bool): apply :func:`fuse_for_inference` first. Default: False.
+        mode (str): 'predict' times ``model.test_step`` (preprocessing, network and
+            post-processing); 'tensor' times the network alone. Default: 'predict'.
+        cfg_options (dict, optional): config overrides (``--cfg-options``).
+
+    Returns:
+        BenchmarkResult: per-iteration times and their statistics.
+    """
+    from mmmobilemamba.apis import build_model, config_scope, load_config
+
+    from .dummy_batch import DEFAULT_SHAPES, make_dummy_batch, preprocess
+
+    if mode not in ('predict', 'tensor'):
+        raise ValueError(f"mode must be 'predict' or 'tensor', got {mode!r}")
+    torch_device = torch.device(device)
+    if torch_device.type == 'cuda' and not torch.cuda.is_available():
+        raise RuntimeError('device cuda was asked for but CUDA is not available')
+    cfg = load_config(config, cfg_options)
+    scope = config_scope(cfg)
+    shape = tuple(shape or DEFAULT_SHAPES[scope])
+    model = build_model(cfg, checkpoint=checkpoint, device=device)
+    notes = []
+    if fuse:
+        notes.append('fused: ' + ', '.join(fuse_for_inference(model)))
+    batch = make_dummy_batch(scope, shape)
+    if mode == 'predict':
+        def step():
+            return model.test_step(batch)
+    else:
+        data = preprocess(model, batch)
+
+        def step():
+            return model(data['inputs'], data['data_samples'], mode='tensor')
+
+    times = time_model(step, torch_device, num_iters=num_iters, warmup=warmup)
+    return BenchmarkResult(times, device=str(torch_device), shape=shape, warmup=warmup,
+                           mode=mode, notes=notes)

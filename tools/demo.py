@@ -1,0 +1,38 @@
+"""Draw a model's predictions on an image: boxes/masks (mmdet) or segmentation (mmseg).
+
+Example:
+    python tools/demo.py demo.jpg configs/retinanet_b1.py retinanet_b1.pth --out-dir outputs
+"""
+import argparse
+import sys
+
+from mmmobilemamba.apis import run_demo
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('image', help='input image')
+    parser.add_argument('config', help='detection or segmentation config file')
+    parser.add_argument('checkpoint', help='model weights')
+    parser.add_argument('--out-dir', required=True,
+                        help='output folder; the drawing goes to OUT_DIR/vis/<image name>')
+    parser.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (default: cpu)')
+    parser.add_argument('--score-thr', type=float, default=0.3,
+                        help='detections below this score are not drawn (default: 0.3)')
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    try:
+        out_file = run_demo(args.image, args.config, args.checkpoint, args.out_dir,
+                            device=args.device, score_thr=args.score_thr)
+    except FileNotFoundError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    print(f'saved {out_file}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
