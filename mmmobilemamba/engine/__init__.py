@@ -1,25 +1,34 @@
 """Training safety and launching: safe resume, atomic checkpoints, loss guard, image loading,
 dataset checks and the train/test entry points behind ``tools/``.
 
-Importing this package registers everything with mmengine (``HOOKS``, ``TRANSFORMS``,
-``METRICS``, the ``'atomic_local'`` file backend) and allow-lists the classes mmengine
-checkpoints contain for ``torch.load(weights_only=True)``.
+Importing this package registers everything with mmengine's root registries, which mmdet's and
+mmseg's inherit (``HOOKS``: AtomicCheckpointHook, FiniteLossGuardHook; ``TRANSFORMS``:
+SafeLoadImageFromFile; ``METRICS``: DumpSegResults), registers the ``'atomic_local'`` file
+backend, and allow-lists the classes mmengine checkpoints contain for
+``torch.load(weights_only=True)``.
 """
 from .atomic_io import (AtomicLocalBackend, atomic_write_bytes, atomic_write_text,
                         register_atomic_backend, remove_stale_temp_files)
 from .checkpoint_safety import checkpoint_safe_globals, register_checkpoint_safe_globals
+from .codebase import detect_codebase
+from .dataset_check import (Problem, check_class_counts, check_dataset_config, format_report,
+                            has_errors)
 from .hooks import (AtomicCheckpointHook, FiniteLossGuardHook, NonFiniteLossError,
                     non_finite_losses)
 from .image_loading import (ImageLoadError, SafeLoadImageFromFile, decode_image, load_image,
                             to_three_channel_uint8)
+from .launch import find_resume_checkpoint, test_main, train_main
+from .metrics import DumpSegResults
 
 register_checkpoint_safe_globals()
 register_atomic_backend()
 
 __all__ = [
-    'AtomicCheckpointHook', 'AtomicLocalBackend', 'FiniteLossGuardHook', 'ImageLoadError',
-    'NonFiniteLossError', 'SafeLoadImageFromFile', 'atomic_write_bytes', 'atomic_write_text',
-    'checkpoint_safe_globals', 'decode_image', 'load_image', 'non_finite_losses',
-    'register_atomic_backend', 'register_checkpoint_safe_globals', 'remove_stale_temp_files',
-    'to_three_channel_uint8'
+    'AtomicCheckpointHook', 'AtomicLocalBackend', 'DumpSegResults', 'FiniteLossGuardHook',
+    'ImageLoadError', 'NonFiniteLossError', 'Problem', 'SafeLoadImageFromFile',
+    'atomic_write_bytes', 'atomic_write_text', 'check_class_counts', 'check_dataset_config',
+    'checkpoint_safe_globals', 'decode_image', 'detect_codebase', 'find_resume_checkpoint',
+    'format_report', 'has_errors', 'load_image', 'non_finite_losses', 'register_atomic_backend',
+    'register_checkpoint_safe_globals', 'remove_stale_temp_files', 'test_main',
+    'to_three_channel_uint8', 'train_main'
 ]
