@@ -25,7 +25,7 @@ import shutil
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -549,9 +549,8 @@ def _yolo_segment(coords: np.ndarray, where: str, width: int, height: int,
     if x1 <= x0 or y1 <= y0:
         raise ValueError(f'{where}: degenerate segment (zero width or height)')
     flat = [round(float(v), 3) for v in pts.reshape(-1)]
-    return dict(segmentation=[flat], bbox=[float(x0), float(y0), float(x1 - x0),
-                                            float(y1 - y0)],
-                area=polygon_area(flat))
+    bbox = [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+    return dict(segmentation=[flat], bbox=bbox, area=polygon_area(flat))
 
 
 # --------------------------------------------------------------------------- #
@@ -635,7 +634,7 @@ def _load_label_map(path: Path, value_map: Optional[Mapping[int, int]],
                 raise ValueError(f'{path}: RGB mask needs a color_map')
             return _map_colors(np.asarray(img.convert('RGB')), color_map, path)
         # 'P' masks (e.g. VOC) store labels as palette indices: keep the indices.
-        values = np.asarray(img if img.mode in ('L', 'P', 'I', 'I;16') else img.convert('L'))
+        values = np.asarray(img if img.mode in ('1', 'L', 'P', 'I', 'I;16') else img.convert('L'))
     values = values.astype(np.int64)
     if value_map is not None:
         values = _map_values(values, value_map, path)
@@ -688,12 +687,3 @@ def _copy_image(src: Path, dst: Path) -> None:
         return
     with Image.open(src) as img:
         img.convert('RGB').save(dst, quality=95)
-
-
-def iter_coco_instances(coco: Mapping[str, Any]) -> Iterable[Tuple[dict, List[dict]]]:
-    """Yield ``(image, annotations)`` pairs of a COCO dict, images in order."""
-    by_image: Dict[int, List[dict]] = {img['id']: [] for img in coco['images']}
-    for ann in coco['annotations']:
-        by_image.setdefault(ann['image_id'], []).append(ann)
-    for img in coco['images']:
-        yield img, by_image[img['id']]
