@@ -67,26 +67,26 @@ def atomic_write_text(path: PathLike, text: str, encoding: str = 'utf-8') -> Non
     atomic_write_bytes(path, text.encode(encoding))
 
 
-def remove_stale_temp_files(path: PathLike) -> List[str]:
-    """Delete temporary files a killed :func:`atomic_write_bytes` left next to ``path``.
+def remove_stale_temp_files(path: PathLike, targets: str = '*') -> List[str]:
+    """Delete temporary files a killed :func:`atomic_write_bytes` left behind.
 
-    Only safe when no other process is writing ``path`` at the same time.
+    Only safe when no other process is writing the same files at the same time.
 
     Args:
         path: A destination file passed to :func:`atomic_write_bytes` (it need not exist), or a
-            directory: then the temp files of every file in it are removed.
+            directory: then the temp files of its files whose names match ``targets`` go.
+        targets: Glob of destination file names, used when ``path`` is a directory.
 
     Returns:
         The removed paths.
     """
     path = str(path)
     if osp.isdir(path):
-        pattern = osp.join(glob.escape(path), f'.*{TEMP_SUFFIX}')
+        directory, prefix = path, f'.{targets}.'
     else:
-        pattern = osp.join(glob.escape(osp.dirname(path) or '.'),
-                           glob.escape(_temp_prefix(path)) + '*' + TEMP_SUFFIX)
+        directory, prefix = osp.dirname(path) or '.', glob.escape(_temp_prefix(path))
     removed = []
-    for stale in glob.glob(pattern):
+    for stale in sorted(glob.glob(osp.join(glob.escape(directory), f'{prefix}*{TEMP_SUFFIX}'))):
         if osp.isfile(stale):
             os.remove(stale)
             removed.append(stale)

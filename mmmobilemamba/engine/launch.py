@@ -81,8 +81,8 @@ def build_test_parser() -> argparse.ArgumentParser:
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--out', metavar='FILE.pkl',
                         help='also dump the predictions to this pickle file')
-    parser.add_argument('--show-dir', help='save images with drawn predictions here '
-                        '(relative paths are inside <work-dir>/<timestamp>)')
+    parser.add_argument('--show-dir', help='save images with drawn predictions in this '
+                        'directory (mmseg: in its vis_image/ subdirectory)')
     parser.add_argument('--show', action='store_true', help='display predictions in a window')
     parser.add_argument('--wait-time', type=float, default=2.0,
                         help='seconds each image is shown with --show')
@@ -283,10 +283,12 @@ def _enable_visualization(cfg: Config, args: argparse.Namespace, codebase: str) 
         hook['show'] = True
         hook['wait_time'] = args.wait_time
     if args.show_dir:
+        # Absolute: mmdet's hook joins a relative test_out_dir onto itself at every iteration.
+        show_dir = osp.abspath(args.show_dir)
         if codebase == 'mmdet':
-            hook['test_out_dir'] = args.show_dir
-        else:  # mmseg's hook saves through the visualizer's backends
-            cfg.visualizer['save_dir'] = args.show_dir
+            hook['test_out_dir'] = show_dir
+        else:  # mmseg's hook saves through the visualizer's backends (show_dir/vis_image/)
+            cfg.visualizer['save_dir'] = show_dir
 
 
 def _enable_tta(cfg: Config) -> None:

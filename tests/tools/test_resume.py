@@ -53,9 +53,11 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     work_dir = tmp_path / 'killed'
     _kill_after_checkpoint(config, work_dir, KILL_AFTER)
     assert not (work_dir / f'iter_{MAX_ITERS}.pth').exists()
+    # The kill may land between a checkpoint and its pointer update: the pointer (what
+    # --resume uses) then still names the previous, complete checkpoint.
     resumed_from = (work_dir / 'last_checkpoint').read_text()
     start_iter = int(resumed_from.rsplit('_', 1)[1].split('.')[0])
-    assert start_iter >= 6
+    assert start_iter in (6, 9) or start_iter == 3 and (work_dir / KILL_AFTER).exists()
 
     log = _train(config, work_dir, '--resume')
     assert f'resumed epoch: 0, iter: {start_iter}' in log

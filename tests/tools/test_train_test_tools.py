@@ -1,4 +1,5 @@
 """tools/train.py, tools/test.py and tools/misc/check_dataset.py on tiny detection/seg configs."""
+import os
 import pickle
 
 import pytest
@@ -133,9 +134,11 @@ def test_test_flags(det_setup, seg_setup, tmp_path):
     assert cfg.model.type == 'DetTTAModel' and cfg.model.module.type == 'RetinaNet'
     assert cfg.test_dataloader.dataset.pipeline[1].type == 'TestTimeAug'
     assert cfg.test_evaluator[-1] == dict(type='DumpDetResults', out_file_path=str(tmp_path / 'r.pkl'))
-    assert cfg.default_hooks.visualization.draw and cfg.default_hooks.visualization.test_out_dir == 'vis'
+    visualization = cfg.default_hooks.visualization
+    assert visualization.draw and visualization.test_out_dir == os.path.abspath('vis')
     cfg = _test_cfg(seg_setup, checkpoint, '--out', 'r.pkl', '--show-dir', 'vis')
-    assert cfg.test_evaluator[-1].type == 'DumpSegResults' and cfg.visualizer.save_dir == 'vis'
+    assert cfg.test_evaluator[-1].type == 'DumpSegResults'
+    assert cfg.visualizer.save_dir == os.path.abspath('vis')
     with pytest.raises(LaunchError, match='tta_model'):
         _test_cfg(seg_setup, checkpoint, '--tta')
     with pytest.raises(LaunchError, match='.pkl'):

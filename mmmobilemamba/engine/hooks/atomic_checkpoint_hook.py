@@ -55,9 +55,12 @@ class AtomicCheckpointHook(CheckpointHook):
     def before_train(self, runner) -> None:
         """Set up as mmengine does, then clear temp files of saves that were killed."""
         super().before_train(runner)
-        if is_main_process() and self._writes_locally():
-            for stale in remove_stale_temp_files(self.out_dir):
-                runner.logger.warning(f'Removed the partial checkpoint {stale} of a killed save')
+        if not (is_main_process() and self._writes_locally()):
+            return
+        stale = remove_stale_temp_files(self.out_dir, targets='*.pth')
+        stale += remove_stale_temp_files(osp.join(runner.work_dir, POINTER_FILE))
+        for path in stale:
+            runner.logger.warning(f'Removed {path}, left by a save that was killed')
 
     def _writes_locally(self) -> bool:
         return (self.backend_args or {}).get('backend') == ATOMIC_BACKEND
