@@ -1,0 +1,452 @@
+"""MobileMamba (He et al., CVPR 2025) as an OpenMMLab backbone.
+
+Blocks -> stages -> model, in the order of the paper:
+
+* :class:`MKDeConv`: the local branch (multi-kernel depthwise conv).
+* :class:`MRFFI`: the token mixer; channels split into global (WTE-Mamba), local (MK-DeConv) and
+  identity groups.
+* :class:`MobileMambaBlock`: dw conv, FFN, MRFFI, dw conv, FFN (all residual) + drop path.
+* :class:`Downsample`: residual dw conv + FFN, patch merging (stride 2, SE), dw conv + FFN.
+* :class:`MobileMamba`: stride-16 stem and three stages at strides 16, 32, 64.
+
+Released variants are named by ``arch`` ('t2', 't4', 's6', 'b1', 'b2', 'b4'); the authors'
+checkpoints load through ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` (see
+:mod:`mmmobilemamba.models.checkpoint`).
+"""
+import copy
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_norm_layer
+from mmengine.model import BaseModule
+from timm.layers import DropPath, SqueezeExcite
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..layers import ConvBN, ResidualDWConv, ResidualFFN, WTEMamba, fuse_conv_bn
+from ..registry import register_model
+
+__all__ = ['MobileMamba', 'MobileMambaBlock', 'MRFFI', 'MKDeConv', 'Downsample', 'ARCH_SETTINGS',
+           'split_channels']
+
+_STAGE_KEYS = ('embed_dims', 'depths', 'global_ratios', 'local_ratios', 'kernel_sizes')
+
+# Spec section 4. B1/B2/B4 are one architecture trained at 256/384/512.
+_BASE_RATIOS = dict(global_ratios=(0.8, 0.7, 0.6), local_ratios=(0.2, 0.2, 0.3),
+                    kernel_sizes=(7, 5, 3), ssm_ratio=2)
+ARCH_SETTINGS: Dict[str, dict] = {
+    't2': dict(embed_dims=(144, 272, 368), depths=(1, 2, 2), drop_path_rate=0.0, **_BASE_RATIOS),
+    't4': dict(embed_dims=(176, 368, 448), depths=(1, 2, 2), drop_path_rate=0.0, **_BASE_RATIOS),
+    's6': dict(embed_dims=(192, 384, 448), depths=(1, 2, 2), drop_path_rate=0.0, **_BASE_RATIOS),
+    'b1': dict(embed_dims=(200, 376, 448), depths=(2, 3, 2), drop_path_rate=0.03, **_BASE_RATIOS),
+}
+ARCH_SETTINGS['b2'] = dict(ARCH_SETTINGS['b1'])
+ARCH_SETTINGS['b4'] = dict(ARCH_SETTINGS['b1'])
+
+
+def split_channels(channels: int, global_ratio: float, local_ratio: float) -> Tuple[int, int, int]:
+    """Sizes of the (global, local, identity) channel groups of an MRFFI.
+
+    The global group is rounded to the nearest multiple of 16 (ties up), the local group is cut
+    so that both fit, the identity group takes the rest.
+    """
+    global_ch = int(int(global_ratio * channels) / 16 + 0.5) * 16
+    global_ch = min(global_ch, channels)
+    local_ch = int(local_ratio * channels)
+    if global_ch + local_ch > channels:
+        local_ch = channels - global_ch
+    return global_ch, local_ch, channels - global_ch - local_ch
+
+
+class MKDeConv(nn.Module):
+    """Multi-kernel depthwise conv: channel parts with kernels (3, 5, 7, ...), then BN-ReLU-
+    per-channel scale (1x1 depthwise conv)-BN.
+
+    The release uses one kernel per stage (``kernel_sizes=(k,)``); the paper's general form
+    splits the channels into ``len(kernel_sizes)`` near-equal parts.
+
+    Args:
+        channels (int): channels of the local group.
+        kernel_sizes (Sequence[int]): one odd kernel size per channel part.
+        norm_cfg (dict, optional): norm layer config (BatchNorm by default).
+    """
+
+    def __init__(self, channels: int, kernel_sizes: Sequence[int],
+                 norm_cfg: Optional[dict] = None) -> None:
+        super().__init__()
+        kernel_sizes = tuple(kernel_sizes)
+        if not kernel_sizes or any(k % 2 == 0 or k < 1 for k in kernel_sizes):
+            raise ValueError(f'MKDeConv kernel sizes must be odd positive ints, got {kernel_sizes}')
+        if len(kernel_sizes) > channels:
+            raise ValueError(f'MKDeConv: {len(kernel_sizes)} kernels for only {channels} channels')
+        base, extra = divmod(channels, len(kernel_sizes))
+        self.part_channels = [base + (i < extra) for i in range(len(kernel_sizes))]
+        self.dwconvs = nn.ModuleList(
+            nn.Conv2d(c, c, k, padding=k // 2, groups=c, bias=False)
+            for c, k in zip(self.part_channels, kernel_sizes))
+        self.bn1 = _build_norm(norm_cfg, channels)
+        self.act = nn.ReLU()
+        self.dw1x1 = nn.Conv2d(channels, channels, 1, groups=channels, bias=False)
+        self.bn2 = _build_norm(norm_cfg, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.dwconvs) == 1:
+            x = self.dwconvs[0](x)
+        else:
+            parts = x.split(self.part_channels, dim=1)
+            x = torch.cat([conv(p) for conv, p in zip(self.dwconvs, parts)], dim=1)
+        return self.bn2(self.dw1x1(self.act(self.bn1(x))))
+
+    @torch.no_grad()
+    def switch_to_deploy(self) -> None:
+        """Fold bn1 into the kernels (per channel part) and bn2 into the 1x1 scale."""
+        if isinstance(self.bn1, nn.Identity):
+            return
+        start = 0
+        for i, conv in enumerate(self.dwconvs):
+            part = slice(start, start + conv.out_channels)
+            start += conv.out_channels
+            self.dwconvs[i] = fuse_conv_bn(conv, _slice_bn(self.bn1, part))
+        self.dw1x1 = fuse_conv_bn(self.dw1x1, self.bn2)
+        self.bn1, self.bn2 = nn.Identity(), nn.Identity()
+
+
+def _build_norm(norm_cfg: Optional[dict], channels: int) -> nn.Module:
+    return build_norm_layer(norm_cfg or dict(type='BN'), channels)[1]
+
+
+def _slice_bn(bn: nn.Module, part: slice) -> nn.BatchNorm2d:
+    """An eval-mode BatchNorm2d holding the statistics of channels ``part`` of ``bn``."""
+    out = nn.BatchNorm2d(part.stop - part.start, eps=bn.eps).to(bn.running_mean)
+    out.weight.data.copy_(bn.weight[part])
+    out.bias.data.copy_(bn.bias[part])
+    out.running_mean.copy_(bn.running_mean[part])
+    out.running_var.copy_(bn.running_var[part])
+    return out.eval()
+
+
+class MRFFI(nn.Module):
+    """Multi-Receptive Field Feature Interaction: the token mixer of a MobileMamba block.
+
+    ``proj(ReLU(cat[WTEMamba(x_g), MKDeConv(x_l), x_r]))``; the identity group ``x_r`` gets no
+    computation in the mixer (the paper's "eliminate redundant identity").
+
+    Args:
+        channels (int): input/output channels.
+        global_ratio (float): share of channels for the global (WTE-Mamba) group.
+        local_ratio (float): share of channels for the local (MK-DeConv) group.
+        local_kernel_sizes (Sequence[int]): kernels of the MK-DeConv parts.
+        global_kernel_size (int): kernel of the wavelet-domain depthwise conv.
+        ssm_ratio (float): SS2D inner width ratio.
+        norm_cfg (dict, optional): norm layer config.
+        scan_backend (str): selective-scan backend.
+    """
+
+    def __init__(self, channels: int, global_ratio: float, local_ratio: float,
+                 local_kernel_sizes: Sequence[int], global_kernel_size: int,
+                 ssm_ratio: float = 2.0, norm_cfg: Optional[dict] = None,
+                 scan_backend: str = 'auto') -> None:
+        super().__init__()
+        self.splits = split_channels(channels, global_ratio, local_ratio)
+        global_ch, local_ch, _ = self.splits
+        self.global_branch = WTEMamba(global_ch, global_kernel_size, ssm_ratio=ssm_ratio,
+                                      norm_cfg=norm_cfg, scan_backend=scan_backend) \
+            if global_ch > 0 else None
+        self.local_branch = MKDeConv(local_ch, local_kernel_sizes, norm_cfg=norm_cfg) \
+            if local_ch > 0 else None
+        self.act = nn.ReLU()
+        self.proj = ConvBN(channels, channels, bn_weight_init=0.0, norm_cfg=norm_cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_global, x_local, x_identity = x.split(self.splits, dim=1)
+        parts = []
+        if self.global_branch is not None:
+            parts.append(self.global_branch(x_global))
+        if self.local_branch is not None:
+            parts.append(self.local_branch(x_local))
+        if x_identity.shape[1]:
+            parts.append(x_identity)
+        return self.proj(self.act(torch.cat(parts, dim=1)))
+
+
+class MobileMambaBlock(nn.Module):
+    """dw conv -> FFN -> MRFFI -> dw conv -> FFN, each residual, then ``x + DropPath(y)``.
+
+    The outer residual adds the block input to a sum that already contains it, as in the
+    released model.
+
+    Args:
+        channels (int): channels.
+        global_ratio (float): MRFFI global share.
+        local_ratio (float): MRFFI local share.
+        local_kernel_sizes (Sequence[int]): MK-DeConv kernels.
+        global_kernel_size (int): wavelet-domain conv kernel.
+        ssm_ratio (float): SS2D inner width ratio.
+        drop_path (float): stochastic depth rate of this block.
+        norm_cfg (dict, optional): norm layer config.
+        scan_backend (str): selective-scan backend.
+    """
+
+    def __init__(self, channels: int, global_ratio: float, local_ratio: float,
+                 local_kernel_sizes: Sequence[int], global_kernel_size: int,
+                 ssm_ratio: float = 2.0, drop_path: float = 0.0,
+                 norm_cfg: Optional[dict] = None, scan_backend: str = 'auto') -> None:
+        super().__init__()
+        self.dw0 = ResidualDWConv(channels, bn_weight_init=0.0, norm_cfg=norm_cfg)
+        self.ffn0 = ResidualFFN(channels, 2 * channels, norm_cfg=norm_cfg)
+        self.mixer = MRFFI(channels, global_ratio, local_ratio, local_kernel_sizes,
+                           global_kernel_size, ssm_ratio, norm_cfg, scan_backend)
+        self.dw1 = ResidualDWConv(channels, bn_weight_init=0.0, norm_cfg=norm_cfg)
+        self.ffn1 = ResidualFFN(channels, 2 * channels, norm_cfg=norm_cfg)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.ffn0(self.dw0(x))
+        y = y + self.mixer(y)
+        y = self.ffn1(self.dw1(y))
+        return x + self.drop_path(y)
+
+
+class PatchMerging(nn.Module):
+    """Stride-2 inverted bottleneck with squeeze-excite: 1x1 up, 3x3/2 depthwise, SE, 1x1 out.
+
+    Args:
+        in_channels (int): input channels.
+        out_channels (int): output channels.
+        norm_cfg (dict, optional): norm layer config.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int,
+                 norm_cfg: Optional[dict] = None) -> None:
+        super().__init__()
+        hidden = 4 * in_channels
+        self.conv1 = ConvBN(in_channels, hidden, norm_cfg=norm_cfg)
+        self.act1 = nn.ReLU()
+        self.conv2 = ConvBN(hidden, hidden, 3, 2, 1, groups=hidden, norm_cfg=norm_cfg)
+        self.act2 = nn.ReLU()
+        self.se = SqueezeExcite(hidden, rd_ratio=0.25)
+        self.conv3 = ConvBN(hidden, out_channels, norm_cfg=norm_cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.conv1(x))
+        x = self.se(self.act2(self.conv2(x)))
+        return self.conv3(x)
+
+
+class Downsample(nn.Module):
+    """Residual dw conv + FFN at ``in_channels``, patch merging, residual dw conv + FFN.
+
+    Args:
+        in_channels (int): input channels.
+        out_channels (int): output channels (stride 2).
+        norm_cfg (dict, optional): norm layer config.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int,
+                 norm_cfg: Optional[dict] = None) -> None:
+        super().__init__()
+        self.pre_dw = ResidualDWConv(in_channels, norm_cfg=norm_cfg)
+        self.pre_ffn = ResidualFFN(in_channels, 2 * in_channels, norm_cfg=norm_cfg)
+        self.merge = PatchMerging(in_channels, out_channels, norm_cfg=norm_cfg)
+        self.post_dw = ResidualDWConv(out_channels, norm_cfg=norm_cfg)
+        self.post_ffn = ResidualFFN(out_channels, 2 * out_channels, norm_cfg=norm_cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.merge(self.pre_ffn(self.pre_dw(x)))
+        return self.post_ffn(self.post_dw(x))
+
+
+class MobileMambaStage(nn.Module):
+    """An optional :class:`Downsample` followed by ``depth`` :class:`MobileMambaBlock` s."""
+
+    def __init__(self, in_channels: int, channels: int, depth: int, drop_paths: Sequence[float],
+                 downsample: bool, with_cp: bool = False, **block_kwargs) -> None:
+        super().__init__()
+        self.downsample = Downsample(in_channels, channels, block_kwargs.get('norm_cfg')) \
+            if downsample else None
+        self.blocks = nn.Sequential(*[
+            MobileMambaBlock(channels, drop_path=drop_paths[i], **block_kwargs)
+            for i in range(depth)
+        ])
+        self.with_cp = with_cp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.downsample is not None:
+            x = self.downsample(x)
+        for block in self.blocks:
+            if self.with_cp and x.requires_grad:
+                x = cp.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
+
+def _resolve_arch(arch: Union[str, dict]) -> dict:
+    """Validate ``arch`` (a released name or a dict) and return a full settings dict."""
+    if isinstance(arch, str):
+        key = arch.lower()
+        if key not in ARCH_SETTINGS:
+            raise ValueError(f'MobileMamba: unknown arch {arch!r}; valid names are '
+                             f'{sorted(ARCH_SETTINGS)} or a dict with keys {list(_STAGE_KEYS)} '
+                             '(and optional ssm_ratio)')
+        return copy.deepcopy(ARCH_SETTINGS[key])
+    if not isinstance(arch, dict):
+        raise ValueError(f'MobileMamba: arch must be a name in {sorted(ARCH_SETTINGS)} or a dict, '
+                         f'got {type(arch).__name__}')
+    missing = [k for k in _STAGE_KEYS if k not in arch]
+    unknown = [k for k in arch if k not in _STAGE_KEYS + ('ssm_ratio', 'drop_path_rate')]
+    if missing or unknown:
+        raise ValueError(f'MobileMamba: arch dict missing keys {missing}, unknown keys {unknown}; '
+                         f'required: {list(_STAGE_KEYS)}, optional: ssm_ratio, drop_path_rate')
+    settings = dict(ssm_ratio=2, drop_path_rate=0.0)
+    settings.update(arch)
+    lengths = {k: len(settings[k]) for k in _STAGE_KEYS}
+    if set(lengths.values()) != {3}:
+        raise ValueError(f'MobileMamba: each of {list(_STAGE_KEYS)} needs 3 values (one per '
+                         f'stage); got lengths {lengths}')
+    return settings
+
+
+@register_model()
+class MobileMamba(BaseModule):
+    """MobileMamba backbone: stride-16 stem, three stages at strides 16, 32 and 64.
+
+    Args:
+        arch (str | dict): 't2', 't4', 's6', 'b1', 'b2', 'b4', or a dict with ``embed_dims``,
+            ``depths``, ``global_ratios``, ``local_ratios``, ``kernel_sizes`` (3 values each)
+            and optional ``ssm_ratio`` (default 2). Default: 'b1'.
+        out_indices (Sequence[int]): stages whose outputs are returned (0, 1, 2 = strides 16, 32,
+            64). Default: (0, 1, 2).
+        frozen_stages (int): -1 freezes nothing; k >= 0 freezes the stem and stages 0..k
+            (parameters fixed, norm layers in eval mode, also after ``train()``). Default: -1.
+        norm_eval (bool): keep every BatchNorm in eval mode during training (frozen
+            statistics), as the detection configs do. Default: False.
+        with_cp (bool): activation checkpointing per block: less memory, same gradients.
+            Default: False.
+        drop_path_rate (float, optional): stochastic depth rate, linear from 0 over the blocks;
+            None takes the release's value for ``arch`` (0.03 for B1-B4, else 0).
+        local_kernel_sizes (Sequence[Sequence[int]], optional): per stage, the MK-DeConv kernels
+            (the paper's multi-kernel split, e.g. ``((3, 5, 7), (3, 5), (3,))``). None uses the
+            release layout: one kernel per stage, ``kernel_sizes`` of ``arch``.
+        norm_cfg (dict): config of the BatchNorm layers (e.g. ``dict(type='SyncBN')``).
+            Default: ``dict(type='BN', requires_grad=True)``.
+        scan_backend (str): selective-scan backend ('auto', 'torch', 'cuda', 'reference').
+        init_cfg (dict | list[dict], optional): ``dict(type='Pretrained', checkpoint=PATH)``
+            loads a released classification checkpoint, a downstream mmdet/mmseg checkpoint
+            (``backbone.`` keys) or our own format, reporting what was loaded.
+    """
+
+    def __init__(self, arch: Union[str, dict] = 'b1', out_indices: Sequence[int] = (0, 1, 2),
+                 frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False,
+                 drop_path_rate: Optional[float] = None,
+                 local_kernel_sizes: Optional[Sequence[Sequence[int]]] = None,
+                 norm_cfg: Optional[dict] = None, scan_backend: str = 'auto',
+                 init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        settings = _resolve_arch(arch)
+        self.arch_settings = settings
+        dims = tuple(settings['embed_dims'])
+        depths = tuple(settings['depths'])
+        num_stages = len(dims)
+        out_indices = tuple(out_indices) if isinstance(out_indices, (list, tuple)) else (out_indices,)
+        bad = [i for i in out_indices if not isinstance(i, int) or not 0 <= i < num_stages]
+        if bad or not out_indices:
+            raise ValueError(f'MobileMamba: out_indices {out_indices} invalid; valid stage '
+                             f'indices are 0, 1, 2 (strides 16, 32, 64)')
+        if not isinstance(frozen_stages, int) or not -1 <= frozen_stages < num_stages:
+            raise ValueError(f'MobileMamba: frozen_stages must be -1 (none) or 0..{num_stages - 1}, '
+                             f'got {frozen_stages}')
+        if local_kernel_sizes is None:
+            local_kernel_sizes = [(k,) for k in settings['kernel_sizes']]
+        if len(local_kernel_sizes) != num_stages:
+            raise ValueError(f'MobileMamba: local_kernel_sizes needs one tuple per stage '
+                             f'({num_stages}), got {local_kernel_sizes}')
+        self.out_indices = out_indices
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.norm_cfg = norm_cfg or dict(type='BN', requires_grad=True)
+        if drop_path_rate is None:
+            drop_path_rate = settings['drop_path_rate']
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+
+        c0 = dims[0]
+        self.patch_embed = nn.Sequential(
+            ConvBN(3, c0 // 8, 3, 2, 1, norm_cfg=self.norm_cfg), nn.ReLU(),
+            ConvBN(c0 // 8, c0 // 4, 3, 2, 1, norm_cfg=self.norm_cfg), nn.ReLU(),
+            ConvBN(c0 // 4, c0 // 2, 3, 2, 1, norm_cfg=self.norm_cfg), nn.ReLU(),
+            ConvBN(c0 // 2, c0, 3, 2, 1, norm_cfg=self.norm_cfg))
+        self.stages = nn.ModuleList()
+        for i in range(num_stages):
+            first = sum(depths[:i])
+            self.stages.append(MobileMambaStage(
+                dims[i - 1] if i else c0, dims[i], depths[i], rates[first:first + depths[i]],
+                downsample=i > 0, with_cp=with_cp,
+                global_ratio=settings['global_ratios'][i], local_ratio=settings['local_ratios'][i],
+                local_kernel_sizes=tuple(local_kernel_sizes[i]),
+                global_kernel_size=settings['kernel_sizes'][i], ssm_ratio=settings['ssm_ratio'],
+                norm_cfg=self.norm_cfg, scan_backend=scan_backend))
+        self.out_channels = [dims[i] for i in out_indices]
+        self.feature_info = [
+            dict(num_chs=dims[i], reduction=16 * 2**i, module=f'stages.{i}') for i in range(num_stages)
+        ]
+        self._freeze_stages()
+
+    # ----------------------------------------------------------------- training state
+    def _frozen_modules(self) -> List[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        return [self.patch_embed] + list(self.stages[:self.frozen_stages + 1])
+
+    def _freeze_stages(self) -> None:
+        for module in self._frozen_modules():
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'MobileMamba':
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    # ----------------------------------------------------------------- weights
+    def init_weights(self) -> None:
+        """Load ``init_cfg`` 'Pretrained' checkpoints with a report; other inits as mmengine."""
+        from ..checkpoint import load_backbone_checkpoint, pretrained_path
+        path = pretrained_path(self.init_cfg)
+        if path is None:
+            super().init_weights()
+            return
+        prefix = self.init_cfg.get('prefix') if isinstance(self.init_cfg, dict) else None
+        load_backbone_checkpoint(self, path, prefix=prefix)
+        self._is_init = True
+
+    @torch.no_grad()
+    def switch_to_deploy(self) -> 'MobileMamba':
+        """Fold every conv+BN, residual depthwise identity and learned scale for inference.
+
+        Irreversible; outputs match the unfused model in eval mode. Returns ``self``.
+        """
+        self.eval()
+        # children before parents: parents fold scales into already-fused convs
+        for module in reversed(list(self.modules())):
+            if module is not self and hasattr(module, 'switch_to_deploy'):
+                module.switch_to_deploy()
+        self.deployed = True
+        return self
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f'MobileMamba expects (N, 3, H, W) images, got {tuple(x.shape)}')
+        x = self.patch_embed(x)
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)

@@ -1,0 +1,90 @@
+"""SS2D: the bidirectional 2-D selective scan of MobileMamba (d_state 1, two directions)."""
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mmmobilemamba.ops import selective_scan
+from .conv_bn import ConvBN
+
+__all__ = ['SS2D']
+
+
+class SS2D(nn.Module):
+    """Selective scan over the row-major flattened map, forwards and backwards.
+
+    Parameter names follow the VMamba/MobileMamba release (``x_proj_weight``, ``dt_projs_*``,
+    ``A_logs``, ``Ds``) so released weights load by name.
+
+    Args:
+        channels (int): input/output channels ``d``.
+        ssm_ratio (float): inner width ``D = ssm_ratio * d``. Default: 2.
+        d_state (int): state size ``N``. Default: 1.
+        dt_rank (int, optional): rank of the step-size projection; ``ceil(d / 16)`` if None.
+        directions (int): scan directions ``K`` (forward and reversed). Default: 2.
+        norm_cfg (dict, optional): norm of the in/out projections (BatchNorm by default).
+        scan_backend (str): ``backend`` of :func:`mmmobilemamba.ops.selective_scan`.
+    """
+
+    def __init__(self, channels: int, ssm_ratio: float = 2.0, d_state: int = 1,
+                 dt_rank: Optional[int] = None, directions: int = 2,
+                 norm_cfg: Optional[dict] = None, scan_backend: str = 'auto') -> None:
+        super().__init__()
+        if directions != 2:
+            raise ValueError(f'SS2D supports directions=2 (forward + reversed), got {directions}')
+        inner = int(ssm_ratio * channels)
+        self.inner_channels = inner
+        self.d_state = d_state
+        self.dt_rank = dt_rank or math.ceil(channels / 16)
+        self.directions = directions
+        self.scan_backend = scan_backend
+
+        self.in_proj = ConvBN(channels, 2 * inner, norm_cfg=norm_cfg)
+        self.conv2d = nn.Conv2d(inner, inner, 3, padding=1, groups=inner, bias=True)
+        self.act = nn.SiLU()
+        k = directions
+        self.x_proj_weight = nn.Parameter(torch.empty(k, self.dt_rank + 2 * d_state, inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, inner, self.dt_rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, inner))
+        self.A_logs = nn.Parameter(torch.zeros(k * inner, d_state))
+        self.Ds = nn.Parameter(torch.ones(k * inner))
+        self.out_norm = nn.LayerNorm(inner)
+        self.out_proj = ConvBN(inner, channels, norm_cfg=norm_cfg)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self) -> None:
+        """The release's "v2" initialisation of the SSM parameters."""
+        bound = 1.0 / math.sqrt(self.inner_channels)  # nn.Linear(D, R + 2N)'s default
+        self.x_proj_weight.uniform_(-bound, bound)
+        self.dt_projs_weight.uniform_(0.0, 0.1)
+        self.dt_projs_bias.uniform_(0.0, 0.1)
+        self.A_logs.zero_()
+        self.Ds.fill_(1.0)
+
+    def _scan(self, u: torch.Tensor) -> torch.Tensor:
+        """(B, D, H, W) -> (B, D, H, W): both directions scanned, summed."""
+        b, d, h, w = u.shape
+        length = h * w
+        seq = u.flatten(2)
+        xs = torch.stack([seq, seq.flip(-1)], dim=1)                     # (B, K, D, L)
+        proj = torch.einsum('bkdl,kcd->bkcl', xs, self.x_proj_weight)    # (B, K, R+2N, L)
+        dts, Bs, Cs = proj.split([self.dt_rank, self.d_state, self.d_state], dim=2)
+        dts = torch.einsum('bkrl,kdr->bkdl', dts, self.dt_projs_weight)  # (B, K, D, L)
+        k = self.directions
+        ys = selective_scan(
+            xs.reshape(b, k * d, length), dts.reshape(b, k * d, length),
+            -torch.exp(self.A_logs.float()), Bs, Cs, self.Ds,
+            delta_bias=self.dt_projs_bias.reshape(-1), delta_softplus=True,
+            backend=self.scan_backend).view(b, k, d, length)
+        return (ys[:, 0] + ys[:, 1].flip(-1)).view(b, d, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u, z = self.in_proj(x).chunk(2, dim=1)
+        u = self.act(self.conv2d(u))
+        y = self._scan(u)
+        # LayerNorm over channels, done channels-last
+        y = self.out_norm(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.out_proj(y * F.silu(z))

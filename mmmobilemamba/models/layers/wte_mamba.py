@@ -1,0 +1,66 @@
+"""WTE-Mamba: the global branch of MobileMamba's MRFFI (SS2D plus a wavelet-domain conv)."""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from mmmobilemamba.ops import inverse_wavelet_transform, wavelet_filters, wavelet_transform
+from .ss2d import SS2D
+
+__all__ = ['WTEMamba']
+
+
+class WTEMamba(nn.Module):
+    """``s * SS2D(x) + IWT(t * DWConv_k(WT(x)))``.
+
+    The Haar sub-bands carry the high-frequency (edge) detail that the scan smooths over; the
+    depthwise conv on them enlarges the receptive field at half resolution.
+
+    Args:
+        channels (int): channels ``g`` of the global group.
+        kernel_size (int): kernel of the depthwise conv on the 4g sub-band channels.
+        ssm_ratio (float): inner width ratio of the SS2D. Default: 2.
+        wavelet (str): a ``pywt`` wavelet name. Default: 'db1' (Haar).
+        norm_cfg (dict, optional): norm of the SS2D projections.
+        scan_backend (str): selective-scan backend. Default: 'auto'.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, ssm_ratio: float = 2.0,
+                 wavelet: str = 'db1', norm_cfg: Optional[dict] = None,
+                 scan_backend: str = 'auto') -> None:
+        super().__init__()
+        self.ss2d = SS2D(channels, ssm_ratio=ssm_ratio, norm_cfg=norm_cfg,
+                         scan_backend=scan_backend)
+        self.ssm_scale = nn.Parameter(torch.ones(1, channels, 1, 1))
+        self.wavelet_conv = nn.Conv2d(4 * channels, 4 * channels, kernel_size,
+                                      padding=kernel_size // 2, groups=4 * channels, bias=False)
+        self.wavelet_scale = nn.Parameter(torch.full((1, 4 * channels, 1, 1), 0.1))
+        dec, rec = wavelet_filters(channels, wavelet)
+        # fixed, rebuilt from pywt: not trained and not stored in checkpoints
+        self.register_buffer('wt_filter', dec, persistent=False)
+        self.register_buffer('iwt_filter', rec, persistent=False)
+        self.scales_folded = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        bands = wavelet_transform(x, self.wt_filter)                  # (B, C, 4, h/2, w/2)
+        bands = self.wavelet_conv(bands.reshape(b, 4 * c, *bands.shape[-2:]))
+        global_out = self.ss2d(x)
+        if not self.scales_folded:
+            bands = bands * self.wavelet_scale
+            global_out = global_out * self.ssm_scale
+        bands = bands.reshape(b, c, 4, *bands.shape[-2:])
+        return global_out + inverse_wavelet_transform(bands, self.iwt_filter, (h, w))
+
+    @torch.no_grad()
+    def switch_to_deploy(self) -> None:
+        """Fold both learned scales into the convs before them (after their BN fusion)."""
+        if self.scales_folded:
+            return
+        self.ss2d.out_proj.switch_to_deploy()
+        out_conv = self.ss2d.out_proj.conv
+        scale = self.ssm_scale.view(-1)
+        out_conv.weight.mul_(scale.view(-1, 1, 1, 1))
+        out_conv.bias.mul_(scale)
+        self.wavelet_conv.weight.mul_(self.wavelet_scale.view(-1, 1, 1, 1))
+        self.scales_folded = True
