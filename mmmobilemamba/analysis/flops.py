@@ -31,7 +31,8 @@ DATA_MOVEMENT_OPS = ('aten::flip', 'aten::repeat', 'aten::clone', 'aten::expand_
                      'aten::view_as', 'aten::pad', 'aten::reflection_pad2d',
                      'aten::pixel_shuffle', 'aten::pixel_unshuffle', 'aten::unfold',
                      'aten::empty_like', 'aten::new_ones', 'aten::meshgrid', 'aten::where')
-# Elementwise arithmetic: seen in the trace, not counted (the convention of published FLOPs).
+# Elementwise arithmetic, reductions, pooling and selection: seen in the trace, not counted
+# (the convention of published FLOPs and of mmdet's get_flops).
 ELEMENTWISE_OPS = frozenset(
     f'aten::{name}{suffix}' for suffix in ('', '_')
     for name in ('add', 'sub', 'rsub', 'mul', 'div', 'neg', 'exp', 'log', 'sqrt', 'rsqrt',
@@ -54,7 +55,8 @@ class ComplexityReport:
         flops_by_operator (dict[str, int]): FLOPs per counted operator type.
         flops_by_module (dict[str, int]): FLOPs per module name ('' is the whole model).
         params_by_module (dict[str, int]): parameters per module name.
-        uncounted_elementwise (dict[str, int]): elementwise ops seen and not counted.
+        uncounted_elementwise (dict[str, int]): elementwise ops, reductions, pooling and
+            selection (``ELEMENTWISE_OPS``) seen and not counted, by convention.
         unsupported_ops (dict[str, int]): other ops seen with no FLOP handle.
         table (str): per-module table of parameters, FLOPs and activations.
         arch (str): the model's repr annotated with the same statistics, if requested.
@@ -98,7 +100,7 @@ class ComplexityReport:
             f'{op} {_format_size(n)}' for op, n in sorted(self.flops_by_operator.items(),
                                                           key=lambda kv: -kv[1])))
         if self.uncounted_elementwise:
-            lines.append('Not counted (elementwise, by convention): ' +
+            lines.append('Not counted (elementwise/reductions, by convention): ' +
                          ', '.join(sorted(self.uncounted_elementwise)))
         if self.unsupported_ops:
             lines.append('WARNING: ops with no FLOP handle: ' + ', '.join(
@@ -133,6 +135,7 @@ def analyze_complexity(model: nn.Module, inputs: Union[torch.Tensor, Tuple],
     """
     if not isinstance(inputs, tuple):
         inputs = (inputs, )
+    params = dict(parameter_count(model))
     with torch.no_grad(), traceable_selective_scan():
         # analyses run lazily: everything that traces stays inside the patch
         flop_counter, act_counter = _analyzers(model, inputs)
@@ -140,11 +143,11 @@ def analyze_complexity(model: nn.Module, inputs: Union[torch.Tensor, Tuple],
         unsupported = dict(flop_counter.unsupported_ops())
         report = ComplexityReport(
             flops=total,
-            params=parameter_count(model)[''],
+            params=params.get('', 0),
             activations=act_counter.total(),
             flops_by_operator=dict(flop_counter.by_operator()),
             flops_by_module=dict(flop_counter.by_module()),
-            params_by_module=dict(parameter_count(model)),
+            params_by_module=params,
             uncounted_elementwise={op: n for op, n in unsupported.items()
                                    if op in ELEMENTWISE_OPS},
             unsupported_ops={op: n for op, n in unsupported.items()

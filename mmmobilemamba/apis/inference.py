@@ -136,6 +136,18 @@ def _demo_config(cfg: Config, scope: str) -> Config:
     return cfg
 
 
+def _use_checkpoint_classes(inferencer) -> None:
+    """Draw with the checkpoint's classes and palette.
+
+    MMSegInferencer gives its visualizer Cityscapes' classes unless told otherwise, even when
+    the checkpoint names its own; a checkpoint without a consistent pair keeps that default.
+    """
+    meta = getattr(inferencer.model, 'dataset_meta', None) or {}
+    classes, palette = meta.get('classes'), meta.get('palette')
+    if classes and palette and len(classes) == len(palette):
+        inferencer.visualizer.set_dataset_meta(list(classes), [list(c) for c in palette])
+
+
 def run_demo(image: PathLike, config: Union[PathLike, Config], checkpoint: PathLike,
              out_dir: PathLike, device: str = 'cpu', score_thr: float = 0.3) -> Path:
     """Predict on one image and save the drawing: boxes/masks or a segmentation overlay.
@@ -173,6 +185,7 @@ def run_demo(image: PathLike, config: Union[PathLike, Config], checkpoint: PathL
     else:
         from mmseg.apis import MMSegInferencer
         inferencer = MMSegInferencer(model=cfg, weights=str(checkpoint), device=device)
+        _use_checkpoint_classes(inferencer)
         inferencer(str(image), out_dir=str(out_dir), img_out_dir='vis')
     out_file = out_dir / 'vis' / image.name
     if not out_file.is_file():
