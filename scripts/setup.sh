@@ -59,7 +59,15 @@ else
 fi
 
 # 3. mmcv with ops (skipped when mmcv's compiled ops already import)
-mmcv_ok() { "$PY" -c "import mmcv, mmcv.ops; from mmcv import _ext; assert mmcv.__version__ == '$MMCV_VERSION'" >/dev/null 2>&1; }
+# Checked from the package metadata: importing mmcv needs mmengine, installed in step 4.
+mmcv_ok() {
+    "$PY" - "$MMCV_VERSION" >/dev/null 2>&1 <<'PYEOF'
+import importlib.metadata as md, sys
+dist = md.distribution('mmcv')
+assert dist.version == sys.argv[1]
+assert any(str(f).startswith('mmcv/_ext') for f in dist.files)
+PYEOF
+}
 if mmcv_ok; then
     say "mmcv $MMCV_VERSION with ops present"
 else
@@ -88,7 +96,7 @@ else
     fi
     run_step mmcv-install "could not install the mmcv wheel from $WHEEL_DIR (delete that folder to rebuild)" \
         pip_install --no-deps --force-reinstall "$WHEEL_DIR"/mmcv-*.whl
-    mmcv_ok || fail mmcv-check "$LOGS/mmcv-install.log" "mmcv installed but 'from mmcv import _ext' fails; delete $WHEEL_DIR and re-run"
+    mmcv_ok || fail mmcv-check "$LOGS/mmcv-install.log" "the mmcv wheel in $WHEEL_DIR has no compiled ops; delete that folder and re-run"
 fi
 
 # 4. everything else + this package, skipped when the requirement files did not change
@@ -102,8 +110,9 @@ else
         pip_install -r requirements/runtime.txt -r requirements/tests.txt
     run_step package "could not install this package in editable mode" \
         pip_install --no-deps --no-build-isolation -e .
-    "$PY" -c 'import mmmobilemamba, mmdet, mmseg' >"$LOGS/import-check.log" 2>&1 \
-        || fail import-check "$LOGS/import-check.log" "the packages installed but do not import together"
+    "$PY" -c 'import mmmobilemamba, mmdet, mmseg; from mmcv import _ext; from mmcv.ops import nms' \
+        >"$LOGS/import-check.log" 2>&1 \
+        || fail import-check "$LOGS/import-check.log" "the packages installed but do not import together (mmcv ops: delete $CACHE/wheels and re-run)"
     echo "$WANT" >"$STAMP"
 fi
 say "ready: $VENV ($("$PY" -c 'import torch, mmcv, mmdet, mmseg; print(f"torch {torch.__version__}, mmcv {mmcv.__version__}, mmdet {mmdet.__version__}, mmseg {mmseg.__version__}")'))"

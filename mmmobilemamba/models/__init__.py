@@ -1,6 +1,7 @@
 """Backbones, necks and layers; importing registers them with mmdet and mmseg."""
 from .backbones import ARCH_SETTINGS, MobileMamba
 from .checkpoint import convert_official_checkpoint, load_backbone_checkpoint
+from .necks import *  # noqa: F401,F403
 
 __all__ = ['MobileMamba', 'ARCH_SETTINGS', 'convert_official_checkpoint',
-           'load_backbone_checkpoint']
+           'load_backbone_checkpoint', 'MobileMambaFPN']

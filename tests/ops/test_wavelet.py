@@ -1,0 +1,40 @@
+"""The Haar wavelet transform pair."""
+import pytest
+import torch
+
+from mmmobilemamba.ops import inverse_wavelet_transform, wavelet_filters, wavelet_transform
+
+
+@pytest.mark.parametrize('size', [(8, 8), (7, 9), (1, 1), (33, 45)])
+def test_inverse_reproduces_input(size):
+    x = torch.randn(2, 5, *size)
+    dec, rec = wavelet_filters(5)
+    bands = wavelet_transform(x, dec)
+    assert bands.shape == (2, 5, 4, (size[0] + 1) // 2, (size[1] + 1) // 2)
+    torch.testing.assert_close(inverse_wavelet_transform(bands, rec, size), x, atol=1e-6, rtol=1e-6)
+
+
+def test_haar_bands_are_averages_and_differences():
+    x = torch.tensor([[1., 2.], [3., 4.]]).view(1, 1, 2, 2)
+    dec, _ = wavelet_filters(1)
+    ll, lh, hl, hh = wavelet_transform(x, dec)[0, 0, :, 0, 0].tolist()
+    assert ll == pytest.approx(5.0)           # (1 + 2 + 3 + 4) / 2
+    assert abs(lh) == pytest.approx(2.0)      # rows differ by 2 per pixel
+    assert abs(hl) == pytest.approx(1.0)      # columns differ by 1 per pixel
+    assert hh == pytest.approx(0.0)
+
+
+def test_filters_match_the_release():
+    import pathlib
+    fx = torch.load(pathlib.Path(__file__).parent.parent / 'data' / 'mobilemamba_tiny_parity.pt')
+    sd = fx['state_dict']
+    key = 'blocks1.0.mixer.m.attn.global_op.'
+    dec, rec = wavelet_filters(sd[key + 'wt_filter'].shape[0] // 4)
+    torch.testing.assert_close(dec, sd[key + 'wt_filter'], atol=1e-6, rtol=0)
+    torch.testing.assert_close(rec, sd[key + 'iwt_filter'], atol=1e-6, rtol=0)
+
+
+def test_channel_mismatch_raises():
+    dec, _ = wavelet_filters(3)
+    with pytest.raises(ValueError, match='filters are for 3 channels'):
+        wavelet_transform(torch.randn(1, 4, 8, 8), dec)
