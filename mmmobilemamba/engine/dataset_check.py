@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 import mmengine
 import numpy as np
 from mmengine.config import Config
+from mmengine.registry import DefaultScope
 
 from .codebase import detect_codebase, get_registry
 from .image_loading import ImageLoadError, load_image
@@ -127,7 +128,10 @@ def build_dataset_lazily(ds_cfg: dict, codebase: str) -> Any:
     """Instantiate a leaf dataset without loading annotations or building its pipeline."""
     ds_cfg = copy.deepcopy(dict(ds_cfg))
     ds_cfg.update(pipeline=[], lazy_init=True)
-    return get_registry(codebase, 'DATASETS').build(ds_cfg)
+    # Registry.build looks names up in the *current* default scope, whatever registry it is
+    # called on: make it the config's codebase.
+    with DefaultScope.overwrite_default_scope(codebase):
+        return get_registry(codebase, 'DATASETS').build(ds_cfg)
 
 
 def _dataset_classes(dataset: Any) -> Optional[List[str]]:
@@ -183,7 +187,7 @@ def _class_count_problem(head_key: str, num_classes: int, ds_key: str,
         shown += ', ...'
     return Problem(
         ERROR, head_key,
-        f'{head_key} = {num_classes} but {ds_key} has {len(classes)} classes ({shown}). '
+        f'{num_classes} in the model, but {ds_key} has {len(classes)} classes ({shown}). '
         f'Set {head_key}={len(classes)} in the config (or pass --cfg-options '
         f'{head_key}={len(classes)}), or change the dataset metainfo classes.')
 

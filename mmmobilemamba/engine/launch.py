@@ -25,7 +25,7 @@ from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
 
 from .codebase import detect_codebase as _detect_codebase
-from .dataset_check import ERROR, check_class_counts, format_report
+from .dataset_check import ERROR, check_class_counts
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 POINTER_FILE = 'last_checkpoint'
@@ -234,17 +234,15 @@ def _is_main_process() -> bool:
 
 
 def run_class_count_check(cfg: Config) -> None:
-    """Print class-count problems; raise :class:`LaunchError` on a mismatch."""
+    """Log class-count warnings; raise :class:`LaunchError` listing the mismatches."""
     problems = check_class_counts(cfg)
-    if not problems:
-        return
-    if _is_main_process():
-        print_log('Dataset/model check:\n' + format_report(problems), logger='current',
-                  level=logging.WARNING)
-    errors = [p for p in problems if p.severity == ERROR]
+    errors = [str(p) for p in problems if p.severity == ERROR]
+    warnings = [str(p) for p in problems if p.severity != ERROR]
+    if warnings and _is_main_process():
+        print_log('\n'.join(warnings), logger='current', level=logging.WARNING)
     if errors:
         raise LaunchError('the number of classes of the model does not match the dataset:\n' +
-                          '\n'.join(str(p) for p in errors))
+                          '\n'.join(errors))
 
 
 def build_runner(cfg: Config):

@@ -107,7 +107,7 @@ def test_detection_class_count_mismatch_message(broken_coco):
     problems = check_class_counts(_det_cfg(broken_coco, num_classes=80))
     assert has_errors(problems)
     message = _errors(problems)[0]
-    assert 'model.bbox_head.num_classes = 80' in message
+    assert 'model.bbox_head.num_classes: 80 in the model' in message
     assert 'train_dataloader.dataset has 2 classes (cat, dog)' in message
     assert 'model.bbox_head.num_classes=2' in message
     assert not check_class_counts(_det_cfg(broken_coco, num_classes=2))
