@@ -9,6 +9,8 @@ import pytest
 import torch
 from tool_configs import REPO, tool_env, write_seg_config, write_seg_dataset
 
+import mmmobilemamba.engine  # noqa: F401  (lets torch.load(weights_only=True) read the checkpoints)
+
 MAX_ITERS = 12
 INTERVAL = 3
 KILL_AFTER = 'iter_6.pth'
