@@ -433,7 +433,7 @@ def read_seg_map(path: str, backend_args: Optional[dict] = None) -> np.ndarray:
 
 def mmseg_training_labels(seg: np.ndarray, reduce_zero_label: bool,
                           label_map: Optional[Dict[int, int]]) -> np.ndarray:
-    """The labels mmseg trains on: ``reduce_zero_label`` (0 -> 255, others -1), then ``label_map``."""
+    """The labels mmseg trains on: ``reduce_zero_label`` (0 -> 255, others -1), ``label_map``."""
     labels = seg.astype(np.int64)
     if reduce_zero_label:
         labels[labels == 0] = 255

@@ -118,7 +118,8 @@ def test_resume_flag(det_setup, tmp_path):
     cfg = _train_cfg(det_setup, '--work-dir', tmp_path, '--resume')
     assert cfg.resume and cfg.load_from == str(tmp_path / 'epoch_3.pth')
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_1.pth'))
-    assert _train_cfg(det_setup, '--work-dir', tmp_path, '--resume').load_from.endswith('epoch_1.pth')
+    cfg = _train_cfg(det_setup, '--work-dir', tmp_path, '--resume')
+    assert cfg.load_from.endswith('epoch_1.pth')
     cfg = _train_cfg(det_setup, '--resume', tmp_path / 'epoch_3.pth')
     assert cfg.resume and cfg.load_from == str(tmp_path / 'epoch_3.pth')
     with pytest.raises(LaunchError, match='not found'):
@@ -132,7 +133,8 @@ def test_test_flags(det_setup, seg_setup, tmp_path):
                     '--show-dir', 'vis')
     assert cfg.model.type == 'DetTTAModel' and cfg.model.module.type == 'RetinaNet'
     assert cfg.test_dataloader.dataset.pipeline[1].type == 'TestTimeAug'
-    assert cfg.test_evaluator[-1] == dict(type='DumpDetResults', out_file_path=str(tmp_path / 'r.pkl'))
+    assert cfg.test_evaluator[-1] == dict(type='DumpDetResults',
+                                          out_file_path=str(tmp_path / 'r.pkl'))
     visualization = cfg.default_hooks.visualization
     assert visualization.draw and visualization.test_out_dir == os.path.abspath('vis')
     cfg = _test_cfg(seg_setup, checkpoint, '--out', 'r.pkl', '--show-dir', 'vis')

@@ -101,8 +101,8 @@ model = dict(
                                  min_pos_iou=0, ignore_iof_thr=-1),
                    sampler=dict(type='PseudoSampler'), allowed_border=-1, pos_weight=-1,
                    debug=False),
-    test_cfg=dict(nms_pre=100, min_bbox_size=0, score_thr=0.0, nms=dict(type='nms', iou_threshold=0.5),
-                  max_per_img=20))
+    test_cfg=dict(nms_pre=100, min_bbox_size=0, score_thr=0.0,
+                  nms=dict(type='nms', iou_threshold=0.5), max_per_img=20))
 train_pipeline = [
     dict(type='SafeLoadImageFromFile'),
     dict(type='LoadAnnotations', with_bbox=True),
