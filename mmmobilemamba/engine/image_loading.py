@@ -139,8 +139,8 @@ class SafeLoadImageFromFile(LoadImageFromFile):
             naming the file. Use ``'raise'`` in val/test pipelines, where mmengine refuses
             ``None`` samples anyway and skipping would bias the metric.
         **kwargs: Arguments of mmcv's ``LoadImageFromFile`` (``to_float32``, ``color_type``,
-            ``imdecode_backend``, ``backend_args``). ``ignore_empty`` is superseded by
-            ``on_error``.
+            ``imdecode_backend``, ``backend_args``, the deprecated ``file_client_args``).
+            ``ignore_empty`` is superseded by ``on_error``.
     """
 
     def __init__(self, on_error: str = 'skip', **kwargs) -> None:
@@ -154,7 +154,7 @@ class SafeLoadImageFromFile(LoadImageFromFile):
         """Load ``results['img_path']``; on failure skip (``None``) or raise, per ``on_error``."""
         path = results['img_path']
         try:
-            img = load_image(path, self.color_type, self.imdecode_backend, self.backend_args)
+            img = decode_image(self._read(path), path, self.color_type, self.imdecode_backend)
         except ImageLoadError as err:
             if self.on_error == 'raise':
                 raise
@@ -166,6 +166,14 @@ class SafeLoadImageFromFile(LoadImageFromFile):
         results['img_shape'] = img.shape[:2]
         results['ori_shape'] = img.shape[:2]
         return results
+
+    def _read(self, path: str) -> bytes:
+        try:
+            if self.file_client_args is not None:  # deprecated, still found in mmdet 3.0 configs
+                return fileio.FileClient.infer_client(self.file_client_args, path).get(path)
+            return fileio.get(path, backend_args=self.backend_args)
+        except Exception as err:
+            raise ImageLoadError(f'cannot read image file {path}: {err}') from err
 
     def _warn_skipped(self, path: str, err: Exception) -> None:
         if path in self._reported:

@@ -138,6 +138,12 @@ def test_on_error_raise_fails_naming_the_file(folder_with_corrupt_image):
         dataset[1]
 
 
+def test_deprecated_file_client_args_still_work(folder_with_corrupt_image):
+    paths, _ = folder_with_corrupt_image
+    transform = SafeLoadImageFromFile(file_client_args=dict(backend='disk'))
+    assert transform(dict(img_path=paths[0]))['img'].shape == (16, 16, 3)
+
+
 def test_invalid_on_error_is_rejected():
     with pytest.raises(ValueError):
         SafeLoadImageFromFile(on_error='ignore')
