@@ -82,7 +82,7 @@ def build_test_parser() -> argparse.ArgumentParser:
     parser.add_argument('--out', metavar='FILE.pkl',
                         help='also dump the predictions to this pickle file')
     parser.add_argument('--show-dir', help='save images with drawn predictions in this '
-                        'directory (mmseg: in its vis_image/ subdirectory)')
+                        'directory (mmseg: in its vis_data/vis_image/)')
     parser.add_argument('--show', action='store_true', help='display predictions in a window')
     parser.add_argument('--wait-time', type=float, default=2.0,
                         help='seconds each image is shown with --show')
@@ -285,7 +285,7 @@ def _enable_visualization(cfg: Config, args: argparse.Namespace, codebase: str) 
         show_dir = osp.abspath(args.show_dir)
         if codebase == 'mmdet':
             hook['test_out_dir'] = show_dir
-        else:  # mmseg's hook saves through the visualizer's backends (show_dir/vis_image/)
+        else:  # mmseg's hook saves through the visualizer (show_dir/vis_data/vis_image/)
             cfg.visualizer['save_dir'] = show_dir
 
 

@@ -65,7 +65,7 @@ def test_segmentation_train_then_test(seg_setup, tmp_path):
     assert len(results) == 2
     assert results[0]['pred_sem_seg'].shape == (64, 64)
     assert set(results[0]) >= {'img_path', 'pred_sem_seg'} and 'seg_logits' not in results[0]
-    assert list((tmp_path / 'vis').rglob('*.png'))
+    assert len(list((tmp_path / 'vis' / 'vis_data' / 'vis_image').glob('*.png'))) == 2
 
 
 def test_class_count_mismatch_stops_before_training(det_setup, tmp_path):
