@@ -4,10 +4,8 @@ Built on mmengine's :class:`~mmengine.analysis.FlopAnalyzer` (a ``torch.jit`` tr
 multiply-add counts as one FLOP for convs and matmuls, elementwise ops are not counted). On
 top of it:
 
-* every selective scan is traced as one op and counted by formula (see
-  :mod:`mmmobilemamba.analysis.scan_flops`);
-* the Haar wavelet transforms are a stride-2 grouped conv and transposed conv, which the
-  default ``aten::_convolution`` handle already counts;
+* every selective scan and wavelet transform is traced as one op and counted by formula,
+  whatever its implementation (see :mod:`mmmobilemamba.analysis.custom_ops`);
 * ops that were seen but not counted are returned, split into elementwise ops (uncounted by
   convention) and the rest, so that nothing is skipped silently.
 """
@@ -21,7 +19,7 @@ from mmengine.analysis import ActivationAnalyzer, FlopAnalyzer, parameter_count
 from mmengine.analysis.print_helper import (_format_size, complexity_stats_str,
                                             complexity_stats_table)
 
-from .scan_flops import SCAN_ACTIVATION_HANDLES, SCAN_FLOP_HANDLES, traceable_selective_scan
+from .custom_ops import CUSTOM_ACTIVATION_HANDLES, CUSTOM_FLOP_HANDLES, traceable_custom_ops
 
 __all__ = ['ComplexityReport', 'analyze_complexity', 'tensor_mode', 'config_complexity',
            'ELEMENTWISE_OPS', 'DATA_MOVEMENT_OPS']
@@ -111,8 +109,8 @@ class ComplexityReport:
 
 def _analyzers(model: nn.Module,
                inputs: Tuple) -> Tuple[FlopAnalyzer, ActivationAnalyzer]:
-    flops = FlopAnalyzer(model, inputs).set_op_handle(**SCAN_FLOP_HANDLES)
-    acts = ActivationAnalyzer(model, inputs).set_op_handle(**SCAN_ACTIVATION_HANDLES)
+    flops = FlopAnalyzer(model, inputs).set_op_handle(**CUSTOM_FLOP_HANDLES)
+    acts = ActivationAnalyzer(model, inputs).set_op_handle(**CUSTOM_ACTIVATION_HANDLES)
     for analyzer in (flops, acts):
         analyzer.set_op_handle(**{op: None for op in DATA_MOVEMENT_OPS})
         # we report uncounted ops ourselves, with the elementwise ones told apart
@@ -136,7 +134,7 @@ def analyze_complexity(model: nn.Module, inputs: Union[torch.Tensor, Tuple],
     if not isinstance(inputs, tuple):
         inputs = (inputs, )
     params = dict(parameter_count(model))
-    with torch.no_grad(), traceable_selective_scan():
+    with torch.no_grad(), traceable_custom_ops():
         # analyses run lazily: everything that traces stays inside the patch
         flop_counter, act_counter = _analyzers(model, inputs)
         total = flop_counter.total()

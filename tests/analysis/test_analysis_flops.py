@@ -1,4 +1,4 @@
-"""FLOP counting: the selective scan by formula, the wavelet convs, nothing of ours uncounted."""
+"""FLOP counting: the selective scan and wavelets by formula, nothing of ours uncounted."""
 import pytest
 import torch
 import torch.nn as nn
@@ -6,7 +6,7 @@ import torch.nn as nn
 pytest.importorskip('mmengine')
 ops = pytest.importorskip('mmmobilemamba.ops')
 from mmmobilemamba.analysis import (analyze_complexity, selective_scan_flops,  # noqa: E402
-                                    traceable_selective_scan)
+                                    traceable_custom_ops, wavelet_flops)
 
 
 class OneScan(nn.Module):
@@ -48,7 +48,7 @@ def test_patch_keeps_results_and_restores_the_function():
     original = ops.selective_scan
     inputs = scan_inputs()
     expected = OneScan()(*inputs)
-    with traceable_selective_scan():
+    with traceable_custom_ops():
         assert ops.selective_scan is not original
         patched = OneScan()(*inputs)
     assert ops.selective_scan is original
@@ -75,17 +75,32 @@ class Wavelets(nn.Module):
         self.register_buffer('rec', rec)
 
     def forward(self, x):
-        return ops.inverse_wavelet_transform(ops.wavelet_transform(x, self.dec), self.rec)
+        bands = ops.wavelet_transform(x, self.dec)
+        return ops.inverse_wavelet_transform(bands, self.rec, tuple(x.shape[-2:]))
 
 
-def test_wavelet_transforms_counted_as_convs():
-    channels, size = 3, 8
+def test_wavelet_formula_is_the_grouped_conv_count():
+    # 2x2 stride-2 filters: each of the B * 4C * h * w sub-band values is 4 multiply-adds
+    assert wavelet_flops(1, 3, 4, 4) == 1 * 4 * 3 * 4 * 4 * 4
+
+
+@pytest.mark.parametrize('size', [8, 7])
+def test_wavelet_transforms_counted_by_formula(size):
+    channels = 3
     report = analyze_complexity(Wavelets(channels), torch.randn(1, channels, size, size))
-    # forward: every output of the 4C stride-2 2x2 filters costs 4 MACs; the transposed conv
-    # spreads each of its 4C (size/2)^2 inputs over a 2x2 patch: 4 MACs each as well
-    per_transform = 4 * channels * (size // 2)**2 * 4
-    assert report.flops == report.flops_by_operator['conv'] == 2 * per_transform
-    assert report.unsupported_ops == {}
+    half = (size + 1) // 2  # odd sizes are padded before the transform
+    per_transform = wavelet_flops(1, channels, half, half)
+    assert report.flops_by_operator == {'PythonOp.WaveletTransformOp': per_transform,
+                                        'PythonOp.InverseWaveletTransformOp': per_transform}
+    assert report.unsupported_ops == {} and report.uncounted_elementwise == {}
+
+
+def test_patch_keeps_wavelet_results():
+    module, x = Wavelets(2), torch.randn(1, 2, 6, 10)
+    expected = module(x)
+    with traceable_custom_ops():
+        torch.testing.assert_close(module(x), expected)
+    torch.testing.assert_close(expected, x)  # the Haar pair is an exact inverse
 
 
 def test_backbone_has_no_uncounted_ops_of_ours():
@@ -96,6 +111,8 @@ def test_backbone_has_no_uncounted_ops_of_ours():
     report = analyze_complexity(model, torch.randn(1, 3, 64, 64), max_depth=2)
     assert report.unsupported_ops == {}
     assert report.flops_by_operator['PythonOp.SelectiveScanOp'] > 0
+    assert report.flops_by_operator['PythonOp.WaveletTransformOp'] > 0
+    assert report.flops_by_operator['PythonOp.InverseWaveletTransformOp'] > 0
     assert report.params == sum(p.numel() for p in model.parameters())
     assert 'stages' in report.table and 'Flops' in report.summary()
     assert set(report.top_level()) == {'patch_embed', 'stages'}
