@@ -33,7 +33,7 @@ DATA_MOVEMENT_OPS = ('aten::flip', 'aten::repeat', 'aten::clone', 'aten::expand_
 # (the convention of published FLOPs and of mmdet's get_flops).
 ELEMENTWISE_OPS = frozenset(
     f'aten::{name}{suffix}' for suffix in ('', '_')
-    for name in ('add', 'sub', 'rsub', 'mul', 'div', 'neg', 'exp', 'log', 'sqrt', 'rsqrt',
+    for name in ('add', 'sub', 'rsub', 'mul', 'div', 'neg', 'exp', 'log', 'log2', 'sqrt', 'rsqrt',
                  'pow', 'abs', 'sigmoid', 'silu', 'gelu', 'hardswish', 'hardsigmoid', 'relu6',
                  'leaky_relu', 'elu', 'softplus', 'tanh', 'softmax', 'log_softmax', 'sum',
                  'mean', 'clamp_min', 'clamp_max', 'min', 'maximum', 'minimum', 'lt', 'le',
@@ -74,10 +74,10 @@ class ComplexityReport:
     input_shape: Optional[Tuple[int, ...]] = None
 
     def top_level(self) -> Dict[str, Tuple[int, int]]:
-        """``{child name: (params, flops)}`` for the model's direct children."""
-        names = [n for n in self.flops_by_module if n and '.' not in n]
-        return {n: (self.params_by_module.get(n, 0), self.flops_by_module.get(n, 0))
-                for n in names}
+        """``{child name: (params, flops)}`` for the model's direct children with any."""
+        parts = {n: (self.params_by_module.get(n, 0), self.flops_by_module.get(n, 0))
+                 for n in self.flops_by_module if n and '.' not in n}
+        return {n: counts for n, counts in parts.items() if any(counts)}
 
     def summary(self) -> str:
         """A short report in the style of mmdet's ``get_flops`` tool."""
@@ -101,7 +101,7 @@ class ComplexityReport:
             lines.append('Not counted (elementwise/reductions, by convention): ' +
                          ', '.join(sorted(self.uncounted_elementwise)))
         if self.unsupported_ops:
-            lines.append('WARNING: ops with no FLOP handle: ' + ', '.join(
+            lines.append('WARNING: not counted, no FLOP handle: ' + ', '.join(
                 f'{op} x{n}' for op, n in sorted(self.unsupported_ops.items())))
         lines.append(bar)
         return '\n'.join(lines)
