@@ -17,67 +17,64 @@ Two implementations with one signature:
 
 * :func:`selective_scan_reference`: a plain sequential loop over ``L``; the definition.
 * :func:`selective_scan`: the default. The recurrence ``h_t = a_t h_{t-1} + b_t`` is a linear
-  first-order recurrence, so it has an exact parallel form. We run it as a two-level prefix scan
-  in pure PyTorch (CPU and GPU, no compilation): a Hillis-Steele scan inside chunks of
-  ``_CHUNK`` steps, a recursive scan over the chunk carries, then one fix-up multiply. Only
-  products of decays ``a in (0, 1]`` are formed (never a division by a decay), so it is stable
-  for any ``L`` and any ``delta``. Its backward is the adjoint recurrence run in reverse,
-  computed by the same scan in a custom autograd function, so memory stays O(L) (a, b and h
-  are saved; nothing proportional to L times the chunk length).
+  first-order recurrence, so it splits into chunks: a vectorised sequential pass inside chunks
+  of ~sqrt(L) steps, the same recurrence over the chunk ends, one fix-up multiply-add (pure
+  PyTorch, CPU and GPU, no compilation; see :func:`_scan`). Only products of decays
+  ``a in (0, 1]`` are formed (never a division by a decay), so it is stable for any ``L`` and
+  any ``delta``. Its backward is the adjoint recurrence run in reverse, computed by the same
+  scan in a custom autograd function, so memory stays O(L) (a and h are saved; nothing
+  proportional to L times the chunk length).
 * ``backend='cuda'`` uses ``mamba_ssm``'s fused kernel when installed (optional; never
   required); ``'auto'`` takes it for CUDA tensors when it imports, else the PyTorch scan.
 """
 from typing import Optional, Tuple
+
+import math
 
 import torch
 import torch.nn.functional as F
 
 __all__ = ['selective_scan', 'selective_scan_reference', 'linear_recurrence']
 
-_CHUNK = 32  # inner Hillis-Steele length: log2(32) = 5 vectorised steps per chunk
+_SEQUENTIAL_MAX = 64  # up to this length one sequential pass; beyond, two levels of chunks
 _BACKENDS = ('auto', 'torch', 'cuda', 'reference')
 
 
-def _hillis_steele(a: torch.Tensor, b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Inclusive scan of ``(a, b)`` pairs along the last dim, within that dim only.
+def _scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``h_t = a_t h_{t-1} + b_t`` along the last dim with ``h_{-1} = 0``; no autograd.
 
-    Returns ``(P, h)`` with ``P_t = prod_{s<=t} a_s`` and ``h_t = a_t h_{t-1} + b_t`` (h_{-1}=0).
+    Chunked two-level scan. The sequence is cut into ``n`` chunks of ``c ~ sqrt(L)`` steps and
+    laid out step-major, ``(c, rows, n)``, so that step ``t`` of every chunk of every row is one
+    contiguous block: the ``c`` sequential steps are each one fused multiply-add over
+    ``rows * n`` values (Python overhead ``O(sqrt(L))``, work ``O(L)``). The state entering each
+    chunk comes from the same recurrence over the chunk ends, one level up, and is added back
+    scaled by the running decay. Only products of decays in ``(0, 1]`` are formed, never a
+    division, so no step can overflow whatever ``delta`` is.
     """
     length = a.shape[-1]
-    shift = 1
-    while shift < length:
-        # pair (a1, b1) then (a2, b2) composes to (a1*a2, a2*b1 + b2)
-        b_new = b.clone()
-        b_new[..., shift:].addcmul_(a[..., shift:], b[..., :-shift])
-        a_new = a.clone()
-        a_new[..., shift:].mul_(a[..., :-shift])
-        a, b = a_new, b_new
-        shift *= 2
-    return a, b
-
-
-def _scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``h_t = a_t h_{t-1} + b_t`` along the last dim with ``h_{-1} = 0``; no autograd."""
-    length = a.shape[-1]
-    if length == 1:
-        return b.clone()  # h_0 = b_0; a fresh tensor so autograd never sees an input returned
-    if length <= _CHUNK:
-        return _hillis_steele(a, b)[1]
-    num_chunks = -(-length // _CHUNK)
-    pad = num_chunks * _CHUNK - length
+    lead = a.shape[:-1]
+    a2, b2 = a.reshape(-1, length), b.reshape(-1, length)
+    rows = a2.shape[0]
+    chunk = length if length <= _SEQUENTIAL_MAX else math.ceil(math.sqrt(length))
+    num_chunks = -(-length // chunk)
+    pad = num_chunks * chunk - length
     if pad:
         # identity elements: a = 1, b = 0 leave the carried state unchanged
-        a = F.pad(a, (0, pad), value=1.0)
-        b = F.pad(b, (0, pad), value=0.0)
-    a = a.reshape(*a.shape[:-1], num_chunks, _CHUNK)
-    b = b.reshape(*b.shape[:-1], num_chunks, _CHUNK)
-    decay, local = _hillis_steele(a, b)
-    # state at the end of every chunk, by the same recurrence one level up
-    carry = _scan(decay[..., -1], local[..., -1])
-    carry_in = F.pad(carry[..., :-1], (1, 0))  # state entering each chunk
-    h = local.addcmul_(decay, carry_in.unsqueeze(-1))
-    h = h.reshape(*h.shape[:-2], num_chunks * _CHUNK)
-    return h[..., :length] if pad else h
+        a2 = F.pad(a2, (0, pad), value=1.0)
+        b2 = F.pad(b2, (0, pad), value=0.0)
+    # step-major copies (c, rows, n), made as 2-D transposes (the fastest copy); the loop below
+    # works on them in place
+    decay = a2.reshape(rows * num_chunks, chunk).t().contiguous().view(chunk, rows, num_chunks)
+    state = b2.reshape(rows * num_chunks, chunk).t().contiguous().view(chunk, rows, num_chunks)
+    for t in range(1, chunk):
+        state[t].addcmul_(decay[t], state[t - 1])
+        if num_chunks > 1:
+            decay[t].mul_(decay[t - 1])  # decay since the chunk start, for the carry
+    if num_chunks > 1:
+        carry = _scan(decay[-1], state[-1])             # state at the end of every chunk
+        state.addcmul_(decay, F.pad(carry[:, :-1], (1, 0)))  # plus the state entering it
+    h = state.view(chunk, rows * num_chunks).t().reshape(rows, num_chunks * chunk)
+    return h[:, :length].reshape(*lead, length)
 
 
 class _LinearRecurrence(torch.autograd.Function):
@@ -141,7 +138,7 @@ def _check_layout(u, delta, A, B, C, D, delta_bias) -> Tuple[int, int, int, int]
 
 
 def _prepare(u, delta, A, B, C, delta_bias, delta_softplus):
-    """Common float32 set-up: returns (u, delta, A, B, C) with B/C expanded to channels."""
+    """Float32 set-up of the sequential twin: (u, delta, A, B, C), B/C expanded to channels."""
     batch, k_dirs, n_state, length = _check_layout(u, delta, A, B, C, None, delta_bias)
     channels = u.shape[1]
     u, delta, A = u.float(), delta.float(), A.float()
@@ -159,13 +156,22 @@ def _prepare(u, delta, A, B, C, delta_bias, delta_softplus):
 
 
 def _torch_scan(u, delta, A, B, C, D, delta_bias, delta_softplus):
-    u32, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
-    a = torch.exp(delta.unsqueeze(2) * A[None, :, :, None])      # (batch, KD, N, L), in (0, 1]
-    b = (delta * u32).unsqueeze(2) * B
-    h = linear_recurrence(a, b)
-    y = (h * C).sum(2)
+    batch, k_dirs, n_state, length = _check_layout(u, delta, A, B, C, D, delta_bias)
+    channels = u.shape[1]
+    u32, delta = u.float(), delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    # (batch, K, D, N, L) by broadcasting: B and C are shared by the D channels of a direction
+    shape5 = (batch, k_dirs, channels // k_dirs, 1, length)
+    delta5 = delta.view(shape5)
+    a = torch.exp(delta5 * A.float().view(k_dirs, -1, n_state, 1))   # decays in (0, 1]
+    b = (delta5 * u32.view(shape5)) * B.float().unsqueeze(2)
+    h = linear_recurrence(a, b) * C.float().unsqueeze(2)
+    y = (h.squeeze(3) if n_state == 1 else h.sum(3)).reshape(batch, channels, length)
     if D is not None:
-        y = y + D.float()[:, None] * u32
+        y = torch.addcmul(y, D.float()[:, None], u32)
     return y.to(u.dtype)
 
 

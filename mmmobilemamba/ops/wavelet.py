@@ -51,8 +51,18 @@ def wavelet_filters(channels: int, wavelet: str = 'db1',
     return dec, rec
 
 
+def _taps(filters: torch.Tensor, channels: int, dtype: torch.dtype) -> torch.Tensor:
+    """2x2 filters as per-channel broadcastable taps: (4 bands, 2, 2, 1, C, 1, 1)."""
+    taps = filters.to(dtype).view(channels, 4, 2, 2).permute(1, 2, 3, 0)
+    return taps.reshape(4, 2, 2, 1, channels, 1, 1)
+
+
 def wavelet_transform(x: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
     """Forward transform ``(B, C, H, W) -> (B, C, 4, ceil(H/2), ceil(W/2))``.
+
+    Two-tap filters (Haar) take a fast path of strided slices and per-channel multiply-adds:
+    a grouped stride-2 conv with 4C tiny filters is slow in the CPU conv backends. Longer
+    filters fall back to the grouped convolution; both compute the same transform.
 
     Args:
         x (Tensor): input feature map.
@@ -64,6 +74,12 @@ def wavelet_transform(x: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
                          f'input has {c}')
     if h % 2 or w % 2:
         x = F.pad(x, (0, w % 2, 0, h % 2))
+    if filters.shape[-2:] == (2, 2):
+        taps = _taps(filters, c, x.dtype)
+        corners = [[x[..., i::2, j::2] for j in (0, 1)] for i in (0, 1)]
+        bands = [sum(taps[k, i, j] * corners[i][j] for i in (0, 1) for j in (0, 1))
+                 for k in range(4)]
+        return torch.stack(bands, dim=2)
     pad = (filters.shape[2] // 2 - 1, filters.shape[3] // 2 - 1)
     out = F.conv2d(x, filters.to(x.dtype), stride=2, padding=pad, groups=c)
     return out.reshape(b, c, 4, out.shape[-2], out.shape[-1])
@@ -83,9 +99,17 @@ def inverse_wavelet_transform(x: torch.Tensor, filters: torch.Tensor,
     if bands != 4 or filters.shape[0] != 4 * c:
         raise ValueError(f'inverse_wavelet_transform: expected (B, {filters.shape[0] // 4}, 4, h, w) '
                          f'sub-bands, got {tuple(x.shape)}')
-    pad = (filters.shape[2] // 2 - 1, filters.shape[3] // 2 - 1)
-    out = F.conv_transpose2d(x.reshape(b, 4 * c, h, w), filters.to(x.dtype), stride=2,
-                             padding=pad, groups=c)
+    if filters.shape[-2:] == (2, 2):
+        # stride 2, kernel 2: every output pixel comes from one input position
+        taps = _taps(filters, c, x.dtype)
+        out = x.new_empty(b, c, 2 * h, 2 * w)
+        for i in (0, 1):
+            for j in (0, 1):
+                out[..., i::2, j::2] = sum(taps[k, i, j] * x[:, :, k] for k in range(4))
+    else:
+        pad = (filters.shape[2] // 2 - 1, filters.shape[3] // 2 - 1)
+        out = F.conv_transpose2d(x.reshape(b, 4 * c, h, w), filters.to(x.dtype), stride=2,
+                                 padding=pad, groups=c)
     if size is not None and tuple(out.shape[-2:]) != tuple(size):
         out = out[..., :size[0], :size[1]]
     return out

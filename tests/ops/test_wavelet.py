@@ -38,3 +38,17 @@ def test_channel_mismatch_raises():
     dec, _ = wavelet_filters(3)
     with pytest.raises(ValueError, match='filters are for 3 channels'):
         wavelet_transform(torch.randn(1, 4, 8, 8), dec)
+
+
+@pytest.mark.parametrize('size', [(8, 10), (7, 9)])
+def test_fast_haar_path_equals_grouped_convolution(size):
+    """The slice-based Haar path computes exactly the stride-2 grouped (transposed) conv."""
+    import torch.nn.functional as F
+    x = torch.randn(2, 3, *size)
+    dec, rec = wavelet_filters(3)
+    padded = F.pad(x, (0, size[1] % 2, 0, size[0] % 2))
+    conv = F.conv2d(padded, dec, stride=2, groups=3)
+    bands = wavelet_transform(x, dec)
+    torch.testing.assert_close(bands, conv.view_as(bands), atol=1e-6, rtol=1e-6)
+    inv = F.conv_transpose2d(conv, rec, stride=2, groups=3)
+    torch.testing.assert_close(inverse_wavelet_transform(bands, rec), inv, atol=1e-6, rtol=1e-6)
