@@ -144,3 +144,13 @@ def test_bad_arguments_fail_at_construction(kwargs, message):
     kwargs = dict(dict(in_channels=[8, 12, 16], out_channels=8), **kwargs)
     with pytest.raises((ValueError, TypeError), match=message):
         MobileMambaFPN(**kwargs)
+
+
+def test_norm_and_activation_configs_reach_every_conv():
+    neck = MobileMambaFPN([8, 12, 16], 8, norm_cfg=dict(type='BN'), act_cfg=dict(type='ReLU'),
+                          no_norm_on_lateral=True, **RETINANET)
+    assert all(not conv.with_norm for conv in neck.lateral_convs)
+    level = neck.deconv_levels[0]
+    assert level.upsample.with_norm and level.fpn_conv.with_norm and neck.extra_convs[0].with_norm
+    outs = neck.eval()(fake_stages(size=128))
+    assert all((o >= 0).all() for o in outs)  # every output ends in a ReLU
