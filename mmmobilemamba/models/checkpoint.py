@@ -14,6 +14,7 @@ nothing would load or a shape does not match.
 """
 import os
 import re
+import warnings
 from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -66,8 +67,15 @@ def pretrained_path(init_cfg: Any) -> Optional[str]:
     cfgs = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
     for cfg in cfgs:
         if isinstance(cfg, Mapping) and cfg.get('type') == 'Pretrained':
-            if not cfg.get('checkpoint'):
-                raise ValueError("init_cfg type='Pretrained' needs checkpoint=PATH. " + RELEASE_HINT)
+            if cfg.get('checkpoint') is None:
+                # configs write `checkpoint=pretrained` with `pretrained = None` to train from
+                # scratch: allowed, but never silently
+                warnings.warn('MobileMamba: no pretrained checkpoint (pretrained=None): the '
+                              'backbone trains from scratch. The paper\'s results need the '
+                              'released ImageNet weights. ' + RELEASE_HINT, stacklevel=2)
+                print_log('MobileMamba: training the backbone from scratch (pretrained=None)',
+                          logger='current', level=30)
+                return None
             return cfg['checkpoint']
     return None
 

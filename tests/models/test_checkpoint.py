@@ -109,3 +109,12 @@ def test_converter_tool_writes_loadable_file(tmp_path, release):
     model = MobileMamba(arch, init_cfg=dict(type='Pretrained', checkpoint=str(dst)))
     model.init_weights()
     assert _same_weights(model, convert_official_checkpoint(official))
+
+
+def test_pretrained_none_trains_from_scratch_with_a_warning(release):
+    arch, _ = release
+    model = MobileMamba(arch, init_cfg=dict(type='Pretrained', checkpoint=None))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.warns(UserWarning, match='from scratch'):
+        model.init_weights()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -419,7 +419,9 @@ class MobileMamba(BaseModule):
         from ..checkpoint import load_backbone_checkpoint, pretrained_path
         path = pretrained_path(self.init_cfg)
         if path is None:
-            super().init_weights()
+            if not (isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained'):
+                super().init_weights()  # e.g. Kaiming/TruncNormal init_cfgs
+            self._is_init = True
             return
         prefix = self.init_cfg.get('prefix') if isinstance(self.init_cfg, dict) else None
         load_backbone_checkpoint(self, path, prefix=prefix)
