@@ -19,6 +19,7 @@ from .image_loading import (ImageLoadError, SafeLoadImageFromFile, decode_image,
                             to_three_channel_uint8)
 from .launch import find_resume_checkpoint, test_main, train_main
 from .metrics import DumpSegResults
+from .model_check import backbone_out_channels, check_model_channels, load_from_report
 
 register_checkpoint_safe_globals()
 register_atomic_backend()
@@ -26,7 +27,7 @@ register_atomic_backend()
 __all__ = [
     'AtomicCheckpointHook', 'AtomicLocalBackend', 'DumpSegResults', 'FiniteLossGuardHook',
     'ImageLoadError', 'NonFiniteLossError', 'Problem', 'SafeLoadImageFromFile',
-    'atomic_write_bytes', 'atomic_write_text', 'check_class_counts', 'check_dataset_config',
+    'atomic_write_bytes', 'backbone_out_channels', 'check_model_channels', 'load_from_report', 'atomic_write_text', 'check_class_counts', 'check_dataset_config',
     'checkpoint_safe_globals', 'decode_image', 'detect_codebase', 'find_resume_checkpoint',
     'format_report', 'has_errors', 'load_image', 'non_finite_losses', 'register_atomic_backend',
     'register_checkpoint_safe_globals', 'remove_stale_temp_files', 'test_main',

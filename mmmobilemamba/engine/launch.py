@@ -26,6 +26,7 @@ from mmengine.logging import print_log
 
 from .codebase import detect_codebase as _detect_codebase
 from .dataset_check import ERROR, check_class_counts
+from .model_check import check_model_channels, load_from_report
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 POINTER_FILE = 'last_checkpoint'
@@ -245,6 +246,32 @@ def run_class_count_check(cfg: Config) -> None:
                           '\n'.join(errors))
 
 
+def run_model_check(cfg: Config) -> None:
+    """Raise :class:`LaunchError` when the backbone's channels and the neck/heads disagree."""
+    errors = [str(p) for p in check_model_channels(cfg) if p.severity == ERROR]
+    if errors:
+        raise LaunchError('the model config is inconsistent:\n' + '\n'.join(errors))
+
+
+def report_load_from(runner, cfg: Config) -> None:
+    """Log which ``load_from`` tensors will not load (e.g. heads of another num_classes)."""
+    path = cfg.get('load_from')
+    if not path or cfg.get('resume') or not osp.isfile(path) or not _is_main_process():
+        return
+    try:
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # mmengine's own load reports the real error next
+        print_log(f'load_from: cannot inspect {path}: {err}', logger='current',
+                  level=logging.WARNING)
+        return
+    lines = load_from_report(runner.model, checkpoint)
+    if lines:
+        print_log(f'load_from {path}: not everything loads; the rest does:\n  ' +
+                  '\n  '.join(lines), logger='current', level=logging.WARNING)
+    else:
+        print_log(f'load_from {path}: every tensor matches the model', logger='current')
+
+
 def build_runner(cfg: Config):
     """``Runner.from_cfg``, or the registered ``cfg.runner_type``."""
     from mmengine.registry import RUNNERS
@@ -345,11 +372,14 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         cfg = prepare_train_config(args)
         run_class_count_check(cfg)
+        run_model_check(cfg)
         prepare_cpu_distributed(cfg)
     except LaunchError as err:
         print(f'error: {err}', file=sys.stderr, flush=True)
         return 2
-    build_runner(cfg).train()
+    runner = build_runner(cfg)
+    report_load_from(runner, cfg)
+    runner.train()
     return 0
 
 

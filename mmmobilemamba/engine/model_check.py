@@ -1,0 +1,149 @@
+"""Model-side checks run before training: channel wiring and ``load_from`` compatibility.
+
+* :func:`check_model_channels`: the channels MobileMamba gives (``arch`` + ``out_indices``)
+  against what the neck (or, without a neck, the decode head) expects. A typo there would
+  otherwise surface as a cryptic conv shape error at the first forward.
+* :func:`load_from_report`: which tensors of a ``load_from`` checkpoint will not load into the
+  model and why; the usual case is fine-tuning with another ``num_classes``, where the
+  class-dependent head layers keep their fresh initialisation.
+"""
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import torch
+from mmengine.config import Config
+
+from .dataset_check import ERROR, Problem
+
+__all__ = ['backbone_out_channels', 'check_model_channels', 'load_from_report']
+
+
+def backbone_out_channels(backbone_cfg: Mapping) -> Optional[List[int]]:
+    """Channels of the outputs of a MobileMamba config, or None for other backbones.
+
+    Raises:
+        ValueError: for an invalid ``arch`` / ``out_indices`` (the backbone's own message).
+    """
+    if not isinstance(backbone_cfg, Mapping) or backbone_cfg.get('type') != 'MobileMamba':
+        return None
+    from mmmobilemamba.models.backbones.mobilemamba import _resolve_arch
+    dims = _resolve_arch(backbone_cfg.get('arch', 'b1'))['embed_dims']
+    out_indices = backbone_cfg.get('out_indices', (0, 1, 2))
+    out_indices = list(out_indices) if isinstance(out_indices, Sequence) else [out_indices]
+    bad = [i for i in out_indices if not isinstance(i, int) or not 0 <= i < len(dims)]
+    if bad or not out_indices:
+        raise ValueError(f'MobileMamba: out_indices {tuple(out_indices)} invalid; valid stage '
+                         'indices are 0, 1, 2 (strides 16, 32, 64)')
+    return [dims[i] for i in out_indices]
+
+
+def _as_list(value: Any) -> Optional[List[int]]:
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, Sequence) and all(isinstance(v, int) for v in value):
+        return list(value)
+    return None
+
+
+def _expected_by_head(head: Mapping, channels: List[int]) -> Optional[List[int]]:
+    """What a head without a neck receives: ``in_index`` selects from the backbone outputs."""
+    in_index = head.get('in_index', -1)
+    indices = _as_list(in_index) or [-1]
+    try:
+        picked = [channels[i] for i in indices]
+    except IndexError:
+        return None
+    return picked if isinstance(in_index, Sequence) else picked[:1]
+
+
+def check_model_channels(cfg: Config) -> List[Problem]:
+    """Compare MobileMamba's output channels with the neck's / heads' ``in_channels``.
+
+    Args:
+        cfg: a full mmdet/mmseg config.
+
+    Returns:
+        One error per mismatch, naming the config key, what it says, what the backbone gives
+        and the value to set; an error for an invalid backbone config.
+    """
+    model = cfg.get('model') or {}
+    if model.get('type') in ('SegTTAModel', 'DetTTAModel') and 'module' in model:
+        model = model['module']
+    try:
+        channels = backbone_out_channels(model.get('backbone'))
+    except ValueError as err:
+        return [Problem(ERROR, 'model.backbone', str(err))]
+    if channels is None:
+        return []
+    backbone = model['backbone']
+    gives = (f"MobileMamba(arch={backbone.get('arch', 'b1')!r}, "
+             f"out_indices={tuple(backbone.get('out_indices', (0, 1, 2)))}) gives {channels}")
+    neck = model.get('neck')
+    targets = []  # (config key, expected list, declared list)
+    if isinstance(neck, Mapping) and 'in_channels' in neck:
+        targets.append(('model.neck.in_channels', channels, _as_list(neck['in_channels'])))
+    elif neck is None:
+        heads = [('model.decode_head', model.get('decode_head'))]
+        aux = model.get('auxiliary_head')
+        aux_list = aux if isinstance(aux, (list, tuple)) else [aux]
+        heads += [(f'model.auxiliary_head{"" if not isinstance(aux, (list, tuple)) else f".{i}"}', h)
+                  for i, h in enumerate(aux_list)]
+        for key, head in heads:
+            if isinstance(head, Mapping) and 'in_channels' in head:
+                want = _expected_by_head(head, channels)
+                if want is None:
+                    return [Problem(ERROR, f'{key}.in_index',
+                                    f"{head.get('in_index')} selects a backbone output that "
+                                    f'does not exist: {gives} ({len(channels)} outputs)')]
+                targets.append((f'{key}.in_channels', want, _as_list(head['in_channels'])))
+    problems = []
+    for key, want, declared in targets:
+        if declared is not None and declared != want:
+            value = want if len(want) > 1 or key.startswith('model.neck') else want[0]
+            problems.append(Problem(
+                ERROR, key, f'is {declared} but {gives}; set {key}={value} '
+                f'(or change the backbone arch/out_indices)'))
+    return problems
+
+
+def _state_dict_of(checkpoint: Any) -> Dict[str, torch.Tensor]:
+    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get('state_dict'), Mapping):
+        checkpoint = checkpoint['state_dict']
+    return {k[7:] if k.startswith('module.') else k: v for k, v in checkpoint.items()
+            if isinstance(v, torch.Tensor)}
+
+
+def load_from_report(model: torch.nn.Module, checkpoint: Any) -> List[str]:
+    """Lines describing what of ``checkpoint`` will not load into ``model``, and why.
+
+    Args:
+        model: the model about to be loaded (``runner.model``, unwrapped from DDP).
+        checkpoint: a loaded checkpoint (mmengine ``{'state_dict': ...}`` or a state dict).
+
+    Returns:
+        list[str]: empty when everything matches; else one line per skipped tensor (shape
+        mismatch: kept at its initialisation), then summaries of missing / unexpected keys.
+    """
+    model = getattr(model, 'module', model)
+    own = model.state_dict()
+    state = _state_dict_of(checkpoint)
+    lines = []
+    for key, value in state.items():
+        if key in own and own[key].shape != value.shape:
+            reason = ('class-dependent layer (num_classes differs)'
+                      if _looks_class_dependent(key) else 'shape differs')
+            lines.append(f'skipped {key}: checkpoint {tuple(value.shape)} vs model '
+                         f'{tuple(own[key].shape)}, {reason}; re-initialised')
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing:
+        lines.append(f'{len(missing)} model tensors not in the checkpoint (kept at init): '
+                     + ', '.join(missing[:10]) + (' ...' if len(missing) > 10 else ''))
+    if unexpected:
+        lines.append(f'{len(unexpected)} checkpoint tensors unused by the model: '
+                     + ', '.join(unexpected[:10]) + (' ...' if len(unexpected) > 10 else ''))
+    return lines
+
+
+def _looks_class_dependent(key: str) -> bool:
+    names = ('cls', 'conv_seg', 'conv_logits', 'fc_cls', 'retina_cls', 'conv_cls')
+    return any(n in key for n in names)

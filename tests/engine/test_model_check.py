@@ -1,0 +1,93 @@
+"""Channel wiring checks and the load_from report for fine-tuning with other classes."""
+import pytest
+import torch
+from mmengine.config import Config
+
+from mmmobilemamba.engine import check_model_channels, load_from_report
+
+TINY = dict(embed_dims=(48, 64, 96), depths=(1, 1, 1), global_ratios=(0.8, 0.7, 0.6),
+            local_ratios=(0.2, 0.2, 0.3), kernel_sizes=(7, 5, 3))
+
+
+def _retinanet(num_classes=3, in_channels=(48, 64, 96), arch=TINY, out_indices=(0, 1, 2)):
+    return Config(dict(default_scope='mmdet', model=dict(
+        type='RetinaNet',
+        data_preprocessor=dict(type='DetDataPreprocessor', mean=[0, 0, 0], std=[1, 1, 1]),
+        backbone=dict(type='MobileMamba', arch=arch, out_indices=out_indices),
+        neck=dict(type='MobileMambaFPN', in_channels=list(in_channels), out_channels=16,
+                  num_deconv_levels=1, add_extra_convs='on_input', num_outs=5),
+        bbox_head=dict(type='RetinaHead', num_classes=num_classes, in_channels=16,
+                       feat_channels=16, stacked_convs=1,
+                       anchor_generator=dict(type='AnchorGenerator', octave_base_scale=4,
+                                             scales_per_octave=1, ratios=[1.0],
+                                             strides=[8, 16, 32, 64, 128]),
+                       bbox_coder=dict(type='DeltaXYWHBBoxCoder'),
+                       loss_cls=dict(type='FocalLoss', use_sigmoid=True),
+                       loss_bbox=dict(type='L1Loss')))))
+
+
+def test_matching_channels_pass():
+    assert check_model_channels(_retinanet()) == []
+
+
+def test_neck_in_channels_mismatch_names_the_fix():
+    problems = check_model_channels(_retinanet(in_channels=(200, 376, 448)))
+    assert len(problems) == 1
+    text = str(problems[0])
+    assert 'model.neck.in_channels' in text and '[48, 64, 96]' in text and '[200, 376, 448]' in text
+
+
+def test_out_indices_change_is_followed():
+    problems = check_model_channels(_retinanet(out_indices=(1, 2)))
+    assert 'gives [64, 96]' in str(problems[0])
+
+
+@pytest.mark.parametrize('arch,match', [('b3', "unknown arch 'b3'"), (TINY, 'out_indices')])
+def test_invalid_backbone_config_is_reported(arch, match):
+    cfg = _retinanet(arch=arch, out_indices=(3,) if arch is TINY else (0, 1, 2))
+    problems = check_model_channels(cfg)
+    assert problems and match in str(problems[0])
+
+
+def test_segmentor_head_without_neck_uses_in_index():
+    cfg = Config(dict(model=dict(
+        type='EncoderDecoder', backbone=dict(type='MobileMamba', arch='b1'),
+        decode_head=dict(type='ASPPHead', in_channels=2048, in_index=2, num_classes=4),
+        auxiliary_head=dict(type='FCNHead', in_channels=376, in_index=1, num_classes=4))))
+    problems = check_model_channels(cfg)
+    assert len(problems) == 1
+    assert 'model.decode_head.in_channels=448' in str(problems[0])
+
+
+def test_load_from_report_and_reinit_of_class_layers(tmp_path):
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.runner import load_checkpoint
+    import mmmobilemamba  # noqa: F401
+    register_all_modules()
+    source = MODELS.build(_retinanet(num_classes=80).model)
+    path = tmp_path / 'coco.pth'
+    torch.save({'state_dict': source.state_dict()}, path)
+    target = MODELS.build(_retinanet(num_classes=3).model)
+    target.init_weights()
+    init_cls = target.bbox_head.retina_cls.weight.detach().clone()
+    lines = load_from_report(target, torch.load(path, weights_only=True))
+    skipped = [ln for ln in lines if ln.startswith('skipped')]
+    assert {ln.split(':')[0] for ln in skipped} == {
+        'skipped bbox_head.retina_cls.weight', 'skipped bbox_head.retina_cls.bias'}
+    assert all('num_classes differs' in ln for ln in skipped)
+    load_checkpoint(target, str(path), strict=False)
+    torch.testing.assert_close(target.bbox_head.retina_cls.weight, init_cls)
+    torch.testing.assert_close(target.backbone.patch_embed[0].conv.weight,
+                               source.backbone.patch_embed[0].conv.weight)
+
+
+def test_train_entry_stops_on_channel_mismatch(tmp_path, capsys):
+    """tools/train.py runs the check before building anything: exit 2, the fix in the message."""
+    from mmmobilemamba.engine.launch import train_main
+    cfg = _retinanet(in_channels=(200, 376, 448))
+    cfg.custom_imports = dict(imports=['mmmobilemamba'], allow_failed_imports=False)
+    path = tmp_path / 'bad_neck.py'
+    cfg.dump(str(path))
+    assert train_main([str(path), '--work-dir', str(tmp_path / 'wd')]) == 2
+    assert 'model.neck.in_channels=[48, 64, 96]' in capsys.readouterr().err
