@@ -1,0 +1,2 @@
+# Short name for mobilemamba/deeplabv3_mobilemamba-b4_4xb8-80k_ade20k-512x512.py (same model and schedule).
+_base_ = ['./mobilemamba/deeplabv3_mobilemamba-b4_4xb8-80k_ade20k-512x512.py']
