@@ -17,7 +17,7 @@ crop_size = (128, 128)
 
 train_pipeline = [
     dict(type='SafeLoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='LoadAnnotations'),  # reduce_zero_label comes from the dataset
     dict(type='RandomResize', scale=image_scale, ratio_range=(0.8, 1.25), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
     dict(type='RandomFlip', prob=0.5),
@@ -29,7 +29,7 @@ test_pipeline = [
     dict(type='SafeLoadImageFromFile', on_error='raise'),
     dict(type='Resize', scale=image_scale, keep_ratio=True),
     # annotations after Resize: metrics are computed at the original size
-    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='LoadAnnotations'),  # reduce_zero_label comes from the dataset
     dict(type='PackSegInputs'),
 ]
 train_dataloader = dict(
