@@ -5,7 +5,6 @@ parameter counts without the auxiliary head (within 2%) and their heads fit the 
 stages; the quickstart segmentors take a training step, predict and evaluate on a tiny
 generated shapes set.
 """
-import copy
 import functools
 import math
 import os
