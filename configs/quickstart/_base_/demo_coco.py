@@ -1,0 +1,90 @@
+# Shared settings of the quickstart detectors: the built-in synthetic shapes data
+# (python tools/misc/generate_demo_data.py --task det -> data/demo_coco/, 192 px images),
+# small-image pipelines, loaders, COCO evaluation and a chatty, crash-safe runtime.
+# Inherited by configs/quickstart/*_mobilemamba_demo-coco.py.
+_base_ = 'mmdet::_base_/default_runtime.py'
+custom_imports = dict(imports=['mmmobilemamba'], allow_failed_imports=False)
+
+dataset_type = 'CocoDataset'
+data_root = 'data/demo_coco/'
+# mmmobilemamba.datasets.synthetic.DEMO_CLASSES / DEMO_PALETTE, written out (configs cannot
+# import the package).
+metainfo = dict(
+    classes=('circle', 'square', 'triangle', 'star', 'cross'),
+    palette=[(220, 20, 60), (0, 120, 255), (255, 160, 0), (150, 0, 210), (0, 170, 80)])
+img_scale = (192, 192)
+backend_args = None
+
+train_pipeline = [
+    # a broken image is skipped with a warning naming it (another sample is drawn)
+    dict(type='SafeLoadImageFromFile', on_error='skip', backend_args=backend_args),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='Resize', scale=img_scale, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs')
+]
+test_pipeline = [
+    # evaluation must see every image: a broken one stops the run, naming the file
+    dict(type='SafeLoadImageFromFile', on_error='raise', backend_args=backend_args),
+    dict(type='Resize', scale=img_scale, keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
+]
+
+train_dataloader = dict(
+    batch_size=8,
+    num_workers=1,
+    persistent_workers=True,
+    sampler=dict(type='DefaultSampler', shuffle=True),
+    batch_sampler=dict(type='AspectRatioBatchSampler'),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        metainfo=metainfo,
+        ann_file='annotations/instances_train.json',
+        data_prefix=dict(img='train/'),
+        filter_cfg=dict(filter_empty_gt=True, min_size=4),
+        pipeline=train_pipeline,
+        backend_args=backend_args))
+val_dataloader = dict(
+    batch_size=8,
+    num_workers=1,
+    persistent_workers=True,
+    drop_last=False,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        metainfo=metainfo,
+        ann_file='annotations/instances_val.json',
+        data_prefix=dict(img='val/'),
+        test_mode=True,
+        pipeline=test_pipeline,
+        backend_args=backend_args))
+test_dataloader = val_dataloader
+
+val_evaluator = dict(
+    type='CocoMetric',
+    ann_file=data_root + 'annotations/instances_val.json',
+    metric='bbox',
+    format_only=False,
+    backend_args=backend_args)
+test_evaluator = val_evaluator
+
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+
+default_hooks = dict(
+    # a progress line (iteration, losses, ETA) every 5 iterations
+    logger=dict(type='LoggerHook', interval=5),
+    # checkpoints are written to a temporary file and renamed: an interrupted run never
+    # leaves a half-written epoch_N.pth behind
+    checkpoint=dict(type='AtomicCheckpointHook', interval=5, max_keep_ckpts=2, save_last=True))
+# stop at the first NaN/Inf loss instead of training on garbage
+custom_hooks = [dict(type='FiniteLossGuardHook')]
+log_processor = dict(type='LogProcessor', window_size=5, by_epoch=True)
+
+randomness = dict(seed=0)
+# these runs train from scratch: no ImageNet weights
+pretrained = None

@@ -1,0 +1,88 @@
+# Quickstart: Mask R-CNN with a small MobileMamba on the built-in shapes data (boxes and
+# masks), trained from scratch on a CPU. Not a paper setting: see
+# configs/mobilemamba/mask-rcnn_mobilemamba-b1_fpn_1x_coco.py for that.
+#
+#   python tools/misc/generate_demo_data.py --task det
+#   python tools/train.py configs/quickstart/mask-rcnn_mobilemamba_demo-coco.py
+#   python tools/test.py configs/quickstart/mask-rcnn_mobilemamba_demo-coco.py \
+#       work_dirs/mask-rcnn_mobilemamba_demo-coco/epoch_N.pth --show-dir vis
+_base_ = [
+    'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
+    './_base_/demo_coco.py',
+]
+work_dir = 'work_dirs/mask-rcnn_mobilemamba_demo-coco'
+pretrained = None  # from scratch (a path here loads MobileMamba weights of the same arch)
+
+# A narrow, shallow MobileMamba (same blocks as B1, one per stage) for CPU speed.
+arch = dict(embed_dims=(64, 128, 192), depths=(1, 1, 1), global_ratios=(0.8, 0.7, 0.6),
+            local_ratios=(0.2, 0.2, 0.3), kernel_sizes=(7, 5, 3))
+neck_channels = 128
+model = dict(
+    data_preprocessor=dict(pad_size_divisor=64),
+    backbone=dict(
+        _delete_=True,
+        type='MobileMamba',
+        arch=arch,
+        out_indices=(0, 1, 2),
+        norm_eval=False,  # from scratch: BatchNorm statistics must be learned
+        norm_cfg=dict(type='BN', requires_grad=True),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    # strides 4, 8, 16, 32, 64 as the RPN and RoI extractors of the base expect
+    neck=dict(
+        _delete_=True,
+        type='MobileMambaFPN',
+        in_channels=[64, 128, 192],
+        out_channels=neck_channels,
+        num_deconv_levels=2,
+        num_outs=5),
+    rpn_head=dict(
+        in_channels=neck_channels,
+        feat_channels=neck_channels,
+        # objects are 16-110 px: anchors of 16 px at stride 4 up to 256 px at 64
+        anchor_generator=dict(scales=[4], ratios=[0.5, 1.0, 2.0])),
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=neck_channels),
+        bbox_head=dict(in_channels=neck_channels, fc_out_channels=256, num_classes=5),
+        mask_roi_extractor=dict(out_channels=neck_channels),
+        mask_head=dict(in_channels=neck_channels, conv_out_channels=neck_channels,
+                       num_classes=5)),
+    # few objects per image: fewer proposals and RoI samples than for COCO
+    train_cfg=dict(
+        rpn_proposal=dict(nms_pre=1000, max_per_img=300),
+        rcnn=dict(sampler=dict(num=128))),
+    test_cfg=dict(
+        rpn=dict(nms_pre=500, max_per_img=100),
+        rcnn=dict(max_per_img=50)))
+
+train_pipeline = [
+    dict(type='SafeLoadImageFromFile', on_error='skip'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale={{_base_.img_scale}}, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs')
+]
+test_pipeline = [
+    dict(type='SafeLoadImageFromFile', on_error='raise'),
+    dict(type='Resize', scale={{_base_.img_scale}}, keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
+]
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(metric=['bbox', 'segm'])
+test_evaluator = val_evaluator
+
+max_epochs = 24
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=max_epochs)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
+    dict(type='CosineAnnealingLR', T_max=max_epochs, eta_min=1e-5, by_epoch=True, begin=0,
+         end=max_epochs, convert_to_iter_based=True),
+]
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05),
+    clip_grad=dict(max_norm=10.0, norm_type=2))
+auto_scale_lr = dict(enable=False, base_batch_size=8)

@@ -1,0 +1,58 @@
+# Quickstart: RetinaNet with a small MobileMamba on the built-in shapes data, trained from
+# scratch on a CPU in minutes (`make demo` runs it). Not a paper setting: see
+# configs/mobilemamba/retinanet_mobilemamba-b1_fpn_1x_coco.py for that.
+#
+#   python tools/misc/generate_demo_data.py --task det
+#   python tools/train.py configs/quickstart/retinanet_mobilemamba_demo-coco.py
+#   python tools/test.py configs/quickstart/retinanet_mobilemamba_demo-coco.py \
+#       work_dirs/retinanet_mobilemamba_demo-coco/epoch_N.pth --show-dir vis
+_base_ = [
+    'mmdet::_base_/models/retinanet_r50_fpn.py',
+    './_base_/demo_coco.py',
+]
+work_dir = 'work_dirs/retinanet_mobilemamba_demo-coco'
+pretrained = None  # from scratch (a path here loads MobileMamba weights of the same arch)
+
+# A narrow, shallow MobileMamba (same blocks as B1, one per stage) for CPU speed.
+arch = dict(embed_dims=(64, 128, 192), depths=(1, 1, 1), global_ratios=(0.8, 0.7, 0.6),
+            local_ratios=(0.2, 0.2, 0.3), kernel_sizes=(7, 5, 3))
+model = dict(
+    data_preprocessor=dict(pad_size_divisor=64),
+    backbone=dict(
+        _delete_=True,
+        type='MobileMamba',
+        arch=arch,
+        out_indices=(0, 1, 2),
+        norm_eval=False,  # from scratch: BatchNorm statistics must be learned
+        norm_cfg=dict(type='BN', requires_grad=True),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    neck=dict(
+        _delete_=True,
+        type='MobileMambaFPN',
+        in_channels=[64, 128, 192],
+        out_channels=128,
+        num_deconv_levels=1,
+        add_extra_convs='on_input',
+        num_outs=5),
+    bbox_head=dict(
+        num_classes=5,
+        in_channels=128,
+        feat_channels=128,
+        stacked_convs=2,
+        norm_cfg=dict(type='GN', num_groups=32, requires_grad=True),
+        # objects are 16-110 px: anchors of 16-25 px at stride 8 up to 256-400 px at 128
+        anchor_generator=dict(octave_base_scale=2, ratios=[1.0])),
+    test_cfg=dict(score_thr=0.05, max_per_img=50))
+
+max_epochs = 24
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=max_epochs)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
+    dict(type='CosineAnnealingLR', T_max=max_epochs, eta_min=1e-5, by_epoch=True, begin=0,
+         end=max_epochs, convert_to_iter_based=True),
+]
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=2e-3, betas=(0.9, 0.999), weight_decay=0.05),
+    clip_grad=dict(max_norm=10.0, norm_type=2))
+auto_scale_lr = dict(enable=False, base_batch_size=8)

@@ -1,0 +1,99 @@
+# Quickstart: SSDLite with a small MobileMamba on the built-in shapes data, trained from
+# scratch on a CPU. Not a paper setting: see
+# configs/mobilemamba/ssdlite_mobilemamba-b1_8xb24-120e_coco-320.py for that.
+#
+# At 192 px the backbone's stride-16 and stride-32 maps (12 and 6 cells) get two depthwise
+# extra levels (3 and 2 cells), each with SSD anchors sized for the 16-110 px shapes.
+#
+#   python tools/misc/generate_demo_data.py --task det
+#   python tools/train.py configs/quickstart/ssdlite_mobilemamba_demo-coco.py
+_base_ = './_base_/demo_coco.py'
+work_dir = 'work_dirs/ssdlite_mobilemamba_demo-coco'
+pretrained = None  # from scratch (a path here loads MobileMamba weights of the same arch)
+
+# A narrow, shallow MobileMamba (same blocks as B1, one per stage) for CPU speed.
+arch = dict(embed_dims=(64, 128, 192), depths=(1, 1, 1), global_ratios=(0.8, 0.7, 0.6),
+            local_ratios=(0.2, 0.2, 0.3), kernel_sizes=(7, 5, 3))
+ssd_channels = (64, 128, 256, 128)
+ssd_norm = dict(type='BN', eps=0.001, momentum=0.03)
+model = dict(
+    type='SingleStageDetector',
+    data_preprocessor=dict(
+        type='DetDataPreprocessor',
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375],
+        bgr_to_rgb=True,
+        pad_size_divisor=64),
+    backbone=dict(
+        type='MobileMamba',
+        arch=arch,
+        out_indices=(0, 1),  # strides 16, 32
+        norm_eval=False,
+        norm_cfg=dict(type='BN', requires_grad=True),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    neck=dict(
+        type='SSDNeck',
+        in_channels=ssd_channels[:2],
+        out_channels=ssd_channels,
+        level_strides=(2, 2),
+        level_paddings=(1, 1),
+        l2_norm_scale=None,
+        use_depthwise=True,
+        norm_cfg=ssd_norm,
+        act_cfg=dict(type='ReLU6'),
+        init_cfg=dict(type='TruncNormal', layer='Conv2d', std=0.03)),
+    bbox_head=dict(
+        type='SSDHead',
+        in_channels=ssd_channels,
+        num_classes=5,
+        use_depthwise=True,
+        norm_cfg=ssd_norm,
+        act_cfg=dict(type='ReLU6'),
+        init_cfg=dict(type='Normal', layer='Conv2d', std=0.001),
+        # maps of 12, 6, 3, 2 cells on 192 px images
+        anchor_generator=dict(
+            type='SSDAnchorGenerator',
+            scale_major=False,
+            strides=[16, 32, 64, 96],
+            ratios=[[2], [2], [2], [2]],
+            min_sizes=[16, 32, 64, 112],
+            max_sizes=[32, 64, 112, 192]),
+        bbox_coder=dict(
+            type='DeltaXYWHBBoxCoder',
+            target_means=[.0, .0, .0, .0],
+            target_stds=[0.1, 0.1, 0.2, 0.2])),
+    train_cfg=dict(
+        assigner=dict(
+            type='MaxIoUAssigner',
+            pos_iou_thr=0.5,
+            neg_iou_thr=0.5,
+            min_pos_iou=0.,
+            ignore_iof_thr=-1,
+            gt_max_assign_all=False),
+        sampler=dict(type='PseudoSampler'),
+        smoothl1_beta=1.,
+        allowed_border=-1,
+        pos_weight=-1,
+        neg_pos_ratio=3,
+        debug=False),
+    test_cfg=dict(
+        nms_pre=1000,
+        nms=dict(type='nms', iou_threshold=0.45),
+        min_bbox_size=0,
+        score_thr=0.02,
+        max_per_img=50))
+# the backbone's third stage runs but SSDLite does not read it (for DDP)
+find_unused_parameters = True
+
+max_epochs = 24
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=max_epochs)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
+    dict(type='CosineAnnealingLR', T_max=max_epochs, eta_min=1e-5, by_epoch=True, begin=0,
+         end=max_epochs, convert_to_iter_based=True),
+]
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=2e-3, betas=(0.9, 0.999), weight_decay=0.05),
+    clip_grad=dict(max_norm=10.0, norm_type=2))
+auto_scale_lr = dict(enable=False, base_batch_size=8)
