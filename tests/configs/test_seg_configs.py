@@ -330,6 +330,9 @@ def test_quickstart_runs_in_the_runner(tiny_ade, tmp_path):
                                                   by_epoch=False)]})
     cfg.work_dir = str(tmp_path / 'work')
     cfg.experiment_name = f'seg_runner_{tmp_path.name}'
+    # the visualizer is a process-wide named instance: a fresh name gives this run its own
+    # save_dir whatever ran before in the same process
+    cfg.visualizer.name = f'seg_runner_vis_{tmp_path.name}'
     runner = Runner.from_cfg(cfg)
     runner.train()
     assert (tmp_path / 'work' / 'iter_1.pth').is_file()
