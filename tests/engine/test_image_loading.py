@@ -154,3 +154,33 @@ def test_transform_resolves_from_mmdet_and_mmseg_registries(scope):
     registry = pytest.importorskip(f'{scope}.registry')
     transform = registry.TRANSFORMS.build(dict(type='SafeLoadImageFromFile', to_float32=True))
     assert isinstance(transform, SafeLoadImageFromFile)
+
+
+@pytest.mark.parametrize('size', [(1, 1), (7, 5), (63, 40)])
+def test_very_small_images_load_and_run_through_a_detector(tmp_path, size):
+    """Images under 64 px: decoded as they are; the model takes any size (ceil of the
+    strides), so nothing is rejected. Decision: handled, no minimum size."""
+    import torch
+
+    from mmmobilemamba.models import MobileMamba
+    path = tmp_path / 'tiny.png'
+    path.write_bytes(_png(_noise(*size)))
+    img = load_image(str(path))
+    assert img.shape == (*size, 3) and img.dtype == np.uint8
+    tiny = dict(embed_dims=(48, 64, 96), depths=(1, 1, 1), global_ratios=(0.8, 0.7, 0.6),
+                local_ratios=(0.2, 0.2, 0.3), kernel_sizes=(7, 5, 3))
+    with torch.no_grad():
+        outs = MobileMamba(tiny).eval()(torch.from_numpy(img).permute(2, 0, 1)[None].float())
+    assert [tuple(o.shape[-2:]) for o in outs] == [(-(-size[0] // s), -(-size[1] // s))
+                                                   for s in (16, 32, 64)]
+
+
+def test_very_large_image_loads_at_full_size(tmp_path):
+    """A 6000x4000 photo decodes in full (the pipeline's Resize then scales it down)."""
+    path = tmp_path / 'large.jpg'
+    big = np.zeros((4000, 6000, 3), np.uint8)
+    big[::97, :, 1] = 255
+    path.write_bytes(_jpeg(big))
+    results = SafeLoadImageFromFile()(dict(img_path=str(path)))
+    assert results['img'].shape == (4000, 6000, 3)
+    assert results['ori_shape'] == (4000, 6000)
