@@ -49,7 +49,9 @@ model = dict(
         use_depthwise=True),
     # Anchors as the MobileNetV2 SSDLite at 320 px (strides [16, 32, 64, 107, 160, 320],
     # centres matching the 20/10/5/3/2/1-cell maps).
-    bbox_head=dict(in_channels=(200, 376, 512, 256, 256, 128), use_depthwise=True))
+    # SSDLiteHead: mmdet's SSDHead, made predictable under mmdet 3.3 (see its docstring)
+    bbox_head=dict(type='SSDLiteHead', in_channels=(200, 376, 512, 256, 256, 128),
+                   use_depthwise=True))
 
 # 120 passes over COCO (the base repeats it 5 times per epoch).
 train_dataloader = dict(batch_size=24, dataset=dict(times=1))

@@ -43,7 +43,7 @@ model = dict(
         act_cfg=dict(type='ReLU6'),
         init_cfg=dict(type='TruncNormal', layer='Conv2d', std=0.03)),
     bbox_head=dict(
-        type='SSDHead',
+        type='SSDLiteHead',  # mmdet's SSDHead, predictable under mmdet 3.3
         in_channels=ssd_channels,
         num_classes=5,
         use_depthwise=True,

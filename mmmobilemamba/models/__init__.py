@@ -3,5 +3,10 @@ from .backbones import ARCH_SETTINGS, MobileMamba
 from .checkpoint import convert_official_checkpoint, load_backbone_checkpoint
 from .necks import *  # noqa: F401,F403
 
+try:  # heads need mmdet
+    from .heads import SSDLiteHead  # noqa: F401
+except ImportError:
+    pass
+
 __all__ = ['MobileMamba', 'ARCH_SETTINGS', 'convert_official_checkpoint',
            'load_backbone_checkpoint', 'MobileMambaFPN']

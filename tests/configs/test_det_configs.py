@@ -258,11 +258,6 @@ def test_quickstart_trains_and_predicts(name, tiny_shapes):
     losses = model.train_step(train_batch, optim_wrapper)
     assert losses and all(math.isfinite(float(v.detach())) for v in losses.values()), losses
 
-    if 'ssdlite' in name and not hasattr(model.bbox_head, 'loss_cls'):
-        # mmdet 3.3.0: BaseDenseHead._predict_by_feat_single reads self.loss_cls, which SSDHead
-        # never sets (it skips AnchorHead.__init__), so every SSD prediction raises
-        # AttributeError until mmmobilemamba works around it.
-        pytest.xfail('mmdet 3.3.0 SSDHead has no loss_cls: SSD prediction fails')
     model.eval()
     evaluator = Evaluator(cfg.val_evaluator)
     val_loader = Runner.build_dataloader(cfg.val_dataloader)
