@@ -12,6 +12,7 @@
 #   DEMO_WORK_DIR  checkpoints and logs (default: work_dirs/<config name>)
 #   DEMO_OUT       metrics and drawings (default: outputs/demo_det)
 #   PYTHON         interpreter (default: .venv/bin/python)
+#   OMP_NUM_THREADS  CPU threads (default: the idle cores, see below)
 # Extra arguments are passed to tools/train.py, e.g.
 #   bash scripts/demo.sh --cfg-options train_cfg.max_epochs=4
 set -euo pipefail
@@ -38,6 +39,21 @@ trap on_error ERR
 [ -x "$PY" ] || { echo "[demo] FAILED at step: start-up: $PY not found; run 'make setup' first" >&2; exit 1; }
 [ -f "$CONFIG" ] || { echo "[demo] FAILED at step: start-up: config $CONFIG not found" >&2; exit 1; }
 
+# Threads: torch uses one per core. When other jobs already keep cores busy, its spinning
+# OpenMP threads compete with them and a training step gets 5-10x slower; so use only the
+# cores found idle over one second (at least one). An OMP_NUM_THREADS set by the caller is kept.
+cpu_ticks() { awk '/^cpu /{ idle = $5 + $6; total = 0; for (i = 2; i <= NF; i++) total += $i; print idle, total }' /proc/stat; }
+if [ -z "${OMP_NUM_THREADS:-}" ] && [ -r /proc/stat ]; then
+    CORES=$(nproc 2>/dev/null || echo 1)
+    read -r IDLE0 TOTAL0 < <(cpu_ticks); sleep 1; read -r IDLE1 TOTAL1 < <(cpu_ticks)
+    FREE=$(awk -v c="$CORES" -v i=$((IDLE1 - IDLE0)) -v t=$((TOTAL1 - TOTAL0)) \
+        'BEGIN { f = (t > 0 ? int(c * i / t + 0.3) : c); print (f < 1 ? 1 : (f > c ? c : f)) }')
+    if [ "$FREE" -lt "$CORES" ]; then
+        export OMP_NUM_THREADS="$FREE"
+        say "other jobs keep $((CORES - FREE)) of $CORES cores busy: training with $FREE thread(s) (set OMP_NUM_THREADS to choose)"
+    fi
+fi
+
 START=$(date +%s)
 elapsed() { echo $(( $(date +%s) - START )); }
 
@@ -61,7 +77,7 @@ rm -rf "$VIS"
     2>&1 | tee "$OUT/test.log"
 
 STEP="4/4 report"
-RESULTS="$(grep -a '^Evaluation results:' "$OUT/test.log" | tail -n 1)"
+RESULTS="$(grep -a '^Evaluation results:' "$OUT/test.log" | tail -n 1 || true)"
 [ -n "$RESULTS" ] || { echo "[demo] tools/test.py printed no 'Evaluation results:' line" >&2; false; }
 metric() { sed -n "s/.*coco\/$1: \([0-9.-]*\).*/\1/p" <<<"$RESULTS"; }
 BBOX_MAP="$(metric bbox_mAP)"

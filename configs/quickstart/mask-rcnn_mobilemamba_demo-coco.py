@@ -16,7 +16,10 @@ pretrained = None  # from scratch (a path here loads MobileMamba weights of the 
 # A narrow, shallow MobileMamba (same blocks as B1, one per stage) for CPU speed.
 arch = dict(embed_dims=(64, 128, 192), depths=(1, 1, 1), global_ratios=(0.8, 0.7, 0.6),
             local_ratios=(0.2, 0.2, 0.3), kernel_sizes=(7, 5, 3))
-neck_channels = 128
+neck_channels = 64
+# On the 2x-upsampled images (see _base_/demo_coco.py) one transposed-conv level gives
+# strides 8..128, i.e. the usual 4..64 of the original image.
+strides = [8, 16, 32, 64, 128]
 model = dict(
     data_preprocessor=dict(pad_size_divisor=64),
     backbone=dict(
@@ -27,23 +30,24 @@ model = dict(
         norm_eval=False,  # from scratch: BatchNorm statistics must be learned
         norm_cfg=dict(type='BN', requires_grad=True),
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
-    # strides 4, 8, 16, 32, 64 as the RPN and RoI extractors of the base expect
     neck=dict(
         _delete_=True,
         type='MobileMambaFPN',
         in_channels=[64, 128, 192],
         out_channels=neck_channels,
-        num_deconv_levels=2,
-        num_outs=5),
+        num_deconv_levels=1,
+        add_extra_convs='on_input',
+        num_outs=5,
+        norm_cfg=dict(type='BN', requires_grad=True)),
     rpn_head=dict(
         in_channels=neck_channels,
         feat_channels=neck_channels,
-        # objects are 16-110 px: anchors of 16 px at stride 4 up to 256 px at 64
-        anchor_generator=dict(scales=[4], ratios=[0.5, 1.0, 2.0])),
+        # shapes of 32-220 px: anchors of 32 px at stride 8 up to 512 px at 128
+        anchor_generator=dict(scales=[4], ratios=[0.5, 1.0, 2.0], strides=strides)),
     roi_head=dict(
-        bbox_roi_extractor=dict(out_channels=neck_channels),
+        bbox_roi_extractor=dict(out_channels=neck_channels, featmap_strides=strides[:4]),
         bbox_head=dict(in_channels=neck_channels, fc_out_channels=256, num_classes=5),
-        mask_roi_extractor=dict(out_channels=neck_channels),
+        mask_roi_extractor=dict(out_channels=neck_channels, featmap_strides=strides[:4]),
         mask_head=dict(in_channels=neck_channels, conv_out_channels=neck_channels,
                        num_classes=5)),
     # few objects per image: fewer proposals and RoI samples than for COCO
@@ -54,16 +58,20 @@ model = dict(
         rpn=dict(nms_pre=500, max_per_img=100),
         rcnn=dict(max_per_img=50)))
 
+img_scale = {{_base_.img_scale}}
 train_pipeline = [
     dict(type='SafeLoadImageFromFile', on_error='skip'),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='Resize', scale={{_base_.img_scale}}, keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
+    dict(type='RandomResize', scale=img_scale, ratio_range=(0.75, 1.25), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=img_scale),
+    dict(type='RandomFlip', prob=[0.25, 0.25, 0.25],
+         direction=['horizontal', 'vertical', 'diagonal']),
+    dict(type='PhotoMetricDistortion'),
     dict(type='PackDetInputs')
 ]
 test_pipeline = [
     dict(type='SafeLoadImageFromFile', on_error='raise'),
-    dict(type='Resize', scale={{_base_.img_scale}}, keep_ratio=True),
+    dict(type='Resize', scale=img_scale, keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='PackDetInputs',
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
@@ -74,8 +82,9 @@ test_dataloader = val_dataloader
 val_evaluator = dict(metric=['bbox', 'segm'])
 test_evaluator = val_evaluator
 
-max_epochs = 24
+max_epochs = 40
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=max_epochs)
+default_hooks = dict(checkpoint=dict(interval=10))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
     dict(type='CosineAnnealingLR', T_max=max_epochs, eta_min=1e-5, by_epoch=True, begin=0,

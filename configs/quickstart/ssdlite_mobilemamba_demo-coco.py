@@ -2,8 +2,9 @@
 # scratch on a CPU. Not a paper setting: see
 # configs/mobilemamba/ssdlite_mobilemamba-b1_8xb24-120e_coco-320.py for that.
 #
-# At 192 px the backbone's stride-16 and stride-32 maps (12 and 6 cells) get two depthwise
-# extra levels (3 and 2 cells), each with SSD anchors sized for the 16-110 px shapes.
+# On the 2x-upsampled images (384 px, see _base_/demo_coco.py) the backbone's stride-16 and
+# stride-32 maps (24 and 12 cells) get two depthwise extra levels (6 and 3 cells), each with
+# SSD anchors sized for the 32-220 px shapes.
 #
 #   python tools/misc/generate_demo_data.py --task det
 #   python tools/train.py configs/quickstart/ssdlite_mobilemamba_demo-coco.py
@@ -50,14 +51,14 @@ model = dict(
         norm_cfg=ssd_norm,
         act_cfg=dict(type='ReLU6'),
         init_cfg=dict(type='Normal', layer='Conv2d', std=0.001),
-        # maps of 12, 6, 3, 2 cells on 192 px images
+        # maps of 24, 12, 6, 3 cells on 384 px images
         anchor_generator=dict(
             type='SSDAnchorGenerator',
             scale_major=False,
-            strides=[16, 32, 64, 96],
+            strides=[16, 32, 64, 128],
             ratios=[[2], [2], [2], [2]],
-            min_sizes=[16, 32, 64, 112],
-            max_sizes=[32, 64, 112, 192]),
+            min_sizes=[32, 64, 128, 224],
+            max_sizes=[64, 128, 224, 384]),
         bbox_coder=dict(
             type='DeltaXYWHBBoxCoder',
             target_means=[.0, .0, .0, .0],
@@ -85,8 +86,9 @@ model = dict(
 # the backbone's third stage runs but SSDLite does not read it (for DDP)
 find_unused_parameters = True
 
-max_epochs = 24
+max_epochs = 40
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=max_epochs)
+default_hooks = dict(checkpoint=dict(interval=10))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
     dict(type='CosineAnnealingLR', T_max=max_epochs, eta_min=1e-5, by_epoch=True, begin=0,

@@ -210,7 +210,7 @@ def test_quickstart_settings(name):
         assert dataset.pipeline[0].type == 'SafeLoadImageFromFile'
     assert cfg.train_dataloader.dataset.pipeline[0].on_error == 'skip'
     assert cfg.val_dataloader.dataset.pipeline[0].on_error == 'raise'
-    assert cfg.train_dataloader.batch_size == 8
+    assert cfg.train_dataloader.batch_size in (8, 16)
     assert cfg.default_hooks.checkpoint.type == 'AtomicCheckpointHook'
     assert [h.type for h in cfg.custom_hooks] == ['FiniteLossGuardHook']
     assert cfg.default_hooks.logger.interval <= 10
@@ -238,8 +238,10 @@ def on_tiny_data(cfg: Config, root: Path, size: int = 64) -> Config:
         loader.persistent_workers = False
         loader.dataset.data_root = str(root)
         for transform in loader.dataset.pipeline:
-            if transform.type == 'Resize':
+            if transform.type in ('Resize', 'RandomResize'):
                 transform.scale = (size, size)
+            elif transform.type == 'RandomCrop':
+                transform.crop_size = (size, size)
     cfg.val_evaluator.ann_file = str(root / 'annotations' / 'instances_val.json')
     return cfg
 

@@ -1,6 +1,6 @@
 # Shared settings of the quickstart detectors: the built-in synthetic shapes data
 # (python tools/misc/generate_demo_data.py --task det -> data/demo_coco/, 192 px images),
-# small-image pipelines, loaders, COCO evaluation and a chatty, crash-safe runtime.
+# pipelines, loaders, COCO evaluation and a chatty, crash-safe runtime.
 # Inherited by configs/quickstart/*_mobilemamba_demo-coco.py.
 _base_ = 'mmdet::_base_/default_runtime.py'
 custom_imports = dict(imports=['mmmobilemamba'], allow_failed_imports=False)
@@ -12,15 +12,23 @@ data_root = 'data/demo_coco/'
 metainfo = dict(
     classes=('circle', 'square', 'triangle', 'star', 'cross'),
     palette=[(220, 20, 60), (0, 120, 255), (255, 160, 0), (150, 0, 210), (0, 170, 80)])
-img_scale = (192, 192)
+# The images are 192 px and the shapes 16-110 px, but MobileMamba's first feature map is at
+# stride 16: a 16 px shape would cover a single cell. The models therefore see the images
+# upsampled 2x (shapes of 32-220 px), which costs less than adding finer pyramid levels.
+img_scale = (384, 384)
 backend_args = None
 
 train_pipeline = [
     # a broken image is skipped with a warning naming it (another sample is drawn)
     dict(type='SafeLoadImageFromFile', on_error='skip', backend_args=backend_args),
     dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='Resize', scale=img_scale, keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
+    # 200 training images: scale jitter, crops, flips (the shapes are randomly rotated, so
+    # vertical flips are fair) and colour changes keep the model from memorising them
+    dict(type='RandomResize', scale=img_scale, ratio_range=(0.75, 1.25), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=img_scale),
+    dict(type='RandomFlip', prob=[0.25, 0.25, 0.25],
+         direction=['horizontal', 'vertical', 'diagonal']),
+    dict(type='PhotoMetricDistortion'),
     dict(type='PackDetInputs')
 ]
 test_pipeline = [
