@@ -35,6 +35,7 @@ from mmengine.analysis.jit_handles import get_shape
 
 __all__ = [
     'SCAN_FLOPS_PER_STATE', 'selective_scan_flops', 'wavelet_flops', 'SelectiveScanOp',
+    'SelectiveScanChannelsLastOp',
     'WaveletTransformOp', 'InverseWaveletTransformOp', 'traceable_custom_ops',
     'CUSTOM_FLOP_HANDLES', 'CUSTOM_ACTIVATION_HANDLES'
 ]
@@ -88,6 +89,14 @@ def _scan_op_flops(inputs: List[Any], outputs: List[Any]) -> int:
     batch, channels, length = get_shape(inputs[0])
     n_state = get_shape(inputs[2])[1]
     with_d = _numel(inputs[5]) > 0  # an absent D is passed as an empty tensor
+    return selective_scan_flops(batch, channels, n_state, length, with_d)
+
+
+def _channels_last_scan_op_flops(inputs: List[Any], outputs: List[Any]) -> int:
+    """Handle of SelectiveScanChannelsLastOp: u (B, L, D), delta, A (D, N), B, C, D, bias."""
+    batch, length, channels = get_shape(inputs[0])
+    n_state = get_shape(inputs[2])[1]
+    with_d = _numel(inputs[5]) > 0
     return selective_scan_flops(batch, channels, n_state, length, with_d)
 
 
@@ -150,6 +159,10 @@ class SelectiveScanOp(_OpaqueOp):
     """Traced as ``prim::PythonOp.SelectiveScanOp``: u, delta, A, B, C, D, delta_bias."""
 
 
+class SelectiveScanChannelsLastOp(_OpaqueOp):
+    """Traced as ``prim::PythonOp.SelectiveScanChannelsLastOp``: one direction, token-major."""
+
+
 class WaveletTransformOp(_OpaqueOp):
     """Traced as ``prim::PythonOp.WaveletTransformOp``: x, filters."""
 
@@ -164,6 +177,7 @@ def _trace_name(op: type) -> str:
 
 CUSTOM_FLOP_HANDLES: Dict[str, Callable] = {
     _trace_name(SelectiveScanOp): _scan_op_flops,
+    _trace_name(SelectiveScanChannelsLastOp): _channels_last_scan_op_flops,
     _trace_name(WaveletTransformOp): _wavelet_op_flops,
     _trace_name(InverseWaveletTransformOp): _inverse_wavelet_op_flops,
     'prim::PythonOp.SelectiveScanFn': _mamba_ssm_scan_flops,
@@ -214,7 +228,7 @@ def _bindings_of(obj: Any, package: str) -> List[Tuple[Any, str]]:
 def traceable_custom_ops(package: str = 'mmmobilemamba') -> Iterator[None]:
     """Within this context our ops called from ``package`` trace as single countable nodes.
 
-    Covers ``selective_scan``, ``wavelet_transform`` and ``inverse_wavelet_transform`` of
+    Covers ``selective_scan``, ``selective_scan_channels_last``, ``wavelet_transform`` and ``inverse_wavelet_transform`` of
     :mod:`mmmobilemamba.ops`. Modules import them by name (``from mmmobilemamba.ops import
     selective_scan``), so each loaded module's binding is swapped, and restored on exit.
     Results are unchanged, but the calls build no autograd graph: for analysis only.
@@ -226,6 +240,8 @@ def traceable_custom_ops(package: str = 'mmmobilemamba') -> Iterator[None]:
 
     wrappers = {
         ops.selective_scan: _as_traced_op(ops.selective_scan, SelectiveScanOp, _scan_tensors),
+        ops.selective_scan_channels_last: _as_traced_op(
+            ops.selective_scan_channels_last, SelectiveScanChannelsLastOp, _scan_tensors),
         ops.wavelet_transform: _as_traced_op(ops.wavelet_transform, WaveletTransformOp,
                                              _leading_tensors),
         ops.inverse_wavelet_transform: _as_traced_op(

@@ -24,6 +24,10 @@ Two implementations with one signature:
   any ``delta``. Its backward is the adjoint recurrence run in reverse, computed by the same
   scan in a custom autograd function, so memory stays O(L) (a and h are saved; nothing
   proportional to L times the chunk length).
+* :func:`selective_scan_channels_last`: one direction in the token-major layout
+  ``(batch, L, D)`` that a channels-last feature map flattens to, forwards or in reverse: the
+  same recurrence without any transpose (step ``t`` is a contiguous block of channels). SS2D
+  uses it for its two directions on the PyTorch backend.
 * ``backend='cuda'`` uses ``mamba_ssm``'s fused kernel when installed (optional; never
   required); ``'auto'`` takes it for CUDA tensors when it imports, else the PyTorch scan.
 """
@@ -34,82 +38,116 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ['selective_scan', 'selective_scan_reference', 'linear_recurrence']
+__all__ = ['selective_scan', 'selective_scan_reference', 'selective_scan_channels_last',
+           'linear_recurrence']
 
-_SEQUENTIAL_MAX = 64  # up to this length one sequential pass; beyond, two levels of chunks
+_SEQUENTIAL_MAX = 16  # up to this length one sequential pass; beyond, two levels of chunks
 _BACKENDS = ('auto', 'torch', 'cuda', 'reference')
 
 
-def _scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``h_t = a_t h_{t-1} + b_t`` along the last dim with ``h_{-1} = 0``; no autograd.
+def _scan(a: torch.Tensor, b: torch.Tensor, reverse: bool = False,
+          inplace: bool = False) -> torch.Tensor:
+    """``h_t = a_t h_{t-1} + b_t`` (``reverse``: ``h_t = a_t h_{t+1} + b_t``) along dim 1 of
+    contiguous ``(rows, L, inner)`` tensors, zero initial state; no autograd.
 
-    Chunked two-level scan. The sequence is cut into ``n`` chunks of ``c ~ sqrt(L)`` steps and
-    laid out step-major, ``(c, rows, n)``, so that step ``t`` of every chunk of every row is one
-    contiguous block: the ``c`` sequential steps are each one fused multiply-add over
-    ``rows * n`` values (Python overhead ``O(sqrt(L))``, work ``O(L)``). The state entering each
-    chunk comes from the same recurrence over the chunk ends, one level up, and is added back
-    scaled by the running decay. Only products of decays in ``(0, 1]`` are formed, never a
-    division, so no step can overflow whatever ``delta`` is.
+    Chunked two-level scan. Viewed as ``(rows, n, c, inner)`` with ``n`` chunks of
+    ``c ~ sqrt(L)`` steps, step ``t`` of every chunk is one strided view of ``rows * n`` blocks
+    of ``inner`` contiguous values, so the ``c`` sequential steps are each one fused
+    multiply-add over ``rows * n * inner`` values (Python overhead ``O(sqrt(L))``, work
+    ``O(L)``), and no transpose is needed. The state entering each chunk comes from the same
+    recurrence over the chunk ends, one level up, and is added back scaled by the running
+    decay. Only products of decays in ``(0, 1]`` are formed, never a division, so no step can
+    overflow whatever ``delta`` is. ``inplace`` lets it overwrite ``a`` and ``b``.
     """
-    length = a.shape[-1]
-    lead = a.shape[:-1]
-    a2, b2 = a.reshape(-1, length), b.reshape(-1, length)
-    rows = a2.shape[0]
+    rows, length, inner = a.shape
     chunk = length if length <= _SEQUENTIAL_MAX else math.ceil(math.sqrt(length))
     num_chunks = -(-length // chunk)
     pad = num_chunks * chunk - length
     if pad:
-        # identity elements: a = 1, b = 0 leave the carried state unchanged
-        a2 = F.pad(a2, (0, pad), value=1.0)
-        b2 = F.pad(b2, (0, pad), value=0.0)
-    # step-major copies (c, rows, n), made as 2-D transposes (the fastest copy); the loop below
-    # works on them in place
-    decay = a2.reshape(rows * num_chunks, chunk).t().contiguous().view(chunk, rows, num_chunks)
-    state = b2.reshape(rows * num_chunks, chunk).t().contiguous().view(chunk, rows, num_chunks)
-    for t in range(1, chunk):
-        state[t].addcmul_(decay[t], state[t - 1])
+        # identity elements at the end: a = 1, b = 0 with a zero state stay zero going
+        # backwards and do not matter going forwards
+        decay = F.pad(a, (0, 0, 0, pad), value=1.0)
+        state = F.pad(b, (0, 0, 0, pad), value=0.0)
+    elif inplace:
+        decay, state = a, b
+    else:
+        decay, state = a.clone(), b.clone()
+    decay = decay.view(rows, num_chunks, chunk, inner)
+    state = state.view(rows, num_chunks, chunk, inner)
+    step = 1 if reverse else -1   # offset of the step each one depends on
+    decays, states = decay.unbind(2), state.unbind(2)  # views, one per step
+    for t in (range(chunk - 2, -1, -1) if reverse else range(1, chunk)):
+        states[t].addcmul_(decays[t], states[t + step])
         if num_chunks > 1:
-            decay[t].mul_(decay[t - 1])  # decay since the chunk start, for the carry
+            decays[t].mul_(decays[t + step])  # decay since the chunk's start
     if num_chunks > 1:
-        carry = _scan(decay[-1], state[-1])             # state at the end of every chunk
-        state.addcmul_(decay, F.pad(carry[:, :-1], (1, 0)))  # plus the state entering it
-    h = state.view(chunk, rows * num_chunks).t().reshape(rows, num_chunks * chunk)
-    return h[:, :length].reshape(*lead, length)
+        end = 0 if reverse else chunk - 1
+        carry = _scan(decay[:, :, end].contiguous(), state[:, :, end].contiguous(), reverse,
+                      inplace=True)                   # state at the end of every chunk
+        if reverse:  # plus the state entering each chunk from its neighbour
+            state[:, :-1].addcmul_(decay[:, :-1], carry[:, 1:, None])
+        else:
+            state[:, 1:].addcmul_(decay[:, 1:], carry[:, :-1, None])
+    h = state.view(rows, num_chunks * chunk, inner)
+    return h[:, :length] if pad else h
+
+
+def _shift(x: torch.Tensor, towards_end: bool) -> torch.Tensor:
+    """``x`` moved one step along dim 1 of ``(rows, L, inner)``, zero filled."""
+    return F.pad(x[:, :-1], (0, 0, 1, 0)) if towards_end else F.pad(x[:, 1:], (0, 0, 0, 1))
 
 
 class _LinearRecurrence(torch.autograd.Function):
-    """Autograd wrapper: the adjoint of a linear recurrence is the reversed recurrence."""
+    """Autograd wrapper: the adjoint of a linear recurrence is the recurrence run the other way."""
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        h = _scan(a, b)
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, reverse: bool) -> torch.Tensor:
+        h = _scan(a, b, reverse)
+        ctx.reverse = reverse
         ctx.save_for_backward(a, h)
         return h
 
     @staticmethod
     def backward(ctx, grad_h: torch.Tensor):
         a, h = ctx.saved_tensors
-        # g_t = grad_h_t + a_{t+1} g_{t+1}: a forward scan on the reversed sequence
-        a_next = F.pad(a[..., 1:], (0, 1), value=0.0)
-        g = _scan(a_next.flip(-1), grad_h.flip(-1)).flip(-1)
-        h_prev = F.pad(h[..., :-1], (1, 0))
-        grad_a = g * h_prev if ctx.needs_input_grad[0] else None
-        return grad_a, g
+        reverse = ctx.reverse
+        # forward recurrence: g_t = grad_h_t + a_{t+1} g_{t+1}, a scan the other way
+        # (and mirrored for a reverse one)
+        a_other = _shift(a, towards_end=reverse)
+        g = _scan(a_other.contiguous(), grad_h.contiguous().clone(), not reverse, inplace=True)
+        grad_a = g * _shift(h, towards_end=not reverse) if ctx.needs_input_grad[0] else None
+        return grad_a, g, None
 
 
-def linear_recurrence(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Solve ``h_t = a_t * h_{t-1} + b_t`` (``h_{-1} = 0``) along the last dimension.
+def linear_recurrence(a: torch.Tensor, b: torch.Tensor, dim: int = -1,
+                      reverse: bool = False) -> torch.Tensor:
+    """Solve ``h_t = a_t * h_{t-1} + b_t`` (``h_{-1} = 0``) along dimension ``dim``.
 
     Args:
-        a (Tensor): decays, any shape ``(..., L)``.
+        a (Tensor): decays, any shape.
         b (Tensor): inputs, same shape as ``a``.
+        dim (int): the time dimension. Default: -1.
+        reverse (bool): run from the end: ``h_t = a_t * h_{t+1} + b_t``, ``h_L = 0``.
 
     Returns:
         Tensor: ``h`` with the shape of ``a``; differentiable in ``a`` and ``b``.
     """
     if a.shape != b.shape:
         raise ValueError(f'linear_recurrence: a {tuple(a.shape)} and b {tuple(b.shape)} differ')
-    return _LinearRecurrence.apply(a.contiguous(), b.contiguous())
+    shape = a.shape
+    dim = dim % a.dim()
+    length = shape[dim]
+    rows, inner = math.prod(shape[:dim]), math.prod(shape[dim + 1:])
+    if inner == 1:
+        # time is the innermost dim: make it the outer one (one transpose each way) so that a
+        # step is a contiguous block of all rows
+        def to3(t):
+            return t.reshape(rows, length).t().contiguous().view(1, length, rows)
+        h = _LinearRecurrence.apply(to3(a), to3(b), reverse)
+        return h.view(length, rows).t().reshape(shape)
+    h = _LinearRecurrence.apply(a.contiguous().view(rows, length, inner),
+                                b.contiguous().view(rows, length, inner), reverse)
+    return h.reshape(shape)
 
 
 def _check_layout(u, delta, A, B, C, D, delta_bias) -> Tuple[int, int, int, int]:
@@ -172,6 +210,75 @@ def _torch_scan(u, delta, A, B, C, D, delta_bias, delta_softplus):
     y = (h.squeeze(3) if n_state == 1 else h.sum(3)).reshape(batch, channels, length)
     if D is not None:
         y = torch.addcmul(y, D.float()[:, None], u32)
+    return y.to(u.dtype)
+
+
+def selective_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+                                 B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor] = None,
+                                 delta_bias: Optional[torch.Tensor] = None,
+                                 delta_softplus: bool = True, reverse: bool = False) -> torch.Tensor:
+    """One direction of the selective scan in the channels-last (token-major) layout.
+
+    The same recurrence as :func:`selective_scan` for a single direction, on the layout that a
+    channels-last feature map flattens to, so that SS2D needs no transposes: step ``t`` of the
+    scan is a contiguous block of channels.
+
+    Args:
+        u (Tensor): inputs, (batch, L, D).
+        delta (Tensor): step sizes before bias/softplus, (batch, L, D).
+        A (Tensor): state matrix (negative), (D, N).
+        B (Tensor): input projections, (batch, L, N).
+        C (Tensor): output projections, (batch, L, N).
+        D (Tensor, optional): skip connection, (D,).
+        delta_bias (Tensor, optional): added to ``delta`` before the softplus, (D,).
+        delta_softplus (bool): apply softplus to ``delta``. Default: True.
+        reverse (bool): scan from the last token to the first (``h_t`` depends on ``h_{t+1}``),
+            i.e. the scan of the flipped sequence, flipped back. Default: False.
+
+    Returns:
+        Tensor: (batch, L, D) in the dtype of ``u``; arithmetic is float32 throughout.
+    """
+    if u.dim() != 3 or delta.shape != u.shape:
+        raise ValueError(
+            'selective_scan_channels_last: u and delta must both be (batch, L, D); got '
+            f'{tuple(u.shape)} and {tuple(delta.shape)}')
+    batch, length, channels = u.shape
+    if A.dim() != 2 or A.shape[0] != channels:
+        raise ValueError(f'selective_scan_channels_last: A must be (D, N) = ({channels}, N); '
+                         f'got {tuple(A.shape)}')
+    n_state = A.shape[1]
+    for name, t in (('B', B), ('C', C)):
+        if t.shape != (batch, length, n_state):
+            raise ValueError(f'selective_scan_channels_last: {name} must be (batch, L, N) = '
+                             f'({batch}, {length}, {n_state}); got {tuple(t.shape)}')
+    for name, t in (('D', D), ('delta_bias', delta_bias)):
+        if t is not None and t.shape != (channels,):
+            raise ValueError(f'selective_scan_channels_last: {name} must be ({channels},); '
+                             f'got {tuple(t.shape)}')
+    tensors = (u, delta, A, B, C, D, delta_bias)
+    track = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    u32, A32, B32, C32 = u.float(), A.float(), B.float(), C.float()
+    delta = delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()
+    if delta_softplus:
+        delta = F.softplus(delta)
+    if n_state == 1:
+        a = torch.exp(delta * A32[:, 0])
+        b = delta * u32 * B32
+    else:  # (batch, L, D, N) flattened to (batch, L, D*N)
+        a = torch.exp(delta[..., None] * A32).flatten(2)
+        b = ((delta * u32)[..., None] * B32[:, :, None]).flatten(2)
+    if track:
+        h = _LinearRecurrence.apply(a, b, reverse)
+    else:  # inference: a and b are temporaries, scan them in place
+        h = _scan(a, b, reverse, inplace=True)
+    if n_state == 1:
+        y = h * C32
+    else:
+        y = (h.reshape(batch, length, channels, n_state) * C32[:, :, None]).sum(-1)
+    if D is not None:
+        y = torch.addcmul(y, u32, D.float())
     return y.to(u.dtype)
 
 

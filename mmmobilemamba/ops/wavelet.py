@@ -51,18 +51,13 @@ def wavelet_filters(channels: int, wavelet: str = 'db1',
     return dec, rec
 
 
-def _taps(filters: torch.Tensor, channels: int, dtype: torch.dtype) -> torch.Tensor:
-    """2x2 filters as per-channel broadcastable taps: (4 bands, 2, 2, 1, C, 1, 1)."""
-    taps = filters.to(dtype).view(channels, 4, 2, 2).permute(1, 2, 3, 0)
-    return taps.reshape(4, 2, 2, 1, channels, 1, 1)
-
-
 def wavelet_transform(x: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
     """Forward transform ``(B, C, H, W) -> (B, C, 4, ceil(H/2), ceil(W/2))``.
 
-    Two-tap filters (Haar) take a fast path of strided slices and per-channel multiply-adds:
-    a grouped stride-2 conv with 4C tiny filters is slow in the CPU conv backends. Longer
-    filters fall back to the grouped convolution; both compute the same transform.
+    Two-tap filters (Haar) take a fast path: the 2x2 blocks times a per-channel 4x4 matrix,
+    one batched matrix product (a grouped stride-2 conv with 4C tiny filters is slow in the CPU
+    conv backends). Longer filters fall back to the grouped convolution; both compute the same
+    transform.
 
     Args:
         x (Tensor): input feature map.
@@ -75,11 +70,17 @@ def wavelet_transform(x: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
     if h % 2 or w % 2:
         x = F.pad(x, (0, w % 2, 0, h % 2))
     if filters.shape[-2:] == (2, 2):
-        taps = _taps(filters, c, x.dtype)
-        corners = [[x[..., i::2, j::2] for j in (0, 1)] for i in (0, 1)]
-        bands = [sum(taps[k, i, j] * corners[i][j] for i in (0, 1) for j in (0, 1))
-                 for k in range(4)]
-        return torch.stack(bands, dim=2)
+        # each output pixel of each band is a 2x2 block of the input times that band's taps:
+        # one batched (per channel) 4x4 matrix product over all blocks
+        taps = filters.to(x.dtype).view(c, 4, 2, 2)
+        h2, w2 = x.shape[2] // 2, x.shape[3] // 2
+        if x.stride(1) == 1 and c > 1:
+            # channels-last memory: stay in it, bands innermost, so that (B, 4C, h, w) is a view
+            blocks = x.permute(0, 2, 3, 1).reshape(b, h2, 2, w2, 2, c)
+            bands = torch.einsum('bhiwjc,ckij->bhwck', blocks, taps).contiguous()
+            return bands.permute(0, 3, 4, 1, 2)
+        blocks = x.reshape(b, c, h2, 2, w2, 2)
+        return torch.einsum('bchiwj,ckij->bckhw', blocks, taps)
     pad = (filters.shape[2] // 2 - 1, filters.shape[3] // 2 - 1)
     out = F.conv2d(x, filters.to(x.dtype), stride=2, padding=pad, groups=c)
     return out.reshape(b, c, 4, out.shape[-2], out.shape[-1])
@@ -100,12 +101,15 @@ def inverse_wavelet_transform(x: torch.Tensor, filters: torch.Tensor,
         raise ValueError(f'inverse_wavelet_transform: expected (B, {filters.shape[0] // 4}, 4, h, w) '
                          f'sub-bands, got {tuple(x.shape)}')
     if filters.shape[-2:] == (2, 2):
-        # stride 2, kernel 2: every output pixel comes from one input position
-        taps = _taps(filters, c, x.dtype)
-        out = x.new_empty(b, c, 2 * h, 2 * w)
-        for i in (0, 1):
-            for j in (0, 1):
-                out[..., i::2, j::2] = sum(taps[k, i, j] * x[:, :, k] for k in range(4))
+        # stride 2, kernel 2: every 2x2 output block is the four bands at one position times
+        # the taps, the transposed product of the forward path
+        taps = filters.to(x.dtype).view(c, 4, 2, 2)
+        if x.stride(2) == 1 and x.stride(1) == 4 and c > 1:
+            # channels-last memory (bands innermost): the output is channels-last too
+            out = torch.einsum('bhwck,ckij->bhiwjc', x.permute(0, 3, 4, 1, 2), taps)
+            out = out.reshape(b, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+        else:
+            out = torch.einsum('bckhw,ckij->bchiwj', x, taps).reshape(b, c, 2 * h, 2 * w)
     else:
         pad = (filters.shape[2] // 2 - 1, filters.shape[3] // 2 - 1)
         out = F.conv_transpose2d(x.reshape(b, 4 * c, h, w), filters.to(x.dtype), stride=2,

@@ -59,7 +59,13 @@ def test_ss2d_scan_is_counted():
     ss2d = pytest.importorskip('mmmobilemamba.models.layers.ss2d')
     module = ss2d.SS2D(8).eval()
     report = analyze_complexity(module, torch.randn(1, 8, 6, 6))
-    # two directions over the inner width 16, d_state 1, 36 tokens, with D
+    # two directions over the inner width 16, d_state 1, 36 tokens, with D: one op per
+    # direction on the channels-last path (the default on CPU)
+    assert report.flops_by_operator['PythonOp.SelectiveScanChannelsLastOp'] == \
+        selective_scan_flops(1, 2 * module.inner_channels, module.d_state, 36)
+    # the reference layout counts the same
+    module.scan_backend = 'reference'
+    report = analyze_complexity(module, torch.randn(1, 8, 6, 6))
     assert report.flops_by_operator['PythonOp.SelectiveScanOp'] == selective_scan_flops(
         1, 2 * module.inner_channels, module.d_state, 36)
     assert not any('PythonOp' in op for op in report.unsupported_ops)
@@ -110,7 +116,7 @@ def test_backbone_has_no_uncounted_ops_of_ours():
     model = backbones.MobileMamba(arch=arch).eval()
     report = analyze_complexity(model, torch.randn(1, 3, 64, 64), max_depth=2)
     assert report.unsupported_ops == {}
-    assert report.flops_by_operator['PythonOp.SelectiveScanOp'] > 0
+    assert report.flops_by_operator['PythonOp.SelectiveScanChannelsLastOp'] > 0
     assert report.flops_by_operator['PythonOp.WaveletTransformOp'] > 0
     assert report.flops_by_operator['PythonOp.InverseWaveletTransformOp'] > 0
     assert report.params == sum(p.numel() for p in model.parameters())

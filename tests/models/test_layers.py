@@ -121,3 +121,28 @@ def test_wavelet_filters_are_buffers_not_parameters():
     m = WTEMamba(16, kernel_size=3)
     names = {n for n, _ in m.named_parameters()}
     assert 'wt_filter' not in names and 'wt_filter' not in m.state_dict()
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_ss2d_channels_last_scan_equals_reference_layout(channels_last):
+    """The default PyTorch path (token order, reversed recurrence, no flips) against the
+    reference layout with explicit flips (the 'reference' backend): values and gradients."""
+    fast = _random_bn(SS2D(16))
+    slow = _random_bn(SS2D(16, scan_backend='reference'))
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 16, 7, 9)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert fast._uses_channels_last_scan(x) and not slow._uses_channels_last_scan(x)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = fast(xa), slow(xb)
+    torch.testing.assert_close(ya, yb, atol=1e-5, rtol=1e-4)
+    # the output keeps the memory format of the input
+    assert ya.is_contiguous(memory_format=torch.channels_last if channels_last
+                            else torch.contiguous_format)
+    weight = torch.linspace(-1, 1, ya.numel()).view_as(ya)
+    (ya * weight).sum().backward()
+    (yb * weight).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, atol=1e-5, rtol=1e-4)
+    for (name, pa), (_, pb) in zip(fast.named_parameters(), slow.named_parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, atol=1e-4, rtol=1e-3, msg=name)

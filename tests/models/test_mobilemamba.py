@@ -158,9 +158,11 @@ def test_release_drop_path_defaults():
     assert not any(hasattr(m, 'drop_prob') for m in MobileMamba('t2').modules())
 
 
-@pytest.mark.parametrize('kernels', [None, ((3, 5, 7), (3, 5), (3,))])
-def test_deploy_fusion_matches_unfused(kernels):
-    model = _randomise_bn(MobileMamba(TINY, local_kernel_sizes=kernels)).eval()
+@pytest.mark.parametrize('kernels,channels_last', [(None, None), (((3, 5, 7), (3, 5), (3,)), None),
+                                                    (None, False)])
+def test_deploy_fusion_matches_unfused(kernels, channels_last):
+    model = _randomise_bn(MobileMamba(TINY, local_kernel_sizes=kernels,
+                                      channels_last=channels_last)).eval()
     for m in model.modules():  # non-trivial learned scales
         if hasattr(m, 'ssm_scale'):
             m.ssm_scale.data.uniform_(0.5, 1.5)
@@ -227,3 +229,42 @@ def test_mmdet_detector_config_builds_and_runs():
     model = MODELS.build(cfg.model).eval()
     feats = model.extract_feat(torch.randn(1, 3, 64, 64))
     assert [f.shape[-1] for f in feats] == [4, 2, 1]
+
+
+def test_channels_last_is_an_internal_choice():
+    """Same outputs and gradients in either memory format; outputs are NCHW-contiguous."""
+    nchw = _randomise_bn(MobileMamba(TINY, channels_last=False)).train()
+    nhwc = MobileMamba(TINY, channels_last=True).train()
+    nhwc.load_state_dict(nchw.state_dict())
+    x = torch.randn(2, 3, 97, 130)
+    outs = []
+    for model in (nchw, nhwc):
+        xi = x.clone().requires_grad_(True)
+        out = model(xi)
+        assert all(o.is_contiguous() for o in out)
+        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in out).backward()
+        outs.append((out, xi.grad))
+    (out_a, grad_a), (out_b, grad_b) = outs
+    # equal up to float summation order (different conv kernels), relative to the scale
+    for a, b in zip(list(out_a) + [grad_a], list(out_b) + [grad_b]):
+        assert (a - b).abs().max() / a.abs().max() < 1e-3
+    with pytest.raises(ValueError, match='channels_last'):
+        MobileMamba(TINY, channels_last='yes')
+
+
+def test_deployed_model_runs_every_conv_packed_on_cpu():
+    from mmmobilemamba.models.layers import InferenceConv2d
+    from mmmobilemamba.models.layers.inference_conv import _onednn_available
+    if not _onednn_available():
+        pytest.skip('needs oneDNN')
+    model = MobileMamba(TINY).switch_to_deploy()
+    convs = [m for m in model.modules() if isinstance(m, InferenceConv2d)]
+    # every conv but the squeeze-excite's (timm's, on 1x1 maps) is one
+    others = [m for m in model.modules() if type(m) is nn.Conv2d]
+    assert convs and all('se.' in n for n, m in model.named_modules() if m in others)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 96))
+    assert all(conv._packed is not None for conv in convs)
+    # no stand-alone activation is left next to a conv it could run in
+    assert not any(isinstance(m, nn.ReLU) for n, m in model.named_modules()
+                   if not n.endswith('mixer.act') and 'se.' not in n)

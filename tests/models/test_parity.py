@@ -14,11 +14,15 @@ class _ReferenceSkipSS2D(SS2D):
     """SS2D plus the reference's one deviation from the spec: in the forward direction it adds
     ``D * u`` with ``u`` averaged over the batch instead of per image."""
 
-    def _scan(self, u):
-        y = super()._scan(u)
+    def _coupling(self, u):
         d = u.shape[1]
-        skip = self.Ds[:d].view(1, d, 1, 1)
-        return y + skip * (u.mean(0, keepdim=True) - u)
+        return self.Ds[:d].view(1, d, 1, 1) * (u.mean(0, keepdim=True) - u)
+
+    def _scan(self, u):  # reference layout (B, D, H, W)
+        return super()._scan(u) + self._coupling(u)
+
+    def _scan_channels_last(self, u):  # token layout (B, L, D)
+        return super()._scan_channels_last(u) + self._coupling(u).flatten(2).transpose(1, 2)
 
 
 @pytest.fixture(scope='module')

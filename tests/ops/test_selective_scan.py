@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmmobilemamba.ops import linear_recurrence, selective_scan, selective_scan_reference
+from mmmobilemamba.ops import (linear_recurrence, selective_scan, selective_scan_channels_last,
+                              selective_scan_reference)
 
 DATA = Path(__file__).parent.parent / 'data'
 
@@ -134,3 +135,91 @@ def test_torch_backend_on_cuda_matches_cpu():
     inputs = _inputs(length=777)
     out = selective_scan(**{k: v.cuda() for k, v in inputs.items()}, backend='torch')
     torch.testing.assert_close(out.cpu(), selective_scan(**inputs), atol=1e-5, rtol=1e-4)
+
+
+def _to_channels_last(inputs, direction, reverse):
+    """One direction of reference-layout inputs in the channels-last layout (flipped back in
+    time when ``reverse``: the reference scans the flipped sequence)."""
+    k, d = inputs['B'].shape[1], inputs['A'].shape[0] // inputs['B'].shape[1]
+    part = slice(direction * d, (direction + 1) * d)
+
+    def seq(t):  # (batch, K*D, L) -> (batch, L, D) of this direction
+        return t[:, part].transpose(1, 2)
+
+    def proj(t):  # (batch, K, N, L) -> (batch, L, N)
+        return t[:, direction].transpose(1, 2)
+
+    return dict(u=seq(inputs['u']), delta=seq(inputs['delta']), A=inputs['A'][part],
+                B=proj(inputs['B']), C=proj(inputs['C']), D=inputs['D'][part],
+                delta_bias=inputs['delta_bias'][part], reverse=reverse)
+
+
+@pytest.mark.parametrize('length', [1, 2, 17, 37, 256, 1025])
+@pytest.mark.parametrize('reverse', [False, True])
+@pytest.mark.parametrize('n', [1, 2])
+def test_channels_last_scan_matches_twin(length, reverse, n):
+    """Forwards: the twin's first direction. Reverse: the twin run on the flipped sequence,
+    flipped back. Values and gradients."""
+    inputs = _inputs(batch=2, k=1, d=5, length=length, n=n, seed=length)
+
+    def twin(**kw):
+        if not reverse:
+            return selective_scan_reference(**kw)
+        flipped = {key: (v.flip(-1) if v.dim() >= 3 else v) for key, v in kw.items()}
+        return selective_scan_reference(**flipped).flip(-1)
+
+    ref, ref_grads = _grads(twin, inputs)
+    leaves = {key: v.detach().clone().requires_grad_(True) for key, v in inputs.items()}
+    out = selective_scan_channels_last(**_to_channels_last(leaves, 0, reverse)).transpose(1, 2)
+    weight = torch.linspace(-1, 1, out.numel()).view_as(out)
+    (out * weight).sum().backward()
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    for key, leaf in leaves.items():
+        torch.testing.assert_close(leaf.grad, ref_grads[key], atol=1e-4, rtol=1e-4, msg=key)
+
+
+def test_channels_last_scan_inference_path_equals_autograd_path():
+    inputs = _to_channels_last(_inputs(batch=1, k=1, d=8, length=300), 0, True)
+    with torch.no_grad():
+        fast = selective_scan_channels_last(**inputs)
+    tracked = selective_scan_channels_last(**{k: (v.requires_grad_(True) if torch.is_tensor(v) else v)
+                                              for k, v in inputs.items()})
+    torch.testing.assert_close(fast, tracked.detach(), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize('delta_scale', [1e-6, 1e4])
+def test_channels_last_scan_long_and_extreme_is_finite(delta_scale):
+    inputs = _to_channels_last(_inputs(batch=1, k=1, d=2, length=65536, delta_scale=delta_scale),
+                               0, True)
+    with torch.no_grad():
+        out = selective_scan_channels_last(**inputs)
+    assert torch.isfinite(out).all()
+
+
+def test_channels_last_scan_bad_layout_raises():
+    inputs = _to_channels_last(_inputs(batch=1, k=1, d=4, length=10), 0, False)
+    with pytest.raises(ValueError, match='A must be'):
+        selective_scan_channels_last(**dict(inputs, A=inputs['A'][:2]))
+    with pytest.raises(ValueError, match='B must be'):
+        selective_scan_channels_last(**dict(inputs, B=inputs['B'][:, :-1]))
+
+
+@pytest.mark.parametrize('dim', [0, 1, 2])
+@pytest.mark.parametrize('reverse', [False, True])
+def test_linear_recurrence_any_dim_and_direction(dim, reverse):
+    g = torch.Generator().manual_seed(dim)
+    a = torch.rand(5, 40, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(5, 40, 3, generator=g, dtype=torch.float64)
+    h = linear_recurrence(a, b, dim=dim, reverse=reverse)
+    # sequential definition along ``dim``
+    a_t, b_t = a.movedim(dim, 0), b.movedim(dim, 0)
+    steps = range(a_t.shape[0] - 1, -1, -1) if reverse else range(a_t.shape[0])
+    state, ref = torch.zeros_like(a_t[0]), torch.empty_like(a_t)
+    for t in steps:
+        state = a_t[t] * state + b_t[t]
+        ref[t] = state
+    torch.testing.assert_close(h, ref.movedim(0, dim))
+    a.requires_grad_(True)
+    b.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda a_, b_: linear_recurrence(a_, b_, dim=dim, reverse=reverse), (a, b))

@@ -28,6 +28,10 @@ def parse_args():
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--no-references', action='store_true')
+    parser.add_argument('--channels-last', action='store_true',
+                        help='feed every model a channels-last (NHWC) input, the usual way to '
+                             'run a CNN channels-last (MobileMamba computes in NHWC on CPU '
+                             'either way)')
     parser.add_argument('--markdown', default=None, help='also write the table to this file')
     return parser.parse_args()
 
@@ -65,11 +69,14 @@ def time_once(model: Callable, x: torch.Tensor) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def benchmark(models, sizes, repeats, warmup, device) -> Dict[int, Dict[str, float]]:
+def benchmark(models, sizes, repeats, warmup, device,
+              channels_last: bool = False) -> Dict[int, Dict[str, float]]:
     results = {}
     with torch.inference_mode():
         for size in sizes:
             x = torch.randn(1, 3, size, size, device=device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             for model in models.values():
                 for _ in range(warmup):
                     model(x)
@@ -112,9 +119,11 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     models = build_models(args.archs, not args.no_references, args.device)
     reference = 'RegNetX-800MF' if not args.no_references else next(iter(models))
-    results = benchmark(models, args.sizes, args.repeats, args.warmup, args.device)
+    results = benchmark(models, args.sizes, args.repeats, args.warmup, args.device,
+                        args.channels_last)
     env = (f'torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, '
-           f'{platform.processor() or platform.machine()}')
+           f'{platform.processor() or platform.machine()}, '
+           f'{"channels-last" if args.channels_last else "NCHW"} input')
     table = format_table(results, reference)
     text = f'Ratios are to {reference} measured in the same run ({env}).\n\n{table}\n'
     print(text)

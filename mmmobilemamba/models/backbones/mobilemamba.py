@@ -24,7 +24,8 @@ from mmengine.model import BaseModule
 from timm.layers import DropPath, SqueezeExcite
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..layers import ConvBN, ResidualDWConv, ResidualFFN, WTEMamba, fuse_conv_bn
+from ..layers import (ConvBN, InferenceConv2d, ResidualDWConv, ResidualFFN, WTEMamba,
+                      fuse_activation, fuse_conv_bn)
 from ..registry import register_model
 
 __all__ = ['MobileMamba', 'MobileMambaBlock', 'MRFFI', 'MKDeConv', 'Downsample', 'ARCH_SETTINGS',
@@ -86,7 +87,7 @@ class MKDeConv(nn.Module):
             nn.Conv2d(c, c, k, padding=k // 2, groups=c, bias=False)
             for c, k in zip(self.part_channels, kernel_sizes))
         self.bn1 = _build_norm(norm_cfg, channels)
-        self.act = nn.ReLU()
+        self.act = nn.ReLU(inplace=True)
         self.dw1x1 = nn.Conv2d(channels, channels, 1, groups=channels, bias=False)
         self.bn2 = _build_norm(norm_cfg, channels)
 
@@ -107,9 +108,11 @@ class MKDeConv(nn.Module):
         for i, conv in enumerate(self.dwconvs):
             part = slice(start, start + conv.out_channels)
             start += conv.out_channels
-            self.dwconvs[i] = fuse_conv_bn(conv, _slice_bn(self.bn1, part))
+            # ReLU(cat(parts)) = cat(ReLU(parts)): the ReLU runs fused in each part's conv
+            self.dwconvs[i] = InferenceConv2d.from_conv(
+                fuse_conv_bn(conv, _slice_bn(self.bn1, part)), 'relu')
         self.dw1x1 = fuse_conv_bn(self.dw1x1, self.bn2)
-        self.bn1, self.bn2 = nn.Identity(), nn.Identity()
+        self.bn1, self.bn2, self.act = nn.Identity(), nn.Identity(), nn.Identity()
 
 
 def _build_norm(norm_cfg: Optional[dict], channels: int) -> nn.Module:
@@ -155,7 +158,7 @@ class MRFFI(nn.Module):
             if global_ch > 0 else None
         self.local_branch = MKDeConv(local_ch, local_kernel_sizes, norm_cfg=norm_cfg) \
             if local_ch > 0 else None
-        self.act = nn.ReLU()
+        self.act = nn.ReLU(inplace=True)
         self.proj = ConvBN(channels, channels, bn_weight_init=0.0, norm_cfg=norm_cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -203,9 +206,9 @@ class MobileMambaBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.ffn0(self.dw0(x))
-        y = y + self.mixer(y)
+        y = self.mixer(y).add_(y)  # in place on fresh outputs: no extra tensor
         y = self.ffn1(self.dw1(y))
-        return x + self.drop_path(y)
+        return self.drop_path(y).add_(x)
 
 
 class PatchMerging(nn.Module):
@@ -222,9 +225,9 @@ class PatchMerging(nn.Module):
         super().__init__()
         hidden = 4 * in_channels
         self.conv1 = ConvBN(in_channels, hidden, norm_cfg=norm_cfg)
-        self.act1 = nn.ReLU()
+        self.act1 = nn.ReLU(inplace=True)
         self.conv2 = ConvBN(hidden, hidden, 3, 2, 1, groups=hidden, norm_cfg=norm_cfg)
-        self.act2 = nn.ReLU()
+        self.act2 = nn.ReLU(inplace=True)
         self.se = SqueezeExcite(hidden, rd_ratio=0.25)
         self.conv3 = ConvBN(hidden, out_channels, norm_cfg=norm_cfg)
 
@@ -232,6 +235,14 @@ class PatchMerging(nn.Module):
         x = self.act1(self.conv1(x))
         x = self.se(self.act2(self.conv2(x)))
         return self.conv3(x)
+
+    @torch.no_grad()
+    def switch_to_deploy(self) -> None:
+        """Fold the norms; the ReLUs run fused in the convs before them."""
+        for conv in (self.conv1, self.conv2, self.conv3):
+            conv.switch_to_deploy()
+        fuse_activation(self.conv1, self, 'act1', 'relu')
+        fuse_activation(self.conv2, self, 'act2', 'relu')
 
 
 class Downsample(nn.Module):
@@ -332,6 +343,10 @@ class MobileMamba(BaseModule):
         norm_cfg (dict): config of the BatchNorm layers (e.g. ``dict(type='SyncBN')``).
             Default: ``dict(type='BN', requires_grad=True)``.
         scan_backend (str): selective-scan backend ('auto', 'torch', 'cuda', 'reference').
+        channels_last (bool, optional): compute in channels-last (NHWC) memory. None (default)
+            does so on CPU, where oneDNN's convolutions are faster in NHWC and the selective
+            scan reads a flattened NHWC map without transposes; False keeps NCHW. An internal
+            choice: the results are the same and the returned maps are NCHW-contiguous.
         init_cfg (dict | list[dict], optional): ``dict(type='Pretrained', checkpoint=PATH)``
             loads a released classification checkpoint, a downstream mmdet/mmseg checkpoint
             (``backbone.`` keys) or our own format, reporting what was loaded.
@@ -342,8 +357,13 @@ class MobileMamba(BaseModule):
                  drop_path_rate: Optional[float] = None,
                  local_kernel_sizes: Optional[Sequence[Sequence[int]]] = None,
                  norm_cfg: Optional[dict] = None, scan_backend: str = 'auto',
+                 channels_last: Optional[bool] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
         super().__init__(init_cfg=init_cfg)
+        if channels_last not in (None, True, False):
+            raise ValueError(f'MobileMamba: channels_last must be None (on CPU), True or False, '
+                             f'got {channels_last!r}')
+        self.channels_last = channels_last
         settings = _resolve_arch(arch)
         self.arch_settings = settings
         dims = tuple(settings['embed_dims'])
@@ -372,9 +392,9 @@ class MobileMamba(BaseModule):
 
         c0 = dims[0]
         self.patch_embed = nn.Sequential(
-            ConvBN(3, c0 // 8, 3, 2, 1, norm_cfg=self.norm_cfg), nn.ReLU(),
-            ConvBN(c0 // 8, c0 // 4, 3, 2, 1, norm_cfg=self.norm_cfg), nn.ReLU(),
-            ConvBN(c0 // 4, c0 // 2, 3, 2, 1, norm_cfg=self.norm_cfg), nn.ReLU(),
+            ConvBN(3, c0 // 8, 3, 2, 1, norm_cfg=self.norm_cfg), nn.ReLU(inplace=True),
+            ConvBN(c0 // 8, c0 // 4, 3, 2, 1, norm_cfg=self.norm_cfg), nn.ReLU(inplace=True),
+            ConvBN(c0 // 4, c0 // 2, 3, 2, 1, norm_cfg=self.norm_cfg), nn.ReLU(inplace=True),
             ConvBN(c0 // 2, c0, 3, 2, 1, norm_cfg=self.norm_cfg))
         self.stages = nn.ModuleList()
         for i in range(num_stages):
@@ -431,6 +451,8 @@ class MobileMamba(BaseModule):
     def switch_to_deploy(self) -> 'MobileMamba':
         """Fold every conv+BN, residual depthwise identity and learned scale for inference.
 
+        The folded convolutions are :class:`InferenceConv2d`: on CPU their weights are packed
+        for oneDNN once (not on every call) and the ReLU/SiLU after them runs fused.
         Irreversible; outputs match the unfused model in eval mode. Returns ``self``.
         """
         self.eval()
@@ -438,6 +460,8 @@ class MobileMamba(BaseModule):
         for module in reversed(list(self.modules())):
             if module is not self and hasattr(module, 'switch_to_deploy'):
                 module.switch_to_deploy()
+        for i in range(1, len(self.patch_embed), 2):  # stem: ConvBN, ReLU, ConvBN, ...
+            fuse_activation(self.patch_embed[i - 1], self.patch_embed, str(i), 'relu')
         self.deployed = True
         return self
 
@@ -445,10 +469,16 @@ class MobileMamba(BaseModule):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f'MobileMamba expects (N, 3, H, W) images, got {tuple(x.shape)}')
+        channels_last = self.channels_last
+        if channels_last is None:
+            channels_last = x.device.type == 'cpu'
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.patch_embed(x)
         outs = []
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i in self.out_indices:
-                outs.append(x)
+                # heads and necks may .view() their inputs: hand them NCHW-contiguous maps
+                outs.append(x.contiguous())
         return tuple(outs)

@@ -5,11 +5,15 @@ import torch
 import torch.nn as nn
 from mmcv.cnn import build_norm_layer
 
-__all__ = ['ConvBN', 'ResidualDWConv', 'ResidualFFN', 'fuse_conv_bn']
+from .inference_conv import InferenceConv2d
+
+__all__ = ['ConvBN', 'ResidualDWConv', 'ResidualFFN', 'fuse_conv_bn', 'fuse_activation']
 
 
-def fuse_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
-    """Return one biased ``Conv2d`` equal to ``bn(conv(x))`` with ``bn`` in eval mode.
+def fuse_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> InferenceConv2d:
+    """Return one biased conv equal to ``bn(conv(x))`` with ``bn`` in eval mode.
+
+    The result is an :class:`InferenceConv2d` (a ``Conv2d`` with packed CPU weights).
 
     Args:
         conv (nn.Conv2d): the convolution (with or without bias).
@@ -21,7 +25,7 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
     std = (bn.running_var + bn.eps).sqrt()
     scale = (bn.weight if bn.affine else torch.ones_like(std)) / std
     shift = bn.bias if bn.affine else torch.zeros_like(std)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+    fused = InferenceConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                       conv.padding, conv.dilation, conv.groups, bias=True,
                       device=conv.weight.device, dtype=conv.weight.dtype)
     conv_bias = conv.bias if conv.bias is not None else torch.zeros_like(std)
@@ -84,7 +88,7 @@ class ResidualDWConv(ConvBN):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = super().forward(x)
-        return out if self.identity_folded else x + out
+        return out if self.identity_folded else out.add_(x)
 
     @torch.no_grad()
     def switch_to_deploy(self) -> None:
@@ -107,8 +111,25 @@ class ResidualFFN(nn.Module):
                  norm_cfg: Optional[dict] = None) -> None:
         super().__init__()
         self.pw1 = ConvBN(channels, hidden_channels, norm_cfg=norm_cfg)
-        self.act = nn.ReLU()
+        self.act = nn.ReLU(inplace=True)
         self.pw2 = ConvBN(hidden_channels, channels, bn_weight_init=0.0, norm_cfg=norm_cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.pw2(self.act(self.pw1(x)))
+        return self.pw2(self.act(self.pw1(x))).add_(x)
+
+    @torch.no_grad()
+    def switch_to_deploy(self) -> None:
+        """Fold both norms; the ReLU runs fused in the first conv."""
+        self.pw1.switch_to_deploy()
+        self.pw2.switch_to_deploy()
+        fuse_activation(self.pw1, self, 'act', 'relu')
+
+
+def fuse_activation(conv_bn: 'ConvBN', owner: nn.Module, act_name: str, activation: str) -> None:
+    """Move ``owner.<act_name>`` (an activation after ``conv_bn``) into its fused conv."""
+    if isinstance(getattr(owner, act_name), nn.Identity):
+        return  # done before
+    if not isinstance(conv_bn.bn, nn.Identity):
+        raise RuntimeError('fuse_activation: fold the norm into the conv first (switch_to_deploy)')
+    conv_bn.conv = InferenceConv2d.from_conv(conv_bn.conv, activation)
+    setattr(owner, act_name, nn.Identity())

@@ -6,8 +6,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmmobilemamba.ops import selective_scan
+from mmmobilemamba.ops import selective_scan, selective_scan_channels_last
+from mmmobilemamba.ops.selective_scan import _mamba_ssm_scan
 from .conv_bn import ConvBN
+from .inference_conv import InferenceConv2d
 
 __all__ = ['SS2D']
 
@@ -64,8 +66,41 @@ class SS2D(nn.Module):
         self.A_logs.zero_()
         self.Ds.fill_(1.0)
 
+    def _uses_channels_last_scan(self, u: torch.Tensor) -> bool:
+        """The PyTorch scan runs channels-last; 'reference' and mamba_ssm's kernel take the
+        reference layout."""
+        if self.scan_backend == 'torch':
+            return True
+        if self.scan_backend == 'auto':
+            return not (u.is_cuda and _mamba_ssm_scan() is not None)
+        return False
+
+    def _scan_channels_last(self, u: torch.Tensor) -> torch.Tensor:
+        """(B, D, H, W) -> (B, L, D): both directions, computed in token order.
+
+        The projections act per token, so the scan of the flipped sequence, flipped back, is the
+        reversed recurrence on the tokens in their own order: no flips, and with a
+        channels-last ``u`` not a single transpose.
+        """
+        b, d, h, w = u.shape
+        seq = u.flatten(2).transpose(1, 2).contiguous()            # (B, L, D), free if NHWC
+        r, n = self.dt_rank, self.d_state
+        weight = self.x_proj_weight.reshape(-1, d)                 # (K*(R+2N), D)
+        proj = (seq @ weight.t()).view(b, h * w, self.directions, r + 2 * n)
+        a_mat = -torch.exp(self.A_logs.float()).view(self.directions, d, n)
+        ds = self.Ds.view(self.directions, d)
+        biases = self.dt_projs_bias
+        y = None
+        for k in range(self.directions):
+            dts, bs, cs = proj[:, :, k].split([r, n, n], dim=-1)
+            yk = selective_scan_channels_last(
+                seq, dts @ self.dt_projs_weight[k].t(), a_mat[k], bs, cs, ds[k],
+                delta_bias=biases[k], delta_softplus=True, reverse=k == 1)
+            y = yk if y is None else y + yk
+        return y
+
     def _scan(self, u: torch.Tensor) -> torch.Tensor:
-        """(B, D, H, W) -> (B, D, H, W): both directions scanned, summed."""
+        """(B, D, H, W) -> (B, D, H, W): both directions scanned, summed (reference layout)."""
         b, d, h, w = u.shape
         length = h * w
         seq = u.flatten(2)
@@ -81,10 +116,33 @@ class SS2D(nn.Module):
             backend=self.scan_backend).view(b, k, d, length)
         return (ys[:, 0] + ys[:, 1].flip(-1)).view(b, d, h, w)
 
+    @torch.no_grad()
+    def switch_to_deploy(self) -> None:
+        """Fold the projections' norms; the SiLU runs fused in the depthwise conv."""
+        self.in_proj.switch_to_deploy()
+        self.out_proj.switch_to_deploy()
+        if not isinstance(self.act, nn.Identity):
+            self.conv2d = InferenceConv2d.from_conv(self.conv2d, 'silu')
+            self.act = nn.Identity()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u, z = self.in_proj(x).chunk(2, dim=1)
         u = self.act(self.conv2d(u))
-        y = self._scan(u)
-        # LayerNorm over channels, done channels-last
-        y = self.out_norm(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return self.out_proj(y * F.silu(z))
+        b, d, h, w = u.shape
+        if self._uses_channels_last_scan(u):
+            y = self.out_norm(self._scan_channels_last(u))          # LayerNorm over D, as is
+            y = y.view(b, h, w, d).permute(0, 3, 1, 2)                # (B, D, H, W), NHWC memory
+        else:
+            # LayerNorm over channels, done channels-last
+            y = self.out_norm(self._scan(u).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        # back to the memory format of the input for the convolution
+        y = (y * F.silu(z)).contiguous(memory_format=_memory_format(x))
+        return self.out_proj(y)
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last when the channels of ``x`` are innermost in memory (an NHWC map or a
+    channel slice of one), else contiguous."""
+    if x.dim() == 4 and x.shape[1] > 1 and x.stride(1) == 1:
+        return torch.channels_last
+    return torch.contiguous_format

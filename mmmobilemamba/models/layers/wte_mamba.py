@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from mmmobilemamba.ops import inverse_wavelet_transform, wavelet_filters, wavelet_transform
+from .inference_conv import InferenceConv2d
 from .ss2d import SS2D
 
 __all__ = ['WTEMamba']
@@ -63,4 +64,5 @@ class WTEMamba(nn.Module):
         out_conv.weight.mul_(scale.view(-1, 1, 1, 1))
         out_conv.bias.mul_(scale)
         self.wavelet_conv.weight.mul_(self.wavelet_scale.view(-1, 1, 1, 1))
+        self.wavelet_conv = InferenceConv2d.from_conv(self.wavelet_conv)
         self.scales_folded = True

@@ -1,0 +1,118 @@
+"""A Conv2d for deployed models: weights packed once for oneDNN on CPU, activation fused.
+
+``nn.Conv2d`` on CPU hands its weights to oneDNN in PyTorch's layout, and oneDNN reorders them
+into its blocked layout on every call: for a backbone of 16M parameters at batch size 1 that is
+a fixed cost of several milliseconds per image, whatever the image size. :class:`InferenceConv2d`
+keeps the reordered weights (recomputed when the weights or the input shape change) and calls
+oneDNN's convolution
+with the activation fused into it. This fast path is taken only where it computes exactly the
+same thing: float32 channels-last CPU inputs, no autograd, oneDNN available. Everywhere else
+(CUDA, training, NCHW inputs) it is a plain ``Conv2d`` followed by the activation.
+"""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ['InferenceConv2d']
+
+# activation name -> (oneDNN post-op name, eager in-place twin)
+_ACTIVATIONS = {
+    None: ('none', None),
+    'relu': ('relu', torch.relu_),
+    'silu': ('swish', lambda x: F.silu(x, inplace=not torch.is_grad_enabled())),
+}
+
+
+def _is_compiling() -> bool:
+    compiler = getattr(torch, 'compiler', None)
+    return bool(compiler is not None and hasattr(compiler, 'is_compiling')
+                and compiler.is_compiling())
+
+
+def _onednn_available() -> bool:
+    return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and hasattr(torch.ops.mkldnn, '_convolution_pointwise'))
+
+
+class InferenceConv2d(nn.Conv2d):
+    """``act(conv2d(x))`` with oneDNN-packed weights on CPU; a ``Conv2d`` (same parameters,
+    same state dict keys) everywhere else.
+
+    Args:
+        *args: as ``nn.Conv2d``.
+        activation (str, optional): ``'relu'``, ``'silu'`` or None, applied after the conv.
+        **kwargs: as ``nn.Conv2d``.
+    """
+
+    def __init__(self, *args, activation: Optional[str] = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f'InferenceConv2d: activation must be one of '
+                             f'{[a for a in _ACTIVATIONS if a]} or None, got {activation!r}')
+        self.activation = activation
+        self._packed = None
+        self._packed_key = None
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, activation: Optional[str] = None) -> 'InferenceConv2d':
+        """The same convolution (sharing its parameters), with ``activation`` fused."""
+        if isinstance(conv, InferenceConv2d):
+            if conv.activation is not None and activation is not None:
+                raise ValueError('InferenceConv2d.from_conv: the conv already has an activation')
+            conv.activation = conv.activation or activation
+            return conv
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                  conv.padding, conv.dilation, conv.groups, conv.bias is not None,
+                  conv.padding_mode, activation=activation, device='meta')
+        new.weight = conv.weight
+        new.bias = conv.bias
+        return new
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f', activation={self.activation}'
+
+    def _can_pack(self, x: torch.Tensor) -> bool:
+        return (x.device.type == 'cpu' and x.dim() == 4 and x.dtype == torch.float32
+                and self.weight.dtype == torch.float32 and self.padding_mode == 'zeros'
+                and not isinstance(self.padding, str)
+                and x.stride(1) == 1  # channels innermost: NHWC, maybe a channel slice
+                and not (torch.is_grad_enabled()
+                         and (x.requires_grad or self.weight.requires_grad))
+                and not torch.jit.is_tracing()  # FLOP counters and compilers see a conv
+                and not _is_compiling()
+                and _onednn_available())
+
+    def _packed_weight(self, input_shape: torch.Size) -> torch.Tensor:
+        # oneDNN picks the weight layout for the problem size: packed for another input shape,
+        # the weights would be reordered again on every call (slowly). So the packing is for
+        # the last input shape, redone when the shape (or the weight) changes.
+        weight = self.weight
+        key = (weight.data_ptr(), weight._version, tuple(input_shape))
+        if self._packed is None or self._packed_key != key:
+            with torch.no_grad():
+                self._packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                    weight.detach().contiguous().to_mkldnn(), list(self.padding),
+                    list(self.stride), list(self.dilation), self.groups, list(input_shape))
+            self._packed_key = key
+        return self._packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        post_op, eager_act = _ACTIVATIONS[self.activation]
+        if self._can_pack(x):
+            x = x.contiguous(memory_format=torch.channels_last)  # a slice: copy, as conv2d would
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, self._packed_weight(x.shape), self.bias, list(self.padding), list(self.stride),
+                list(self.dilation), self.groups, post_op, [], '')
+        out = super().forward(x)
+        return out if eager_act is None else eager_act(out)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state['_packed'] = state['_packed_key'] = None  # oneDNN tensors do not pickle
+        return state
+
+    def _apply(self, fn, recurse=True):
+        self._packed = None  # .to()/.float()/... make new weights: pack again
+        return super()._apply(fn, recurse)
