@@ -93,10 +93,12 @@ class SS2D(nn.Module):
         y = None
         for k in range(self.directions):
             dts, bs, cs = proj[:, :, k].split([r, n, n], dim=-1)
+            # delta = dts @ W^T + bias in one product
+            delta = torch.addmm(biases[k], dts.reshape(-1, r), self.dt_projs_weight[k].t())
             yk = selective_scan_channels_last(
-                seq, dts @ self.dt_projs_weight[k].t(), a_mat[k], bs, cs, ds[k],
-                delta_bias=biases[k], delta_softplus=True, reverse=k == 1)
-            y = yk if y is None else y + yk
+                seq, delta.view(b, h * w, d), a_mat[k], bs, cs, ds[k], delta_softplus=True,
+                reverse=k == 1)
+            y = yk if y is None else (y.add_(yk) if not y.requires_grad else y + yk)
         return y
 
     def _scan(self, u: torch.Tensor) -> torch.Tensor:
@@ -136,7 +138,9 @@ class SS2D(nn.Module):
             # LayerNorm over channels, done channels-last
             y = self.out_norm(self._scan(u).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         # back to the memory format of the input for the convolution
-        y = (y * F.silu(z)).contiguous(memory_format=_memory_format(x))
+        gate = F.silu(z)
+        y = y.mul_(gate) if not y.requires_grad else y * gate
+        y = y.contiguous(memory_format=_memory_format(x))
         return self.out_proj(y)
 
 
