@@ -228,9 +228,10 @@ def _bindings_of(obj: Any, package: str) -> List[Tuple[Any, str]]:
 def traceable_custom_ops(package: str = 'mmmobilemamba') -> Iterator[None]:
     """Within this context our ops called from ``package`` trace as single countable nodes.
 
-    Covers ``selective_scan``, ``selective_scan_channels_last``, ``wavelet_transform`` and ``inverse_wavelet_transform`` of
-    :mod:`mmmobilemamba.ops`. Modules import them by name (``from mmmobilemamba.ops import
-    selective_scan``), so each loaded module's binding is swapped, and restored on exit.
+    Covers ``selective_scan``, ``selective_scan_channels_last``, ``wavelet_transform`` and
+    ``inverse_wavelet_transform`` of :mod:`mmmobilemamba.ops`. Modules import them by name
+    (``from mmmobilemamba.ops import selective_scan``), so each loaded module's binding is
+    swapped, and restored on exit.
     Results are unchanged, but the calls build no autograd graph: for analysis only.
 
     Args:

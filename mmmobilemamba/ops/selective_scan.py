@@ -31,9 +31,10 @@ Two implementations with one signature:
 * ``backend='cuda'`` uses ``mamba_ssm``'s fused kernel when installed (optional; never
   required); ``'auto'`` takes it for CUDA tensors when it imports, else the PyTorch scan.
 """
+import functools
+import math
 from typing import Optional, Tuple
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -314,8 +315,13 @@ def selective_scan_reference(u: torch.Tensor, delta: torch.Tensor, A: torch.Tens
     return y.to(u.dtype)
 
 
+@functools.lru_cache(maxsize=None)
 def _mamba_ssm_scan():
-    """The fused CUDA kernel of ``mamba_ssm`` if importable, else None."""
+    """The fused CUDA kernel of ``mamba_ssm`` if importable, else None.
+
+    Looked up once: SS2D asks on every CUDA forward, and Python retries a failed import (a
+    search of the whole path) every time it is asked.
+    """
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
     except Exception:  # ImportError, or a broken build (undefined symbols)

@@ -11,6 +11,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .memory_format import channels_innermost
+
 __all__ = ['wavelet_filters', 'wavelet_transform', 'inverse_wavelet_transform']
 
 
@@ -74,7 +76,7 @@ def wavelet_transform(x: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
         # one batched (per channel) 4x4 matrix product over all blocks
         taps = filters.to(x.dtype).view(c, 4, 2, 2)
         h2, w2 = x.shape[2] // 2, x.shape[3] // 2
-        if x.stride(1) == 1 and c > 1:
+        if channels_innermost(x):
             # channels-last memory: stay in it, bands innermost, so that (B, 4C, h, w) is a view
             blocks = x.permute(0, 2, 3, 1).reshape(b, h2, 2, w2, 2, c)
             bands = torch.einsum('bhiwjc,ckij->bhwck', blocks, taps).contiguous()

@@ -223,3 +223,27 @@ def test_linear_recurrence_any_dim_and_direction(dim, reverse):
     b.requires_grad_(True)
     assert torch.autograd.gradcheck(
         lambda a_, b_: linear_recurrence(a_, b_, dim=dim, reverse=reverse), (a, b))
+
+
+def test_optional_kernel_is_looked_up_once(monkeypatch):
+    """SS2D asks for mamba_ssm's kernel on every CUDA forward; a failed import must not be
+    retried (a search of the whole path) each time."""
+    import builtins
+    from mmmobilemamba.ops.selective_scan import _mamba_ssm_scan
+    attempts = []
+    real_import = builtins.__import__
+
+    def counting_import(name, *args, **kwargs):
+        if name.startswith('mamba_ssm'):
+            attempts.append(name)
+        return real_import(name, *args, **kwargs)
+
+    _mamba_ssm_scan.cache_clear()
+    monkeypatch.setattr(builtins, '__import__', counting_import)
+    try:
+        first = _mamba_ssm_scan()
+        assert _mamba_ssm_scan() is first
+        assert len(attempts) == 1
+    finally:
+        monkeypatch.undo()
+        _mamba_ssm_scan.cache_clear()

@@ -26,8 +26,8 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> InferenceConv2d:
     scale = (bn.weight if bn.affine else torch.ones_like(std)) / std
     shift = bn.bias if bn.affine else torch.zeros_like(std)
     fused = InferenceConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                      conv.padding, conv.dilation, conv.groups, bias=True,
-                      device=conv.weight.device, dtype=conv.weight.dtype)
+                            conv.padding, conv.dilation, conv.groups, bias=True,
+                            device=conv.weight.device, dtype=conv.weight.dtype)
     conv_bias = conv.bias if conv.bias is not None else torch.zeros_like(std)
     with torch.no_grad():
         fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))

@@ -4,8 +4,7 @@
 into its blocked layout on every call: for a backbone of 16M parameters at batch size 1 that is
 a fixed cost of several milliseconds per image, whatever the image size. :class:`InferenceConv2d`
 keeps the reordered weights (recomputed when the weights or the input shape change) and calls
-oneDNN's convolution
-with the activation fused into it. This fast path is taken only where it computes exactly the
+oneDNN's convolution with the activation fused into it. This fast path is taken only where it computes exactly the
 same thing: float32 channels-last CPU inputs, no autograd, oneDNN available. Everywhere else
 (CUDA, training, NCHW inputs) it is a plain ``Conv2d`` followed by the activation.
 """
@@ -14,6 +13,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from mmmobilemamba.ops import channels_innermost
 
 __all__ = ['InferenceConv2d']
 
@@ -77,7 +78,7 @@ class InferenceConv2d(nn.Conv2d):
         return (x.device.type == 'cpu' and x.dim() == 4 and x.dtype == torch.float32
                 and self.weight.dtype == torch.float32 and self.padding_mode == 'zeros'
                 and not isinstance(self.padding, str)
-                and x.stride(1) == 1  # channels innermost: NHWC, maybe a channel slice
+                and channels_innermost(x)  # NHWC, or a channel slice of it
                 and not (torch.is_grad_enabled()
                          and (x.requires_grad or self.weight.requires_grad))
                 and not torch.jit.is_tracing()  # FLOP counters and compilers see a conv

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmmobilemamba.ops import selective_scan, selective_scan_channels_last
+from mmmobilemamba.ops import memory_format_of, selective_scan, selective_scan_channels_last
 from mmmobilemamba.ops.selective_scan import _mamba_ssm_scan
 from .conv_bn import ConvBN
 from .inference_conv import InferenceConv2d
@@ -140,13 +140,6 @@ class SS2D(nn.Module):
         # back to the memory format of the input for the convolution
         gate = F.silu(z)
         y = y.mul_(gate) if not y.requires_grad else y * gate
-        y = y.contiguous(memory_format=_memory_format(x))
+        y = y.contiguous(memory_format=memory_format_of(x))
         return self.out_proj(y)
 
-
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    """channels_last when the channels of ``x`` are innermost in memory (an NHWC map or a
-    channel slice of one), else contiguous."""
-    if x.dim() == 4 and x.shape[1] > 1 and x.stride(1) == 1:
-        return torch.channels_last
-    return torch.contiguous_format
