@@ -11,15 +11,16 @@ from .atomic_io import (AtomicLocalBackend, atomic_write_bytes, atomic_write_tex
                         register_atomic_backend, remove_stale_temp_files)
 from .checkpoint_safety import checkpoint_safe_globals, register_checkpoint_safe_globals
 from .codebase import detect_codebase
-from .dataset_check import (Problem, check_class_counts, check_dataset_config, format_report,
-                            has_errors)
+from .dataset_check import (Problem, check_class_counts, check_dataset_config,
+                            check_dataset_paths, format_report, has_errors)
 from .hooks import (AtomicCheckpointHook, FiniteLossGuardHook, NonFiniteLossError,
                     non_finite_losses)
 from .image_loading import (ImageLoadError, SafeLoadImageFromFile, decode_image, load_image,
                             to_three_channel_uint8)
 from .launch import find_resume_checkpoint, test_main, train_main
 from .metrics import DumpSegResults
-from .model_check import backbone_out_channels, check_model_channels, load_from_report
+from .model_check import (backbone_out_channels, check_model_channels, check_model_config,
+                          load_from_report)
 
 register_checkpoint_safe_globals()
 register_atomic_backend()
@@ -27,9 +28,10 @@ register_atomic_backend()
 __all__ = [
     'AtomicCheckpointHook', 'AtomicLocalBackend', 'DumpSegResults', 'FiniteLossGuardHook',
     'ImageLoadError', 'NonFiniteLossError', 'Problem', 'SafeLoadImageFromFile',
-    'atomic_write_bytes', 'backbone_out_channels', 'check_model_channels', 'load_from_report', 'atomic_write_text', 'check_class_counts', 'check_dataset_config',
+    'atomic_write_bytes', 'atomic_write_text', 'backbone_out_channels', 'check_class_counts',
+    'check_dataset_config', 'check_dataset_paths', 'check_model_channels', 'check_model_config',
     'checkpoint_safe_globals', 'decode_image', 'detect_codebase', 'find_resume_checkpoint',
-    'format_report', 'has_errors', 'load_image', 'non_finite_losses', 'register_atomic_backend',
-    'register_checkpoint_safe_globals', 'remove_stale_temp_files', 'test_main',
-    'to_three_channel_uint8', 'train_main'
+    'format_report', 'has_errors', 'load_from_report', 'load_image', 'non_finite_losses',
+    'register_atomic_backend', 'register_checkpoint_safe_globals', 'remove_stale_temp_files',
+    'test_main', 'to_three_channel_uint8', 'train_main'
 ]

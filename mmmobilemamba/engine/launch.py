@@ -4,11 +4,19 @@ One entry serves both: the config's ``default_scope`` (or the registry knowing i
 decides. The steps are mmengine's usual ones (``Config`` + ``--cfg-options`` ->
 ``Runner.from_cfg``) plus:
 
-* training stops before the runner is built when the class counts of datasets and heads
-  disagree (:func:`~mmmobilemamba.engine.dataset_check.check_class_counts`);
-* ``CheckpointHook`` is upgraded to :class:`AtomicCheckpointHook` (same arguments) and a
-  :class:`FiniteLossGuardHook` is added when the config has none (``--no-safety-hooks`` keeps
-  the config as written);
+* before the runner is built, a pre-flight check stops with one message listing every
+  problem it finds: class counts of datasets and heads that disagree, dataset files and
+  folders that do not exist, unknown or invalid arguments of our modules, backbone/neck
+  channels that do not fit, checkpoint files (``load_from``, the backbone's ``init_cfg``)
+  that do not exist. When ``load_from`` (or ``--resume``) brings the backbone's weights, the
+  backbone's ImageNet ``init_cfg`` checkpoint is not loaded (it would be overwritten anyway);
+* ``CheckpointHook`` is upgraded to :class:`AtomicCheckpointHook` (same arguments), a
+  :class:`FiniteLossGuardHook` is added when the config has none, and mmcv's
+  ``LoadImageFromFile`` becomes :class:`SafeLoadImageFromFile` (skip broken images in training
+  with a warning naming them, stop naming them in val/test); ``--no-safety-hooks`` keeps the
+  config as written;
+* a non-finite loss or a broken image under ``on_error='raise'`` ends the run with its
+  message and exit status 1, without a traceback;
 * ``--resume`` without a path resumes from the newest *complete* checkpoint of the work dir;
 * ``--launcher pytorch`` on a machine without CUDA runs DDP on CPU over gloo.
 """
@@ -25,8 +33,10 @@ from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
 
 from .codebase import detect_codebase as _detect_codebase
-from .dataset_check import ERROR, check_class_counts
-from .model_check import check_model_channels, load_from_report
+from .dataset_check import ERROR, Problem, check_class_counts, check_dataset_paths
+from .hooks import NonFiniteLossError
+from .image_loading import ImageLoadError
+from .model_check import check_model_config, load_from_report
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 POINTER_FILE = 'last_checkpoint'
@@ -234,23 +244,125 @@ def _is_main_process() -> bool:
     return int(os.environ.get('RANK', '0')) == 0
 
 
-def run_class_count_check(cfg: Config) -> None:
-    """Log class-count warnings; raise :class:`LaunchError` listing the mismatches."""
-    problems = check_class_counts(cfg)
+def run_preflight_checks(cfg: Config, splits: Sequence[str], training: bool) -> None:
+    """Log warnings; raise :class:`LaunchError` listing every error found before a run.
+
+    Args:
+        cfg: The config about to run.
+        splits: Dataloaders whose dataset files must exist (``('train', 'val')`` for training).
+        training: Also check the checkpoint files that initialise the model (testing loads
+            its checkpoint over everything and never reads ``init_cfg``).
+    """
+    problems = check_class_counts(cfg) + check_dataset_paths(cfg, splits)
+    problems += check_model_config(cfg)
+    if training:
+        problems += check_checkpoint_files(cfg)
     errors = [str(p) for p in problems if p.severity == ERROR]
     warnings = [str(p) for p in problems if p.severity != ERROR]
     if warnings and _is_main_process():
         print_log('\n'.join(warnings), logger='current', level=logging.WARNING)
     if errors:
-        raise LaunchError('the number of classes of the model does not match the dataset:\n' +
-                          '\n'.join(errors))
+        raise LaunchError(f'{len(errors)} problem(s) in {cfg.filename or "the config"}, '
+                          'nothing was run:\n' + '\n'.join(errors))
 
 
-def run_model_check(cfg: Config) -> None:
-    """Raise :class:`LaunchError` when the backbone's channels and the neck/heads disagree."""
-    errors = [str(p) for p in check_model_channels(cfg) if p.severity == ERROR]
-    if errors:
-        raise LaunchError('the model config is inconsistent:\n' + '\n'.join(errors))
+def check_checkpoint_files(cfg: Config) -> List[Problem]:
+    """Errors for a local ``load_from`` or backbone ``init_cfg`` checkpoint that is missing."""
+    from mmmobilemamba.models.checkpoint import RELEASE_HINT
+    problems = []
+    load_from = cfg.get('load_from')
+    if load_from and not cfg.get('resume') and _missing_local_file(load_from):
+        problems.append(Problem(ERROR, 'load_from', f'checkpoint {load_from} does not exist: '
+                                'put the checkpoint there, or set load_from = None to start '
+                                'from the ImageNet backbone (docs/finetune.md, section 4)'))
+    backbone = (cfg.get('model') or {}).get('backbone') or {}
+    pretrained = _pretrained_checkpoint(backbone.get('init_cfg'))
+    if pretrained and _missing_local_file(pretrained):
+        problems.append(Problem(
+            ERROR, 'model.backbone.init_cfg.checkpoint',
+            f'ImageNet checkpoint {pretrained} does not exist. {RELEASE_HINT}. To train the '
+            'backbone from scratch instead: model = dict(backbone=dict(init_cfg=None))'))
+    if 'pretrained' in cfg and isinstance(backbone, dict) and backbone.get('init_cfg') and \
+            cfg.pretrained != pretrained:
+        problems.append(Problem(
+            ERROR, 'pretrained', f'is {cfg.pretrained!r} but the backbone loads {pretrained!r}: '
+            'a variable set in a config does not change the model dict its _base_ built with '
+            'it. Set model = dict(backbone=dict(init_cfg=dict(checkpoint=PATH))), or '
+            'init_cfg=None to train from scratch'))
+    return problems
+
+
+def _missing_local_file(path: str) -> bool:
+    return '://' not in str(path) and not osp.isfile(path)
+
+
+def _pretrained_checkpoint(init_cfg) -> Optional[str]:
+    cfgs = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
+    for item in cfgs:
+        if isinstance(item, dict) and item.get('type') == 'Pretrained' and item.get('checkpoint'):
+            return item['checkpoint']
+    return None
+
+
+def skip_backbone_pretrained(cfg: Config) -> None:
+    """Drop the backbone's ``Pretrained`` init_cfg when ``load_from`` holds backbone weights.
+
+    mmengine initialises the weights (reading the ImageNet checkpoint) and then loads
+    ``load_from`` over them: fine-tuning from a released detector/segmentor, or resuming,
+    would otherwise need the ImageNet file too, only to overwrite it.
+    """
+    backbone = (cfg.get('model') or {}).get('backbone')
+    load_from = cfg.get('load_from')
+    if not isinstance(backbone, dict) or not _pretrained_checkpoint(backbone.get('init_cfg')):
+        return
+    if not load_from or _missing_local_file(load_from) or '://' in str(load_from):
+        return
+    try:
+        checkpoint = torch.load(load_from, map_location='cpu', weights_only=True, mmap=True)
+    except Exception:  # not ours to judge here: mmengine's loader reports it in context
+        return
+    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else {}
+    if not any(str(k).startswith(('backbone.', 'module.backbone.')) for k in state):
+        return
+    print_log(f'The backbone\'s weights come from {load_from}: its ImageNet init_cfg checkpoint '
+              f'({_pretrained_checkpoint(backbone.init_cfg)}) is not loaded', logger='current')
+    backbone.init_cfg = None
+
+
+_LOADERS = ('LoadImageFromFile', 'mmcv.LoadImageFromFile')
+
+
+def apply_safe_image_loading(cfg: Config, splits: Sequence[str]) -> None:
+    """Replace mmcv's ``LoadImageFromFile`` with :class:`SafeLoadImageFromFile` (same arguments).
+
+    Training pipelines skip a broken image with a warning naming it (``on_error='skip'``);
+    val/test pipelines stop naming it (``on_error='raise'``): skipping would bias the metric.
+    Loaders the config already chose (``SafeLoadImageFromFile`` with its ``on_error``, or any
+    other type) are left as they are.
+    """
+    for split in splits:
+        on_error = 'skip' if split == 'train' else 'raise'
+        for _, ds_cfg in _datasets_with_pipelines(cfg, split):
+            for step in ds_cfg['pipeline']:
+                if isinstance(step, dict) and step.get('type') in _LOADERS:
+                    step['type'] = 'SafeLoadImageFromFile'
+                    step.pop('ignore_empty', None)  # superseded by on_error
+                    step['on_error'] = on_error
+
+
+def _datasets_with_pipelines(cfg: Config, split: str):
+    loader = cfg.get(f'{split}_dataloader')
+    if not loader or not loader.get('dataset'):
+        return
+    stack = [loader['dataset']]
+    while stack:  # wrappers (MultiImageMixDataset) have pipelines of their own
+        node = stack.pop()
+        if isinstance(node, (list, tuple)):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            if isinstance(node.get('pipeline'), (list, tuple)):
+                yield split, node
+            stack.extend(node[k] for k in ('dataset', 'datasets') if k in node)
 
 
 def report_load_from(runner, cfg: Config) -> None:
@@ -293,7 +405,9 @@ def prepare_train_config(args: argparse.Namespace) -> Config:
         enable_auto_scale_lr(cfg)
     if not args.no_safety_hooks:
         apply_safety_hooks(cfg)
+        apply_safe_image_loading(cfg, ('train', 'val', 'test'))
     apply_resume(cfg, args.resume)
+    skip_backbone_pretrained(cfg)
     return cfg
 
 
@@ -343,6 +457,7 @@ def prepare_test_config(args: argparse.Namespace) -> Config:
     if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
         raise LaunchError(f'checkpoint not found: {args.checkpoint}')
     cfg.load_from = args.checkpoint
+    apply_safe_image_loading(cfg, ('test',))
     if args.show or args.show_dir:
         _enable_visualization(cfg, args, codebase)
     if args.tta:
@@ -361,6 +476,17 @@ def _report_metrics(metrics: Optional[dict]) -> None:
         print(f'Evaluation results: {listing}', flush=True)
 
 
+def _stopped(err: Exception) -> int:
+    """Report an expected stop (bad loss, broken image) without a traceback: exit status 1."""
+    text = str(err).strip() or type(err).__name__
+    # From a DataLoader worker the message carries the worker's traceback, whose last line
+    # is ours: '[module.]ImageLoadError: <message>'.
+    last = text.splitlines()[-1]
+    message = re.sub(rf'^([\w.]*\.)?{type(err).__name__}: ', '', last)
+    print(f'error: {message}', file=sys.stderr, flush=True)
+    return 1
+
+
 # ---------------------------------------------------------------------------- entry points
 def train_main(argv: Optional[Sequence[str]] = None) -> int:
     """``tools/train.py``: returns the process exit code (0 on success, 2 on a config error).
@@ -371,15 +497,17 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_train_parser().parse_args(argv)
     try:
         cfg = prepare_train_config(args)
-        run_class_count_check(cfg)
-        run_model_check(cfg)
+        run_preflight_checks(cfg, ('train', 'val'), training=True)
         prepare_cpu_distributed(cfg)
     except LaunchError as err:
         print(f'error: {err}', file=sys.stderr, flush=True)
         return 2
     runner = build_runner(cfg)
     report_load_from(runner, cfg)
-    runner.train()
+    try:
+        runner.train()
+    except (NonFiniteLossError, ImageLoadError) as err:
+        return _stopped(err)
     return 0
 
 
@@ -392,10 +520,14 @@ def test_main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_test_parser().parse_args(argv)
     try:
         cfg = prepare_test_config(args)
+        run_preflight_checks(cfg, ('test',), training=False)
         prepare_cpu_distributed(cfg)
     except LaunchError as err:
         print(f'error: {err}', file=sys.stderr, flush=True)
         return 2
-    metrics = build_runner(cfg).test()
+    try:
+        metrics = build_runner(cfg).test()
+    except ImageLoadError as err:
+        return _stopped(err)
     _report_metrics(metrics)
     return 0

@@ -1,5 +1,10 @@
-"""Model-side checks run before training: channel wiring and ``load_from`` compatibility.
+"""Model-side checks run before training: config keys, channel wiring, ``load_from``.
 
+* :func:`check_model_config`: every argument given to one of our modules (MobileMamba,
+  MobileMambaFPN, SSDLiteHead) is one it takes (a typo names the valid ones and the closest),
+  and the backbone and neck are built once (no weights read) so that values out of range
+  fail here with the module's own message instead of in the middle of the runner's set-up;
+  then :func:`check_model_channels`.
 * :func:`check_model_channels`: the channels MobileMamba gives (``arch`` + ``out_indices``)
   against what the neck (or, without a neck, the decode head) expects. A typo there would
   otherwise surface as a cryptic conv shape error at the first forward.
@@ -7,14 +12,21 @@
   model and why; the usual case is fine-tuning with another ``num_classes``, where the
   class-dependent head layers keep their fresh initialisation.
 """
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+import difflib
+import inspect
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from mmengine.config import Config
+from mmengine.registry import DefaultScope
 
+from .codebase import detect_codebase, get_registry
 from .dataset_check import ERROR, Problem
 
-__all__ = ['backbone_out_channels', 'check_model_channels', 'load_from_report']
+__all__ = ['backbone_out_channels', 'check_model_channels', 'check_model_config',
+           'load_from_report']
+_OUR_PACKAGE = 'mmmobilemamba.'
+_BUILT_PARTS = ('backbone', 'neck')
 
 
 def backbone_out_channels(backbone_cfg: Mapping) -> Optional[List[int]]:
@@ -65,9 +77,7 @@ def check_model_channels(cfg: Config) -> List[Problem]:
         One error per mismatch, naming the config key, what it says, what the backbone gives
         and the value to set; an error for an invalid backbone config.
     """
-    model = cfg.get('model') or {}
-    if model.get('type') in ('SegTTAModel', 'DetTTAModel') and 'module' in model:
-        model = model['module']
+    model = _unwrap_tta(cfg.get('model') or {})
     try:
         channels = backbone_out_channels(model.get('backbone'))
     except ValueError as err:
@@ -102,6 +112,86 @@ def check_model_channels(cfg: Config) -> List[Problem]:
             problems.append(Problem(
                 ERROR, key, f'is {declared} but {gives}; set {key}={value} '
                 f'(or change the backbone arch/out_indices)'))
+    return problems
+
+
+def check_model_config(cfg: Config) -> List[Problem]:
+    """Unknown arguments of our modules, backbone/neck build errors, then channel wiring.
+
+    Args:
+        cfg: a full mmdet/mmseg config.
+
+    Returns:
+        One error per problem, naming the config key and what is valid; empty when the model
+        config is consistent.
+    """
+    model = _unwrap_tta(cfg.get('model') or {})
+    codebase = detect_codebase(cfg)
+    registry = get_registry(codebase, 'MODELS')
+    problems = []
+    with DefaultScope.overwrite_default_scope(codebase):
+        for key, node, cls in _our_module_cfgs(model, 'model', registry):
+            problems += _unknown_arguments(key, node, cls)
+        if problems:
+            return problems  # building would only repeat the first unknown argument
+        for part in _BUILT_PARTS:
+            node = model.get(part)
+            if not isinstance(node, Mapping) or 'type' not in node:
+                continue
+            try:
+                registry.build(node)
+            except Exception as err:  # the module's own message says what is wrong
+                problems.append(Problem(ERROR, f'model.{part}', f'cannot be built: {err}'))
+    return problems or check_model_channels(cfg)
+
+
+def _unwrap_tta(model: Mapping) -> Mapping:
+    if model.get('type') in ('SegTTAModel', 'DetTTAModel') and 'module' in model:
+        return model['module']
+    return model
+
+
+def _our_module_cfgs(node: Any, key: str, registry: Any) -> Iterator[Tuple[str, Mapping, type]]:
+    """``(config key, config, class)`` of every sub-config whose type is one of our classes."""
+    if isinstance(node, Mapping):
+        kind = node.get('type')
+        cls = registry.get(kind) if isinstance(kind, str) else kind
+        if inspect.isclass(cls) and cls.__module__.startswith(_OUR_PACKAGE):
+            yield key, node, cls
+        for name, value in node.items():
+            yield from _our_module_cfgs(value, f'{key}.{name}', registry)
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _our_module_cfgs(value, f'{key}.{i}', registry)
+
+
+def _accepted_arguments(cls: type) -> Optional[List[str]]:
+    """The keyword arguments ``cls`` takes, or None when it takes any (``**kwargs``)."""
+    names = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get('__init__')
+        if init is None:
+            continue
+        params = list(inspect.signature(init).parameters.values())[1:]
+        names += [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            return sorted(set(names))
+        # **kwargs passed on to the parent (e.g. SSDLiteHead -> SSDHead): keep walking up.
+    return None
+
+
+def _unknown_arguments(key: str, node: Mapping, cls: type) -> List[Problem]:
+    accepted = _accepted_arguments(cls)
+    if accepted is None:
+        return []
+    problems = []
+    for name in node:
+        if name in ('type', '_scope_') or name in accepted:
+            continue
+        close = difflib.get_close_matches(name, accepted, n=1)
+        guess = f' (did you mean {close[0]!r}?)' if close else ''
+        problems.append(Problem(ERROR, f'{key}.{name}', f'{cls.__name__} has no argument '
+                                f'{name!r}{guess}; valid arguments: {", ".join(accepted)}'))
     return problems
 
 

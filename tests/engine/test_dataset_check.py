@@ -171,5 +171,6 @@ def test_segmentation_class_count_names_every_head(broken_seg):
 def test_empty_segmentation_dataset_is_an_error(tmp_path):
     pytest.importorskip('mmseg')
     (tmp_path / 'img').mkdir()
+    (tmp_path / 'ann').mkdir()
     errors = _errors(check_dataset_config(_seg_cfg(tmp_path)))
-    assert errors and 'no samples' in errors[0]
+    assert len(errors) == 1 and 'no samples' in errors[0]
