@@ -12,7 +12,9 @@ palette = [[128, 64, 128], [70, 70, 70], [107, 142, 35], [70, 130, 180]]
 data_root = 'data/my_seg/'  # images/{training,validation}/*.jpg, annotations/{...}/*.png
 
 # Start from the released ADE20K segmentor: conv_seg (150 classes) is re-initialised for 4.
-# Set to None to start from the ImageNet backbone alone (`pretrained` of the base config).
+# The backbone's ImageNet checkpoint is then not read: load_from brings the backbone too.
+# Set to None to start from the ImageNet backbone alone (the base config's init_cfg; another
+# file: model = dict(backbone=dict(init_cfg=dict(checkpoint=PATH))), none: init_cfg=None).
 load_from = 'checkpoints/fpn_mobilemamba-b4_4xb8-160k_ade20k-512x512.pth'
 
 model = dict(decode_head=dict(num_classes=len(classes)))

@@ -10,7 +10,9 @@ data_root = 'data/my_det/'              # annotations/{train,val}.json, images/{
 
 # Start from the released COCO detector: its class-dependent layers (retina_cls) have 80
 # classes and are re-initialised for 3; train.py reports exactly which tensors it skipped.
-# Set to None to start from the ImageNet backbone alone (`pretrained` of the base config).
+# The backbone's ImageNet checkpoint is then not read: load_from brings the backbone too.
+# Set to None to start from the ImageNet backbone alone (the base config's init_cfg; another
+# file: model = dict(backbone=dict(init_cfg=dict(checkpoint=PATH))), none: init_cfg=None).
 load_from = 'checkpoints/retinanet_mobilemamba-b1_fpn_1x_coco.pth'
 
 model = dict(bbox_head=dict(num_classes=len(classes)))

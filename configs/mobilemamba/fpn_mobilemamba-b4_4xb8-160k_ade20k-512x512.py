@@ -16,7 +16,9 @@ custom_imports = dict(imports=['mmmobilemamba'], allow_failed_imports=False)
 # (mobilemamba_b4.pth) from the authors' MobileMamba GitHub release page, then either point
 # `pretrained` at it directly or convert it once to our key layout:
 #   python tools/model_converters/mobilemamba_official.py SRC.pth checkpoints/mobilemamba_b4.pth
-# `pretrained = None` trains the backbone from scratch (with a warning); a missing file raises.
+# `pretrained = None` here trains the backbone from scratch (with a warning); a missing file
+# stops training. In a config inheriting this one, set model = dict(backbone=dict(init_cfg=...))
+# instead: the model dict below is built with this file's value.
 pretrained = 'checkpoints/mobilemamba_b4.pth'
 
 crop_size = (512, 512)

@@ -20,8 +20,10 @@ custom_imports = dict(imports=['mmmobilemamba'], allow_failed_imports=False)
 # (mobilemamba_b1.pth, from the authors' "MobileMamba" GitHub release page) and either point
 # this variable at it directly or convert it once to our key layout:
 #   python tools/model_converters/mobilemamba_official.py SRC.pth checkpoints/mobilemamba_b1.pth
-# A missing file stops training with these instructions; `pretrained = None` trains the
-# backbone from scratch (with a warning; the paper's numbers need the ImageNet weights).
+# A missing file stops training with these instructions; `pretrained = None` here trains the
+# backbone from scratch (with a warning; the paper's numbers need the ImageNet weights). In a
+# config inheriting this one, set model = dict(backbone=dict(init_cfg=...)) instead: the
+# model dict below is built with this file's value.
 pretrained = 'checkpoints/mobilemamba_b1.pth'
 
 model = dict(

@@ -11,9 +11,9 @@ Two depths:
   annotations of the train/val datasets. Detection (COCO-style JSON): boxes with non-positive
   size or outside their image, category ids missing from ``categories``, classes missing from
   the JSON or listed in another order (mmdet numbers labels in JSON order), RLE masks whose size
-  is not the image's. Segmentation: empty sample lists. With ``full=True`` every image is
-  decoded (missing, unreadable, corrupt, size differing from the annotation) and every
-  segmentation map is read (missing, size differing from its image, label values that are
+  is not the image's, polygons that are malformed or lie outside their image. Segmentation:
+  empty sample lists. With ``full=True`` every image is decoded (missing, unreadable, corrupt,
+  size differing from the annotation) and every segmentation map is read (missing, size differing from its image, label values that are
   neither a class index nor the ignore index, after ``reduce_zero_label``/``label_map``).
 
 Problems are ``error`` (training would crash or silently learn something wrong) or
@@ -404,6 +404,30 @@ def _check_coco_annotation(ann: dict, images: Dict[Any, dict], known_cats: set,
             problems.append(Problem(ERROR, where, f'RLE mask size (h, w) {list(seg["size"])} '
                                     f'differs from the image\'s '
                                     f'{[img.get("height"), img.get("width")]}'))
+    elif isinstance(seg, list):
+        problems += _check_coco_polygons(seg, img, where)
+    return problems
+
+
+def _check_coco_polygons(polygons: list, img: dict, where: str) -> List[Problem]:
+    """Polygons need x, y pairs (>= 3 points) and must overlap their image."""
+    width, height = img.get('width') or 0, img.get('height') or 0
+    problems = []
+    for i, poly in enumerate(polygons):
+        if not isinstance(poly, (list, tuple)) or len(poly) < 6 or len(poly) % 2 or \
+                not all(isinstance(v, (int, float)) for v in poly):
+            size = len(poly) if isinstance(poly, (list, tuple)) else type(poly).__name__
+            problems.append(Problem(ERROR, where, f'polygon {i} of the mask has {size} values: '
+                                    'it needs x, y pairs of at least 3 points'))
+            continue
+        xs, ys = poly[0::2], poly[1::2]
+        if max(xs) <= 0 or max(ys) <= 0 or min(xs) >= width or min(ys) >= height:
+            problems.append(Problem(ERROR, where, f'polygon {i} of the mask lies outside the '
+                                    f'{width}x{height} image (x {min(xs)}..{max(xs)}, '
+                                    f'y {min(ys)}..{max(ys)}): the mask does not match its image'))
+        elif min(xs) < -1 or min(ys) < -1 or max(xs) > width + 1 or max(ys) > height + 1:
+            problems.append(Problem(WARNING, where, f'polygon {i} of the mask extends beyond the '
+                                    f'{width}x{height} image: it is clipped'))
     return problems
 
 

@@ -76,8 +76,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                         help='scale the learning rate by total batch size / '
                         'auto_scale_lr.base_batch_size of the config')
     parser.add_argument('--no-safety-hooks', action='store_true',
-                        help='keep the config\'s hooks as written (no AtomicCheckpointHook '
-                        'upgrade, no FiniteLossGuardHook)')
+                        help='keep the config as written: no AtomicCheckpointHook upgrade, no '
+                        'FiniteLossGuardHook, no SafeLoadImageFromFile in place of '
+                        'LoadImageFromFile')
     _add_common_args(parser)
     return parser
 

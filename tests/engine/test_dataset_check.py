@@ -6,7 +6,8 @@ import pytest
 from mmengine.config import Config
 from PIL import Image
 
-from mmmobilemamba.engine import check_class_counts, check_dataset_config, has_errors
+from mmmobilemamba.engine import (check_class_counts, check_dataset_config, check_dataset_paths,
+                                  has_errors)
 from mmmobilemamba.engine.dataset_check import ERROR, WARNING, head_num_classes
 
 CLASSES = ('cat', 'dog')
@@ -174,3 +175,65 @@ def test_empty_segmentation_dataset_is_an_error(tmp_path):
     (tmp_path / 'ann').mkdir()
     errors = _errors(check_dataset_config(_seg_cfg(tmp_path)))
     assert len(errors) == 1 and 'no samples' in errors[0]
+
+
+# ---------------------------------------------------------------------------- polygons
+def test_malformed_or_misplaced_polygons(broken_coco):
+    pytest.importorskip('mmdet')
+    coco = json.loads((broken_coco / 'train.json').read_text())
+    polygons = {
+        'odd': [[5, 5, 20, 5, 20]],                    # 5 values
+        'two_points': [[5, 5, 20, 20]],                # a line, not an area
+        'elsewhere': [[100, 100, 140, 100, 140, 130]],  # drawn for a larger image
+        'overhang': [[50, 50, 80, 50, 80, 60]],        # clipped, still usable
+        'good': [[5, 5, 20, 5, 20, 20]],
+    }
+    coco['annotations'] = [
+        dict(id=i + 1, image_id=1, category_id=1, bbox=[5, 5, 10, 10], area=100, iscrowd=0,
+             segmentation=poly) for i, poly in enumerate(polygons.values())]
+    (broken_coco / 'train.json').write_text(json.dumps(coco))
+    problems = check_dataset_config(_det_cfg(broken_coco))
+    errors, warnings = _errors(problems), _warnings(problems)
+    assert any('annotation 1)' in e and 'has 5 values' in e for e in errors)
+    assert any('annotation 2)' in e and 'has 4 values' in e for e in errors)
+    assert any('annotation 3)' in e and 'lies outside the 64x64 image' in e for e in errors)
+    assert len(errors) == 3, errors
+    assert any('annotation 4)' in w and 'extends beyond' in w for w in warnings)
+    assert not any('annotation 5)' in p for p in errors + warnings)
+
+
+# ----------------------------------------------------------------------- dataset paths
+def test_missing_annotation_file_and_folders_name_their_keys(broken_coco):
+    pytest.importorskip('mmdet')
+    cfg = _det_cfg(broken_coco)
+    cfg.train_dataloader.dataset.ann_file = 'annotations/nope.json'
+    cfg.val_dataloader.dataset.data_prefix = dict(img='no_images/')
+    errors = _errors(check_dataset_paths(cfg))
+    assert len(errors) == 2, errors
+    assert errors[0].startswith('[ERROR] train_dataloader.dataset.ann_file: annotation file '
+                                f'{broken_coco}/annotations/nope.json does not exist')
+    assert "ann_file='annotations/nope.json'" in errors[0]
+    assert errors[1].startswith('[ERROR] val_dataloader.dataset.data_prefix.img: data folder '
+                                f'{broken_coco}/no_images/ does not exist')
+    assert check_dataset_paths(_det_cfg(broken_coco)) == []
+    # the full check says it once, and does not go on to read that dataset
+    full = _errors(check_dataset_config(cfg))
+    assert sum('nope.json' in e for e in full) == 1
+
+
+def test_missing_segmentation_folders_and_demo_data_hint(tmp_path):
+    pytest.importorskip('mmseg')
+    cfg = _seg_cfg(tmp_path / 'demo_ade')
+    errors = _errors(check_dataset_paths(cfg))
+    assert [e.split(':')[0] for e in errors] == [
+        '[ERROR] train_dataloader.dataset.data_prefix.img_path',
+        '[ERROR] train_dataloader.dataset.data_prefix.seg_map_path']
+    assert all('generate_demo_data.py' in e for e in errors)
+
+
+def test_remote_datasets_are_not_looked_up(broken_coco):
+    pytest.importorskip('mmdet')
+    cfg = _det_cfg(broken_coco)
+    for loader in (cfg.train_dataloader, cfg.val_dataloader):
+        loader.dataset.data_root = 's3://bucket/data'
+    assert check_dataset_paths(cfg) == []
