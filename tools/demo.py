@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from mmmobilemamba.apis import run_demo
+from mmmobilemamba.engine.image_loading import ImageLoadError
 
 
 def parse_args() -> argparse.Namespace:
@@ -27,7 +28,7 @@ def main() -> int:
     try:
         out_file = run_demo(args.image, args.config, args.checkpoint, args.out_dir,
                             device=args.device, score_thr=args.score_thr)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ImageLoadError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
     print(f'saved {out_file}')

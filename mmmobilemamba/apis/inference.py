@@ -166,9 +166,15 @@ def run_demo(image: PathLike, config: Union[PathLike, Config], checkpoint: PathL
 
     Returns:
         Path: the saved drawing.
+
+    Raises:
+        FileNotFoundError: when the image, config or checkpoint does not exist.
+        mmmobilemamba.engine.ImageLoadError: when the image cannot be decoded.
     """
     image = _existing_file(image, 'image')
     checkpoint = _existing_file(checkpoint, 'checkpoint')
+    from mmmobilemamba.engine.image_loading import load_image
+    load_image(str(image))  # a broken file: ImageLoadError naming it, not a decoder traceback
     cfg = load_config(config)
     scope = config_scope(cfg)
     cfg = _demo_config(cfg, scope)

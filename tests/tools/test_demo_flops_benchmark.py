@@ -160,6 +160,17 @@ def test_demo_missing_file_is_a_clear_error(missing, tmp_path, capsys):
     assert f'not found: {files[missing]}' in err
 
 
+def test_demo_corrupt_image_is_a_clear_error(tmp_path, capsys):
+    image = write_image(tmp_path / 'a.jpg')
+    image.write_bytes(image.read_bytes()[:200])  # truncated
+    checkpoint = tmp_path / 'w.pth'
+    checkpoint.write_bytes(b'')
+    code, _, err = run_tool(TOOLS / 'demo.py', image, write_config(tmp_path / 'c.py', RETINANET),
+                            checkpoint, '--out-dir', tmp_path / 'o', capsys=capsys)
+    assert code == 2
+    assert f'error: image file is truncated (JPEG without end marker): {image}' in err
+
+
 def test_get_flops_tool(tiny, capsys):
     config, _ = tiny
     code, out, _ = run_tool(TOOLS / 'analysis' / 'get_flops.py', config, '--shape', '64', '64',
