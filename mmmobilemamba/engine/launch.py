@@ -283,7 +283,7 @@ def check_checkpoint_files(cfg: Config) -> List[Problem]:
             ERROR, 'model.backbone.init_cfg.checkpoint',
             f'ImageNet checkpoint {pretrained} does not exist. {RELEASE_HINT}. To train the '
             'backbone from scratch instead: model = dict(backbone=dict(init_cfg=None))'))
-    if 'pretrained' in cfg and isinstance(backbone, dict) and backbone.get('init_cfg') and \
+    if backbone.get('init_cfg') and _sets_pretrained_without_init_cfg(cfg) and \
             cfg.pretrained != pretrained:
         problems.append(Problem(
             ERROR, 'pretrained', f'is {cfg.pretrained!r} but the backbone loads {pretrained!r}: '
@@ -291,6 +291,20 @@ def check_checkpoint_files(cfg: Config) -> List[Problem]:
             'it. Set model = dict(backbone=dict(init_cfg=dict(checkpoint=PATH))), or '
             'init_cfg=None to train from scratch'))
     return problems
+
+
+def _sets_pretrained_without_init_cfg(cfg: Config) -> bool:
+    """Whether the config file itself assigns ``pretrained`` but never writes an ``init_cfg``.
+
+    That is the inheriting config that expects ``pretrained = ...`` to reach its base's model
+    dict; a file that also writes ``init_cfg`` (the base configs, or a child following the
+    docs) uses the variable itself or overrides the model directly.
+    """
+    if 'pretrained' not in cfg or not cfg.filename or not osp.isfile(cfg.filename):
+        return False
+    with open(cfg.filename, encoding='utf-8') as f:
+        text = f.read()
+    return bool(re.search(r'^pretrained\s*=', text, re.M)) and 'init_cfg' not in text
 
 
 def _missing_local_file(path: str) -> bool:
@@ -458,11 +472,11 @@ def prepare_test_config(args: argparse.Namespace) -> Config:
     if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
         raise LaunchError(f'checkpoint not found: {args.checkpoint}')
     cfg.load_from = args.checkpoint
-    apply_safe_image_loading(cfg, ('test',))
     if args.show or args.show_dir:
         _enable_visualization(cfg, args, codebase)
     if args.tta:
         _enable_tta(cfg)
+    apply_safe_image_loading(cfg, ('test',))  # after --tta, which replaces the pipeline
     if args.out:
         _add_dump_metric(cfg, args.out, codebase)
     return cfg

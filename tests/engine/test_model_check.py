@@ -1,9 +1,13 @@
 """Channel wiring checks and the load_from report for fine-tuning with other classes."""
+from pathlib import Path
+
 import pytest
 import torch
 from mmengine.config import Config
 
-from mmmobilemamba.engine import check_model_channels, load_from_report
+from mmmobilemamba.engine import check_model_channels, check_model_config, load_from_report
+
+REPO = Path(__file__).resolve().parents[2]
 
 TINY = dict(embed_dims=(48, 64, 96), depths=(1, 1, 1), global_ratios=(0.8, 0.7, 0.6),
             local_ratios=(0.2, 0.2, 0.3), kernel_sizes=(7, 5, 3))
@@ -91,3 +95,62 @@ def test_train_entry_stops_on_channel_mismatch(tmp_path, capsys):
     cfg.dump(str(path))
     assert train_main([str(path), '--work-dir', str(tmp_path / 'wd')]) == 2
     assert 'model.neck.in_channels=[48, 64, 96]' in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ check_model_config
+def test_unknown_backbone_argument_names_the_closest_and_the_valid_ones():
+    cfg = _retinanet()
+    cfg.model.backbone.archh = cfg.model.backbone.pop('arch')
+    problems = check_model_config(cfg)
+    assert [p.source for p in problems] == ['model.backbone.archh']
+    assert "did you mean 'arch'?" in problems[0].message
+    assert ('valid arguments: arch, channels_last, drop_path_rate, frozen_stages'
+            in problems[0].message)
+
+
+def test_unknown_neck_and_head_arguments_are_all_reported():
+    """SSDLiteHead takes **kwargs: its valid arguments are SSDHead's."""
+    cfg = _retinanet()
+    cfg.model.neck.num_out = cfg.model.neck.pop('num_outs')
+    cfg.model.bbox_head = dict(type='SSDLiteHead', num_clases=3, in_channels=[16] * 5)
+    problems = {p.source: p.message for p in check_model_config(cfg)}
+    assert set(problems) == {'model.neck.num_out', 'model.bbox_head.num_clases'}
+    assert "MobileMambaFPN has no argument 'num_out' (did you mean 'num_outs'?)" in \
+        problems['model.neck.num_out']
+    assert "did you mean 'num_classes'?" in problems['model.bbox_head.num_clases']
+    assert 'anchor_generator' in problems['model.bbox_head.num_clases']
+
+
+@pytest.mark.parametrize('change,match', [
+    (dict(frozen_stages=5), 'frozen_stages must be -1 (none) or 0..2, got 5'),
+    (dict(arch='b3'), "unknown arch 'b3'; valid names are ['b1', "),
+    (dict(out_indices=(3,)), 'valid stage indices are 0, 1, 2'),
+])
+def test_invalid_backbone_values_fail_the_build_with_what_is_valid(change, match):
+    cfg = _retinanet()
+    cfg.model.backbone.update(change)
+    problems = check_model_config(cfg)
+    assert len(problems) == 1 and problems[0].source == 'model.backbone'
+    assert problems[0].message.startswith('cannot be built: ') and match in problems[0].message
+
+
+def test_invalid_neck_value_fails_the_build():
+    cfg = _retinanet()
+    cfg.model.neck.add_extra_convs = 'on_inputs'
+    problems = check_model_config(cfg)
+    assert [p.source for p in problems] == ['model.neck']
+    assert 'cannot be built: MobileMambaFPN: add_extra_convs' in problems[0].message
+
+
+def test_check_model_config_still_checks_channels():
+    problems = check_model_config(_retinanet(in_channels=(200, 376, 448)))
+    assert [p.source for p in problems] == ['model.neck.in_channels']
+
+
+_SHIPPED = sorted(str(p.relative_to(REPO)) for pattern in (
+    'configs/*.py', 'configs/quickstart/*.py', 'configs/custom/*.py') for p in REPO.glob(pattern))
+
+
+@pytest.mark.parametrize('path', _SHIPPED)
+def test_shipped_configs_pass_check_model_config(path):
+    assert check_model_config(Config.fromfile(str(REPO / path))) == []
