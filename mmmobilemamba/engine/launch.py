@@ -36,7 +36,7 @@ from .codebase import detect_codebase as _detect_codebase
 from .dataset_check import ERROR, Problem, check_class_counts, check_dataset_paths
 from .hooks import NonFiniteLossError
 from .image_loading import ImageLoadError
-from .model_check import check_model_config, load_from_report
+from .model_check import check_model_config, load_from_report, loadable_tensor_count
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 POINTER_FILE = 'last_checkpoint'
@@ -381,7 +381,12 @@ def _datasets_with_pipelines(cfg: Config, split: str):
 
 
 def report_load_from(runner, cfg: Config) -> None:
-    """Log which ``load_from`` tensors will not load (e.g. heads of another num_classes)."""
+    """Log which ``load_from`` tensors will not load (e.g. heads of another num_classes).
+
+    Raises:
+        LaunchError: when not a single tensor of the checkpoint fits the model (mmengine would
+            load nothing, warn, and train or evaluate an uninitialised model).
+    """
     path = cfg.get('load_from')
     if not path or cfg.get('resume') or not osp.isfile(path) or not _is_main_process():
         return
@@ -392,6 +397,11 @@ def report_load_from(runner, cfg: Config) -> None:
                   level=logging.WARNING)
         return
     lines = load_from_report(runner.model, checkpoint)
+    if lines and not loadable_tensor_count(runner.model, checkpoint):
+        raise LaunchError(
+            f'{path} has no tensor that fits this model, nothing would load:\n  ' +
+            '\n  '.join(lines) + '\nIs it a checkpoint of another model? A MobileMamba '
+            'ImageNet checkpoint goes in model.backbone.init_cfg, not in load_from.')
     if lines:
         print_log(f'load_from {path}: not everything loads; the rest does:\n  ' +
                   '\n  '.join(lines), logger='current', level=logging.WARNING)
@@ -518,7 +528,11 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'error: {err}', file=sys.stderr, flush=True)
         return 2
     runner = build_runner(cfg)
-    report_load_from(runner, cfg)
+    try:
+        report_load_from(runner, cfg)
+    except LaunchError as err:
+        print(f'error: {err}', file=sys.stderr, flush=True)
+        return 2
     try:
         runner.train()
     except (NonFiniteLossError, ImageLoadError) as err:
@@ -540,8 +554,14 @@ def test_main(argv: Optional[Sequence[str]] = None) -> int:
     except LaunchError as err:
         print(f'error: {err}', file=sys.stderr, flush=True)
         return 2
+    runner = build_runner(cfg)
     try:
-        metrics = build_runner(cfg).test()
+        report_load_from(runner, cfg)
+    except LaunchError as err:
+        print(f'error: {err}', file=sys.stderr, flush=True)
+        return 2
+    try:
+        metrics = runner.test()
     except ImageLoadError as err:
         return _stopped(err)
     _report_metrics(metrics)

@@ -24,7 +24,7 @@ from .codebase import detect_codebase, get_registry
 from .dataset_check import ERROR, Problem
 
 __all__ = ['backbone_out_channels', 'check_model_channels', 'check_model_config',
-           'load_from_report']
+           'load_from_report', 'loadable_tensor_count']
 _OUR_PACKAGE = 'mmmobilemamba.'
 _BUILT_PARTS = ('backbone', 'neck')
 
@@ -232,6 +232,13 @@ def load_from_report(model: torch.nn.Module, checkpoint: Any) -> List[str]:
         lines.append(f'{len(unexpected)} checkpoint tensors unused by the model: '
                      + ', '.join(unexpected[:10]) + (' ...' if len(unexpected) > 10 else ''))
     return lines
+
+
+def loadable_tensor_count(model: torch.nn.Module, checkpoint: Any) -> int:
+    """How many tensors of ``checkpoint`` would load into ``model`` (same name and shape)."""
+    own = getattr(model, 'module', model).state_dict()
+    return sum(1 for key, value in _state_dict_of(checkpoint).items()
+               if key in own and own[key].shape == value.shape)
 
 
 def _looks_class_dependent(key: str) -> bool:

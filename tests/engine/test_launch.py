@@ -298,3 +298,37 @@ def test_tta_pipeline_loads_images_safely(tmp_path):
     cfg = launch.prepare_test_config(args)
     assert cfg.test_dataloader.dataset.pipeline[0].type == 'SafeLoadImageFromFile'
     assert cfg.test_dataloader.dataset.pipeline[0].on_error == 'raise'
+
+
+class _Holder:
+    def __init__(self, model):
+        self.model = model
+
+
+def test_load_from_that_fits_nothing_is_an_error(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 2, 1))
+    foreign = tmp_path / 'imagenet.pth'
+    torch.save({'net': {'stem.weight': torch.zeros(4, 3, 1, 1)}}, foreign)
+    cfg = Config(dict(load_from=str(foreign)))
+    with pytest.raises(LaunchError, match='no tensor that fits this model') as info:
+        launch.report_load_from(_Holder(model), cfg)
+    assert 'model.backbone.init_cfg' in str(info.value)
+    # other classes: the class layer is skipped, the rest loads -> a report, no error
+    other = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 5, 1))
+    partial = tmp_path / 'other_classes.pth'
+    torch.save({'state_dict': other.state_dict()}, partial)
+    launch.report_load_from(_Holder(model), Config(dict(load_from=str(partial))))
+
+
+def test_train_and_test_stop_on_a_load_from_that_fits_nothing(tmp_path, runners, capsys,
+                                                              monkeypatch):
+    monkeypatch.setattr(launch, 'run_preflight_checks', lambda *args, **kwargs: None)
+    foreign = tmp_path / 'foreign.pth'
+    torch.save({'state_dict': {'x.weight': torch.zeros(1)}}, foreign)
+    config = _write(_cfg(_write_data(tmp_path)), tmp_path / 'c.py')
+    model = torch.nn.Linear(2, 2)
+    monkeypatch.setattr(_Runner, 'model', model, raising=False)
+    code = train_main([config, '--work-dir', str(tmp_path / 'wd'),
+                       '--cfg-options', f'load_from={foreign}'])
+    assert code == 2 and 'no tensor that fits this model' in capsys.readouterr().err
+    assert launch.test_main([config, str(foreign), '--work-dir', str(tmp_path / 'wd')]) == 2
