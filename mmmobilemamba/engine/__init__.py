@@ -1,5 +1,5 @@
 """Training safety and launching: safe resume, atomic checkpoints, loss guard, image loading,
-dataset checks and the train/test entry points behind ``tools/``.
+dataset and model checks before a run, and the train/test entry points behind ``tools/``.
 
 Importing this package registers everything with mmengine's root registries, which mmdet's and
 mmseg's inherit (``HOOKS``: AtomicCheckpointHook, FiniteLossGuardHook; ``TRANSFORMS``:
@@ -11,6 +11,8 @@ from .atomic_io import (AtomicLocalBackend, atomic_write_bytes, atomic_write_tex
                         register_atomic_backend, remove_stale_temp_files)
 from .checkpoint_safety import checkpoint_safe_globals, register_checkpoint_safe_globals
 from .codebase import detect_codebase
+from .config_rewrites import (apply_safe_image_loading, apply_safety_hooks,
+                              skip_backbone_pretrained)
 from .dataset_check import (Problem, check_class_counts, check_dataset_config,
                             check_dataset_paths, format_report, has_errors)
 from .hooks import (AtomicCheckpointHook, FiniteLossGuardHook, NonFiniteLossError,
@@ -20,7 +22,8 @@ from .image_loading import (ImageLoadError, SafeLoadImageFromFile, decode_image,
 from .launch import find_resume_checkpoint, test_main, train_main
 from .metrics import DumpSegResults
 from .model_check import (backbone_out_channels, check_model_channels, check_model_config,
-                          load_from_report)
+                          load_from_report, loadable_tensor_count)
+from .preflight import check_checkpoint_files, preflight_problems
 
 register_checkpoint_safe_globals()
 register_atomic_backend()
@@ -28,10 +31,12 @@ register_atomic_backend()
 __all__ = [
     'AtomicCheckpointHook', 'AtomicLocalBackend', 'DumpSegResults', 'FiniteLossGuardHook',
     'ImageLoadError', 'NonFiniteLossError', 'Problem', 'SafeLoadImageFromFile',
-    'atomic_write_bytes', 'atomic_write_text', 'backbone_out_channels', 'check_class_counts',
+    'apply_safe_image_loading', 'apply_safety_hooks', 'atomic_write_bytes', 'atomic_write_text',
+    'backbone_out_channels', 'check_checkpoint_files', 'check_class_counts',
     'check_dataset_config', 'check_dataset_paths', 'check_model_channels', 'check_model_config',
     'checkpoint_safe_globals', 'decode_image', 'detect_codebase', 'find_resume_checkpoint',
-    'format_report', 'has_errors', 'load_from_report', 'load_image', 'non_finite_losses',
-    'register_atomic_backend', 'register_checkpoint_safe_globals', 'remove_stale_temp_files',
+    'format_report', 'has_errors', 'load_from_report', 'load_image', 'loadable_tensor_count',
+    'non_finite_losses', 'preflight_problems', 'register_atomic_backend',
+    'register_checkpoint_safe_globals', 'remove_stale_temp_files', 'skip_backbone_pretrained',
     'test_main', 'to_three_channel_uint8', 'train_main'
 ]

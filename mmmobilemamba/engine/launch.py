@@ -4,17 +4,18 @@ One entry serves both: the config's ``default_scope`` (or the registry knowing i
 decides. The steps are mmengine's usual ones (``Config`` + ``--cfg-options`` ->
 ``Runner.from_cfg``) plus:
 
-* before the runner is built, a pre-flight check stops with one message listing every
-  problem it finds: class counts of datasets and heads that disagree, dataset files and
-  folders that do not exist, unknown or invalid arguments of our modules, backbone/neck
-  channels that do not fit, checkpoint files (``load_from``, the backbone's ``init_cfg``)
-  that do not exist. When ``load_from`` (or ``--resume``) brings the backbone's weights, the
-  backbone's ImageNet ``init_cfg`` checkpoint is not loaded (it would be overwritten anyway);
-* ``CheckpointHook`` is upgraded to :class:`AtomicCheckpointHook` (same arguments), a
-  :class:`FiniteLossGuardHook` is added when the config has none, and mmcv's
-  ``LoadImageFromFile`` becomes :class:`SafeLoadImageFromFile` (skip broken images in training
-  with a warning naming them, stop naming them in val/test); ``--no-safety-hooks`` keeps the
-  config as written;
+* before the runner is built, a pre-flight check (:mod:`.preflight`) stops with one message
+  listing every problem it finds: class counts of datasets and heads that disagree, dataset
+  files and folders that do not exist, unknown or invalid arguments of our modules,
+  backbone/neck channels that do not fit, checkpoint files (``load_from``, the backbone's
+  ``init_cfg``) that do not exist;
+* the config is made safer (:mod:`.config_rewrites`): ``CheckpointHook`` becomes
+  :class:`AtomicCheckpointHook` (same arguments), a :class:`FiniteLossGuardHook` is added when
+  the config has none, mmcv's ``LoadImageFromFile`` becomes :class:`SafeLoadImageFromFile`
+  (skip broken images in training with a warning naming them, stop naming them in val/test);
+  ``--no-safety-hooks`` keeps the config as written. When ``load_from`` (or ``--resume``)
+  brings the backbone's weights, its ImageNet ``init_cfg`` checkpoint is not read;
+* a ``load_from`` checkpoint none of whose tensors fits the model stops the run (exit 2);
 * a non-finite loss or a broken image under ``on_error='raise'`` ends the run with its
   message and exit status 1, without a traceback;
 * ``--resume`` without a path resumes from the newest *complete* checkpoint of the work dir;
@@ -26,17 +27,20 @@ import os
 import os.path as osp
 import re
 import sys
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
 
 from .codebase import detect_codebase as _detect_codebase
-from .dataset_check import ERROR, Problem, check_class_counts, check_dataset_paths
+from .config_rewrites import (apply_safe_image_loading, apply_safety_hooks,
+                              skip_backbone_pretrained)
+from .dataset_check import ERROR
 from .hooks import NonFiniteLossError
 from .image_loading import ImageLoadError
-from .model_check import check_model_config, load_from_report, loadable_tensor_count
+from .model_check import load_from_report, loadable_tensor_count
+from .preflight import preflight_problems
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 POINTER_FILE = 'last_checkpoint'
@@ -204,22 +208,6 @@ def apply_resume(cfg: Config, resume: Optional[str]) -> None:
     cfg.load_from = checkpoint
 
 
-def _hook_list(hooks) -> List[dict]:
-    return list(hooks) if hooks else []
-
-
-def apply_safety_hooks(cfg: Config) -> None:
-    """Make checkpoint writes atomic and stop on non-finite losses (see the module doc)."""
-    checkpoint_hook = (cfg.get('default_hooks') or {}).get('checkpoint')
-    if isinstance(checkpoint_hook, dict) and checkpoint_hook.get('type') in (
-            'CheckpointHook', 'mmengine.CheckpointHook'):
-        checkpoint_hook['type'] = 'AtomicCheckpointHook'
-    custom = _hook_list(cfg.get('custom_hooks'))
-    if not any(h.get('type') == 'FiniteLossGuardHook' for h in custom if isinstance(h, dict)):
-        custom.append(dict(type='FiniteLossGuardHook'))
-    cfg.custom_hooks = custom
-
-
 def prepare_cpu_distributed(cfg: Config) -> None:
     """Run ``--launcher pytorch`` without CUDA as DDP on CPU over gloo.
 
@@ -248,16 +236,9 @@ def _is_main_process() -> bool:
 def run_preflight_checks(cfg: Config, splits: Sequence[str], training: bool) -> None:
     """Log warnings; raise :class:`LaunchError` listing every error found before a run.
 
-    Args:
-        cfg: The config about to run.
-        splits: Dataloaders whose dataset files must exist (``('train', 'val')`` for training).
-        training: Also check the checkpoint files that initialise the model (testing loads
-            its checkpoint over everything and never reads ``init_cfg``).
+    Args: as :func:`~mmmobilemamba.engine.preflight.preflight_problems`.
     """
-    problems = check_class_counts(cfg) + check_dataset_paths(cfg, splits)
-    problems += check_model_config(cfg)
-    if training:
-        problems += check_checkpoint_files(cfg)
+    problems = preflight_problems(cfg, splits, training)
     errors = [str(p) for p in problems if p.severity == ERROR]
     warnings = [str(p) for p in problems if p.severity != ERROR]
     if warnings and _is_main_process():
@@ -265,119 +246,6 @@ def run_preflight_checks(cfg: Config, splits: Sequence[str], training: bool) -> 
     if errors:
         raise LaunchError(f'{len(errors)} problem(s) in {cfg.filename or "the config"}, '
                           'nothing was run:\n' + '\n'.join(errors))
-
-
-def check_checkpoint_files(cfg: Config) -> List[Problem]:
-    """Errors for a local ``load_from`` or backbone ``init_cfg`` checkpoint that is missing."""
-    from mmmobilemamba.models.checkpoint import RELEASE_HINT
-    problems = []
-    load_from = cfg.get('load_from')
-    if load_from and not cfg.get('resume') and _missing_local_file(load_from):
-        problems.append(Problem(ERROR, 'load_from', f'checkpoint {load_from} does not exist: '
-                                'put the checkpoint there, or set load_from = None to start '
-                                'from the ImageNet backbone (docs/finetune.md, section 4)'))
-    backbone = (cfg.get('model') or {}).get('backbone') or {}
-    pretrained = _pretrained_checkpoint(backbone.get('init_cfg'))
-    if pretrained and _missing_local_file(pretrained):
-        problems.append(Problem(
-            ERROR, 'model.backbone.init_cfg.checkpoint',
-            f'ImageNet checkpoint {pretrained} does not exist. {RELEASE_HINT}. To train the '
-            'backbone from scratch instead: model = dict(backbone=dict(init_cfg=None))'))
-    if backbone.get('init_cfg') and _sets_pretrained_without_init_cfg(cfg) and \
-            cfg.pretrained != pretrained:
-        problems.append(Problem(
-            ERROR, 'pretrained', f'is {cfg.pretrained!r} but the backbone loads {pretrained!r}: '
-            'a variable set in a config does not change the model dict its _base_ built with '
-            'it. Set model = dict(backbone=dict(init_cfg=dict(checkpoint=PATH))), or '
-            'init_cfg=None to train from scratch'))
-    return problems
-
-
-def _sets_pretrained_without_init_cfg(cfg: Config) -> bool:
-    """Whether the config file itself assigns ``pretrained`` but never writes an ``init_cfg``.
-
-    That is the inheriting config that expects ``pretrained = ...`` to reach its base's model
-    dict; a file that also writes ``init_cfg`` (the base configs, or a child following the
-    docs) uses the variable itself or overrides the model directly.
-    """
-    if 'pretrained' not in cfg or not cfg.filename or not osp.isfile(cfg.filename):
-        return False
-    with open(cfg.filename, encoding='utf-8') as f:
-        text = f.read()
-    return bool(re.search(r'^pretrained\s*=', text, re.M)) and 'init_cfg' not in text
-
-
-def _missing_local_file(path: str) -> bool:
-    return '://' not in str(path) and not osp.isfile(path)
-
-
-def _pretrained_checkpoint(init_cfg) -> Optional[str]:
-    cfgs = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
-    for item in cfgs:
-        if isinstance(item, dict) and item.get('type') == 'Pretrained' and item.get('checkpoint'):
-            return item['checkpoint']
-    return None
-
-
-def skip_backbone_pretrained(cfg: Config) -> None:
-    """Drop the backbone's ``Pretrained`` init_cfg when ``load_from`` holds backbone weights.
-
-    mmengine initialises the weights (reading the ImageNet checkpoint) and then loads
-    ``load_from`` over them: fine-tuning from a released detector/segmentor, or resuming,
-    would otherwise need the ImageNet file too, only to overwrite it.
-    """
-    backbone = (cfg.get('model') or {}).get('backbone')
-    load_from = cfg.get('load_from')
-    if not isinstance(backbone, dict) or not _pretrained_checkpoint(backbone.get('init_cfg')):
-        return
-    if not load_from or _missing_local_file(load_from) or '://' in str(load_from):
-        return
-    try:
-        checkpoint = torch.load(load_from, map_location='cpu', weights_only=True, mmap=True)
-    except Exception:  # not ours to judge here: mmengine's loader reports it in context
-        return
-    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else {}
-    if not any(str(k).startswith(('backbone.', 'module.backbone.')) for k in state):
-        return
-    print_log(f'The backbone\'s weights come from {load_from}: its ImageNet init_cfg checkpoint '
-              f'({_pretrained_checkpoint(backbone.init_cfg)}) is not loaded', logger='current')
-    backbone.init_cfg = None
-
-
-_LOADERS = ('LoadImageFromFile', 'mmcv.LoadImageFromFile')
-
-
-def apply_safe_image_loading(cfg: Config, splits: Sequence[str]) -> None:
-    """Replace mmcv's ``LoadImageFromFile`` with :class:`SafeLoadImageFromFile` (same arguments).
-
-    Training pipelines skip a broken image with a warning naming it (``on_error='skip'``);
-    val/test pipelines stop naming it (``on_error='raise'``): skipping would bias the metric.
-    Loaders the config already chose (``SafeLoadImageFromFile`` with its ``on_error``, or any
-    other type) are left as they are.
-    """
-    for split in splits:
-        on_error = 'skip' if split == 'train' else 'raise'
-        for _, ds_cfg in _datasets_with_pipelines(cfg, split):
-            for step in ds_cfg['pipeline']:
-                if isinstance(step, dict) and step.get('type') in _LOADERS:
-                    step['type'] = 'SafeLoadImageFromFile'
-                    step.pop('ignore_empty', None)  # superseded by on_error
-                    step['on_error'] = on_error
-
-
-def _datasets_with_pipelines(cfg: Config, split: str):
-    loader = cfg.get(f'{split}_dataloader')
-    if not loader or not loader.get('dataset'):
-        return
-    stack = [loader['dataset']]
-    while stack:  # wrappers (MultiImageMixDataset) have pipelines of their own
-        node = stack.pop()
-        if isinstance(node, (list, tuple)):
-            stack.extend(node)
-        elif isinstance(node, dict):
-            if isinstance(node.get('pipeline'), (list, tuple)):
-                yield split, node
-            stack.extend(node[k] for k in ('dataset', 'datasets') if k in node)
 
 
 def report_load_from(runner, cfg: Config) -> None:

@@ -95,8 +95,9 @@ def check_model_channels(cfg: Config) -> List[Problem]:
         heads = [('model.decode_head', model.get('decode_head'))]
         aux = model.get('auxiliary_head')
         aux_list = aux if isinstance(aux, (list, tuple)) else [aux]
-        heads += [(f'model.auxiliary_head{"" if not isinstance(aux, (list, tuple)) else f".{i}"}', h)
-                  for i, h in enumerate(aux_list)]
+        aux_keys = ([f'model.auxiliary_head.{i}' for i in range(len(aux_list))]
+                    if isinstance(aux, (list, tuple)) else ['model.auxiliary_head'])
+        heads += list(zip(aux_keys, aux_list))
         for key, head in heads:
             if isinstance(head, Mapping) and 'in_channels' in head:
                 want = _expected_by_head(head, channels)

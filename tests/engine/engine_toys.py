@@ -4,6 +4,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+from mmengine.config import Config
 from mmengine.model import BaseModel
 from torch.utils.data import Dataset
 
@@ -72,3 +73,43 @@ def make_runner(work_dir, **kwargs):
     """A fresh ``Runner`` (see :func:`runner_kwargs`)."""
     from mmengine.runner import Runner
     return Runner(**runner_kwargs(work_dir, **kwargs))
+
+
+# ------------------------------------------------------- configs for the launch/pre-flight tests
+TINY_ARCH = dict(embed_dims=(48, 64, 96), depths=(1, 1, 1), global_ratios=(0.8, 0.7, 0.6),
+            local_ratios=(0.2, 0.2, 0.3), kernel_sizes=(7, 5, 3))
+
+
+def retinanet_cfg(root, num_classes=2, **backbone):
+    """A RetinaNet on a tiny MobileMamba reading ``root/ann.json`` and ``root/img/``."""
+    dataset = dict(type='CocoDataset', data_root=str(root), ann_file='ann.json',
+                   data_prefix=dict(img='img/'), metainfo=dict(classes=('cat', 'dog')),
+                   pipeline=[dict(type='LoadImageFromFile'), dict(type='PackDetInputs')])
+    return Config(dict(
+        custom_imports=dict(imports=['mmmobilemamba'], allow_failed_imports=False),
+        default_scope='mmdet',
+        model=dict(type='RetinaNet',
+                   backbone=dict(dict(type='MobileMamba', arch=TINY_ARCH), **backbone),
+                   neck=dict(type='MobileMambaFPN', in_channels=[48, 64, 96], out_channels=16,
+                             num_outs=3),
+                   bbox_head=dict(type='RetinaHead', num_classes=num_classes, in_channels=16)),
+        train_dataloader=dict(dataset=dataset),
+        val_dataloader=dict(dataset=dict(dataset, test_mode=True)),
+        test_dataloader=dict(dataset=dict(dataset, test_mode=True))))
+
+
+def write_empty_coco_dataset(root):
+    (root / 'img').mkdir()
+    (root / 'ann.json').write_text('{}')  # only its existence is checked before the run
+    return root
+
+
+def imagenet_init(path):
+    """Backbone kwargs loading an ImageNet checkpoint from ``path``."""
+    return dict(init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+
+
+def dump_config(cfg, path):
+    """Write ``cfg`` to ``path``; returns the path as a string (for argv)."""
+    cfg.dump(str(path))
+    return str(path)

@@ -1,0 +1,96 @@
+"""Config changes ``tools/train.py`` and ``tools/test.py`` make for safer runs.
+
+* :func:`apply_safety_hooks`: ``CheckpointHook`` -> :class:`AtomicCheckpointHook` (same
+  arguments), a :class:`FiniteLossGuardHook` when the config has none;
+* :func:`apply_safe_image_loading`: mmcv's ``LoadImageFromFile`` ->
+  :class:`SafeLoadImageFromFile` (skip broken images in training, stop naming them in val/test);
+* :func:`skip_backbone_pretrained`: no ImageNet ``init_cfg`` read when ``load_from`` (or
+  ``--resume``) brings the backbone's weights anyway.
+"""
+from typing import Iterator, List, Sequence
+
+import torch
+from mmengine.config import Config
+from mmengine.logging import print_log
+
+from .preflight import is_missing_local_file, pretrained_checkpoint
+
+__all__ = ['apply_safe_image_loading', 'apply_safety_hooks', 'skip_backbone_pretrained']
+
+
+def _hook_list(hooks) -> List[dict]:
+    return list(hooks) if hooks else []
+
+
+def apply_safety_hooks(cfg: Config) -> None:
+    """Make checkpoint writes atomic and stop on non-finite losses (see the module doc)."""
+    checkpoint_hook = (cfg.get('default_hooks') or {}).get('checkpoint')
+    if isinstance(checkpoint_hook, dict) and checkpoint_hook.get('type') in (
+            'CheckpointHook', 'mmengine.CheckpointHook'):
+        checkpoint_hook['type'] = 'AtomicCheckpointHook'
+    custom = _hook_list(cfg.get('custom_hooks'))
+    if not any(h.get('type') == 'FiniteLossGuardHook' for h in custom if isinstance(h, dict)):
+        custom.append(dict(type='FiniteLossGuardHook'))
+    cfg.custom_hooks = custom
+
+
+def skip_backbone_pretrained(cfg: Config) -> None:
+    """Drop the backbone's ``Pretrained`` init_cfg when ``load_from`` holds backbone weights.
+
+    mmengine initialises the weights (reading the ImageNet checkpoint) and then loads
+    ``load_from`` over them: fine-tuning from a released detector/segmentor, or resuming,
+    would otherwise need the ImageNet file too, only to overwrite it.
+    """
+    backbone = (cfg.get('model') or {}).get('backbone')
+    load_from = cfg.get('load_from')
+    if not isinstance(backbone, dict) or not pretrained_checkpoint(backbone.get('init_cfg')):
+        return
+    if not load_from or is_missing_local_file(load_from) or '://' in str(load_from):
+        return
+    try:
+        checkpoint = torch.load(load_from, map_location='cpu', weights_only=True, mmap=True)
+    except Exception:  # not ours to judge here: mmengine's loader reports it in context
+        return
+    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else {}
+    if not any(str(k).startswith(('backbone.', 'module.backbone.')) for k in state):
+        return
+    print_log(f'The backbone\'s weights come from {load_from}: its ImageNet init_cfg checkpoint '
+              f'({pretrained_checkpoint(backbone.init_cfg)}) is not loaded', logger='current')
+    backbone.init_cfg = None
+
+
+_LOADERS = ('LoadImageFromFile', 'mmcv.LoadImageFromFile')
+
+
+def apply_safe_image_loading(cfg: Config, splits: Sequence[str]) -> None:
+    """Replace mmcv's ``LoadImageFromFile`` with :class:`SafeLoadImageFromFile` (same arguments).
+
+    Training pipelines skip a broken image with a warning naming it (``on_error='skip'``);
+    val/test pipelines stop naming it (``on_error='raise'``): skipping would bias the metric.
+    Loaders the config already chose (``SafeLoadImageFromFile`` with its ``on_error``, or any
+    other type) are left as they are.
+    """
+    for split in splits:
+        on_error = 'skip' if split == 'train' else 'raise'
+        for ds_cfg in _datasets_with_pipelines(cfg, split):
+            for step in ds_cfg['pipeline']:
+                if isinstance(step, dict) and step.get('type') in _LOADERS:
+                    step['type'] = 'SafeLoadImageFromFile'
+                    step.pop('ignore_empty', None)  # superseded by on_error
+                    step['on_error'] = on_error
+
+
+def _datasets_with_pipelines(cfg: Config, split: str) -> Iterator[dict]:
+    """Every dataset config of the split's loader that has a pipeline, wrappers included."""
+    loader = cfg.get(f'{split}_dataloader')
+    if not loader or not loader.get('dataset'):
+        return
+    stack = [loader['dataset']]
+    while stack:  # wrappers (MultiImageMixDataset) have pipelines of their own
+        node = stack.pop()
+        if isinstance(node, (list, tuple)):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            if isinstance(node.get('pipeline'), (list, tuple)):
+                yield node
+            stack.extend(node[k] for k in ('dataset', 'datasets') if k in node)
