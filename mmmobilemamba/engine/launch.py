@@ -27,7 +27,7 @@ import os
 import os.path as osp
 import re
 import sys
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from mmengine.config import Config, ConfigDict, DictAction
@@ -380,26 +380,36 @@ def _stopped(err: Exception) -> int:
     return 1
 
 
+def _checked_runner(args: argparse.Namespace, prepare: Callable[[argparse.Namespace], Config],
+                    splits: Sequence[str], training: bool):
+    """The config from ``prepare(args)``, checked, as a runner; None after printing the error.
+
+    Config errors (:class:`LaunchError`: pre-flight problems, a ``load_from`` that fits
+    nothing) are printed as ``error: ...`` without a traceback.
+    """
+    try:
+        cfg = prepare(args)
+        run_preflight_checks(cfg, splits, training)
+        prepare_cpu_distributed(cfg)
+        runner = build_runner(cfg)
+        report_load_from(runner, cfg)
+    except LaunchError as err:
+        print(f'error: {err}', file=sys.stderr, flush=True)
+        return None
+    return runner
+
+
 # ---------------------------------------------------------------------------- entry points
 def train_main(argv: Optional[Sequence[str]] = None) -> int:
-    """``tools/train.py``: returns the process exit code (0 on success, 2 on a config error).
+    """``tools/train.py``: returns the exit code: 0 done, 2 config error, 1 stopped (a
+    non-finite loss, a broken image under ``on_error='raise'``).
 
     Args:
         argv: Command-line arguments (default: ``sys.argv[1:]``).
     """
     args = build_train_parser().parse_args(argv)
-    try:
-        cfg = prepare_train_config(args)
-        run_preflight_checks(cfg, ('train', 'val'), training=True)
-        prepare_cpu_distributed(cfg)
-    except LaunchError as err:
-        print(f'error: {err}', file=sys.stderr, flush=True)
-        return 2
-    runner = build_runner(cfg)
-    try:
-        report_load_from(runner, cfg)
-    except LaunchError as err:
-        print(f'error: {err}', file=sys.stderr, flush=True)
+    runner = _checked_runner(args, prepare_train_config, ('train', 'val'), training=True)
+    if runner is None:
         return 2
     try:
         runner.train()
@@ -409,24 +419,14 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def test_main(argv: Optional[Sequence[str]] = None) -> int:
-    """``tools/test.py``: returns the process exit code (0 on success, 2 on a config error).
+    """``tools/test.py``: returns the exit code: 0 done, 2 config error, 1 a broken image.
 
     Args:
         argv: Command-line arguments (default: ``sys.argv[1:]``).
     """
     args = build_test_parser().parse_args(argv)
-    try:
-        cfg = prepare_test_config(args)
-        run_preflight_checks(cfg, ('test',), training=False)
-        prepare_cpu_distributed(cfg)
-    except LaunchError as err:
-        print(f'error: {err}', file=sys.stderr, flush=True)
-        return 2
-    runner = build_runner(cfg)
-    try:
-        report_load_from(runner, cfg)
-    except LaunchError as err:
-        print(f'error: {err}', file=sys.stderr, flush=True)
+    runner = _checked_runner(args, prepare_test_config, ('test',), training=False)
+    if runner is None:
         return 2
     try:
         metrics = runner.test()

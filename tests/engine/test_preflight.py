@@ -44,32 +44,32 @@ def test_missing_load_from_is_fine_when_resuming(tmp_path, resume, sources):
     assert [p.source for p in check_checkpoint_files(cfg)] == sources
 
 
+def _child_of(tmp_path, base_pretrained, child):
+    """``child.py`` (``child`` below its ``_base_`` line) of a base whose backbone loads
+    ``base_pretrained``, as a Config."""
+    (tmp_path / 'base.py').write_text(
+        f"pretrained = {base_pretrained!r}\n"
+        "model = dict(backbone=dict(type='MobileMamba', "
+        "init_cfg=dict(type='Pretrained', checkpoint=pretrained)))\n")
+    (tmp_path / 'child.py').write_text(f"_base_ = './base.py'\n{child}")
+    return Config.fromfile(str(tmp_path / 'child.py'))
+
+
 def test_pretrained_variable_of_a_child_config_is_reported(tmp_path):
     """The base built its model dict with its own ``pretrained``: the child's never gets there."""
     weights = tmp_path / 'in1k.pth'
     torch.save({}, weights)
-    (tmp_path / 'base.py').write_text(
-        "pretrained = None\n"
-        "model = dict(backbone=dict(type='MobileMamba', "
-        "init_cfg=dict(type='Pretrained', checkpoint=pretrained)))\n")
-    (tmp_path / 'child.py').write_text(f"_base_ = './base.py'\npretrained = {str(weights)!r}\n")
-    problems = check_checkpoint_files(Config.fromfile(str(tmp_path / 'child.py')))
+    problems = check_checkpoint_files(_child_of(tmp_path, None, f'pretrained = {str(weights)!r}\n'))
     assert [p.source for p in problems] == ['pretrained']
     assert f"is {str(weights)!r} but the backbone loads None" in problems[0].message
-    (tmp_path / 'child.py').write_text(
-        f"_base_ = './base.py'\npretrained = {str(weights)!r}\n"
-        "model = dict(backbone=dict(init_cfg=dict(checkpoint=pretrained)))\n")
-    assert check_checkpoint_files(Config.fromfile(str(tmp_path / 'child.py'))) == []
+    cfg = _child_of(tmp_path, None, f'pretrained = {str(weights)!r}\n'
+                    'model = dict(backbone=dict(init_cfg=dict(checkpoint=pretrained)))\n')
+    assert check_checkpoint_files(cfg) == []
 
 
 def test_init_cfg_checkpoint_set_as_docs_say_is_not_an_error(tmp_path):
     weights = tmp_path / 'to.pth'
     torch.save({}, weights)
-    (tmp_path / 'base.py').write_text(
-        "pretrained = 'checkpoints/mobilemamba_b4.pth'\n"
-        "model = dict(backbone=dict(type='MobileMamba', "
-        "init_cfg=dict(type='Pretrained', checkpoint=pretrained)))\n")
-    (tmp_path / 'child.py').write_text(
-        f"_base_ = './base.py'\n"
-        f"model = dict(backbone=dict(init_cfg=dict(checkpoint={str(weights)!r})))\n")
-    assert check_checkpoint_files(Config.fromfile(str(tmp_path / 'child.py'))) == []
+    cfg = _child_of(tmp_path, 'checkpoints/mobilemamba_b4.pth',
+                    f'model = dict(backbone=dict(init_cfg=dict(checkpoint={str(weights)!r})))\n')
+    assert check_checkpoint_files(cfg) == []

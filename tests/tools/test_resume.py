@@ -28,20 +28,28 @@ def _train(config, work_dir, *extra):
     return proc.stdout + proc.stderr
 
 
-def _kill_after_checkpoint(config, work_dir, name, timeout=600):
+def _kill_when(config, work_dir, ready, log_path=None, timeout=600):
+    """Start training and SIGKILL it as soon as ``ready()`` is true."""
+    log = open(log_path, 'w') if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(_train_cmd(config, work_dir), env=tool_env(), cwd=str(REPO),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + timeout
     try:
-        while not (work_dir / name).exists():
+        while not ready():
             assert proc.poll() is None, 'training ended before it could be killed'
-            assert time.time() < deadline, f'{name} never appeared'
+            assert time.time() < deadline, 'the moment to kill never came'
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
         if proc.poll() is None:
             proc.kill()
+        if log_path:
+            log.close()
+
+
+def _kill_after_checkpoint(config, work_dir, name):
+    _kill_when(config, work_dir, lambda: (work_dir / name).exists())
 
 
 @pytest.mark.slow
@@ -109,25 +117,12 @@ default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1, max_ke
 '''
 
 
-def _kill_mid_epoch(config, work_dir, epoch, iteration, timeout=600):
-    """Start training; SIGKILL it once the log shows ``Epoch(train) [epoch][iteration/``."""
+def _kill_mid_epoch(config, work_dir, epoch, iteration):
+    """SIGKILL training once its log shows ``Epoch(train) [epoch][iteration/``."""
     work_dir.mkdir(parents=True)
     log_path = work_dir.parent / 'killed_run.log'
     marker = f'Epoch(train) [{epoch}][{iteration}/'
-    with open(log_path, 'w') as log:
-        proc = subprocess.Popen(_train_cmd(config, work_dir), env=tool_env(), cwd=str(REPO),
-                                stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + timeout
-        try:
-            while marker not in log_path.read_text():
-                assert proc.poll() is None, log_path.read_text()[-3000:]
-                assert time.time() < deadline, f'{marker!r} never appeared'
-                time.sleep(0.05)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    _kill_when(config, work_dir, lambda: marker in log_path.read_text(), log_path)
 
 
 @pytest.mark.slow
