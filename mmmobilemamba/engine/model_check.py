@@ -243,5 +243,6 @@ def loadable_tensor_count(model: torch.nn.Module, checkpoint: Any) -> int:
 
 
 def _looks_class_dependent(key: str) -> bool:
-    names = ('cls', 'conv_seg', 'conv_logits', 'fc_cls', 'retina_cls', 'conv_cls')
+    # fc_reg: R-CNN box regression is per class unless reg_class_agnostic
+    names = ('cls', 'conv_seg', 'conv_logits', 'fc_cls', 'fc_reg', 'retina_cls', 'conv_cls')
     return any(n in key for n in names)

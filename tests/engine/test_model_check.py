@@ -154,3 +154,23 @@ _SHIPPED = sorted(str(p.relative_to(REPO)) for pattern in (
 @pytest.mark.parametrize('path', _SHIPPED)
 def test_shipped_configs_pass_check_model_config(path):
     assert check_model_config(Config.fromfile(str(REPO / path))) == []
+
+
+def test_rcnn_class_dependent_layers_are_named_so():
+    """Mask R-CNN: classification, per-class box regression and mask logits all change."""
+    def heads(num_classes):
+        bbox = torch.nn.Module()
+        bbox.fc_cls = torch.nn.Linear(8, num_classes + 1)
+        bbox.fc_reg = torch.nn.Linear(8, 4 * num_classes)
+        bbox.shared_fc = torch.nn.Linear(8, 8)
+        mask = torch.nn.Module()
+        mask.conv_logits = torch.nn.Conv2d(8, num_classes, 1)
+        model = torch.nn.Module()
+        model.bbox_head, model.mask_head = bbox, mask
+        return model
+    lines = load_from_report(heads(3), heads(80).state_dict())
+    skipped = {ln.split(':')[0].split()[1]: ln for ln in lines}
+    assert set(skipped) == {f'{layer}.{p}' for layer in ('bbox_head.fc_cls', 'bbox_head.fc_reg',
+                                                         'mask_head.conv_logits')
+                            for p in ('weight', 'bias')}
+    assert all('class-dependent layer' in ln for ln in skipped.values())
