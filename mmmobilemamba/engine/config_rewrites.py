@@ -7,13 +7,12 @@
 * :func:`skip_backbone_pretrained`: no ImageNet ``init_cfg`` read when ``load_from`` (or
   ``--resume``) brings the backbone's weights anyway.
 """
+import os.path as osp
 from typing import Iterator, List, Sequence
 
 import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
-
-from .preflight import is_missing_local_file, pretrained_checkpoint
 
 __all__ = ['apply_safe_image_loading', 'apply_safety_hooks', 'skip_backbone_pretrained']
 
@@ -41,11 +40,12 @@ def skip_backbone_pretrained(cfg: Config) -> None:
     ``load_from`` over them: fine-tuning from a released detector/segmentor, or resuming,
     would otherwise need the ImageNet file too, only to overwrite it.
     """
+    from mmmobilemamba.models.checkpoint import pretrained_checkpoint
     backbone = (cfg.get('model') or {}).get('backbone')
     load_from = cfg.get('load_from')
     if not isinstance(backbone, dict) or not pretrained_checkpoint(backbone.get('init_cfg')):
         return
-    if not load_from or is_missing_local_file(load_from) or '://' in str(load_from):
+    if not load_from or not osp.isfile(load_from):  # remote or missing: mmengine reports it
         return
     try:
         checkpoint = torch.load(load_from, map_location='cpu', weights_only=True, mmap=True)

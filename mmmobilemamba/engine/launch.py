@@ -40,7 +40,7 @@ from .dataset_check import ERROR
 from .hooks import NonFiniteLossError
 from .image_loading import ImageLoadError
 from .model_check import load_from_report, loadable_tensor_count
-from .preflight import preflight_problems
+from .preflight import is_missing_local_file, preflight_problems
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 POINTER_FILE = 'last_checkpoint'
@@ -201,7 +201,7 @@ def apply_resume(cfg: Config, resume: Optional[str]) -> None:
             cfg.resume = False
             return
     else:
-        if '://' not in resume and not osp.isfile(resume):
+        if is_missing_local_file(resume):
             raise LaunchError(f'--resume: checkpoint not found: {resume}')
         checkpoint = resume
     cfg.resume = True
@@ -347,7 +347,7 @@ def prepare_test_config(args: argparse.Namespace) -> Config:
     codebase = detect_codebase(cfg)
     _set_launcher(cfg, args)
     cfg.work_dir = default_work_dir(cfg, args.work_dir)
-    if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
+    if is_missing_local_file(args.checkpoint):
         raise LaunchError(f'checkpoint not found: {args.checkpoint}')
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:

@@ -37,14 +37,9 @@ def backbone_out_channels(backbone_cfg: Mapping) -> Optional[List[int]]:
     """
     if not isinstance(backbone_cfg, Mapping) or backbone_cfg.get('type') != 'MobileMamba':
         return None
-    from mmmobilemamba.models.backbones.mobilemamba import _resolve_arch
+    from mmmobilemamba.models.backbones.mobilemamba import _resolve_arch, _resolve_out_indices
     dims = _resolve_arch(backbone_cfg.get('arch', 'b1'))['embed_dims']
-    out_indices = backbone_cfg.get('out_indices', (0, 1, 2))
-    out_indices = list(out_indices) if isinstance(out_indices, Sequence) else [out_indices]
-    bad = [i for i in out_indices if not isinstance(i, int) or not 0 <= i < len(dims)]
-    if bad or not out_indices:
-        raise ValueError(f'MobileMamba: out_indices {tuple(out_indices)} invalid; valid stage '
-                         'indices are 0, 1, 2 (strides 16, 32, 64)')
+    out_indices = _resolve_out_indices(backbone_cfg.get('out_indices', (0, 1, 2)), len(dims))
     return [dims[i] for i in out_indices]
 
 

@@ -7,15 +7,14 @@ that initialise the model (:func:`check_checkpoint_files`).
 """
 import os.path as osp
 import re
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 from mmengine.config import Config
 
 from .dataset_check import ERROR, Problem, check_class_counts, check_dataset_paths
 from .model_check import check_model_config
 
-__all__ = ['check_checkpoint_files', 'preflight_problems', 'pretrained_checkpoint',
-           'is_missing_local_file']
+__all__ = ['check_checkpoint_files', 'is_missing_local_file', 'preflight_problems']
 
 
 def preflight_problems(cfg: Config, splits: Sequence[str], training: bool) -> List[Problem]:
@@ -36,7 +35,7 @@ def preflight_problems(cfg: Config, splits: Sequence[str], training: bool) -> Li
 
 def check_checkpoint_files(cfg: Config) -> List[Problem]:
     """Errors for a local ``load_from`` or backbone ``init_cfg`` checkpoint that is missing."""
-    from mmmobilemamba.models.checkpoint import RELEASE_HINT
+    from mmmobilemamba.models.checkpoint import RELEASE_HINT, pretrained_checkpoint
     problems = []
     load_from = cfg.get('load_from')
     if load_from and not cfg.get('resume') and is_missing_local_file(load_from):
@@ -77,12 +76,3 @@ def _sets_pretrained_without_init_cfg(cfg: Config) -> bool:
 def is_missing_local_file(path: str) -> bool:
     """Whether ``path`` is a local path (no ``scheme://``) with no file there."""
     return '://' not in str(path) and not osp.isfile(path)
-
-
-def pretrained_checkpoint(init_cfg) -> Optional[str]:
-    """The checkpoint of a ``Pretrained`` entry of ``init_cfg`` (dict or list), else None."""
-    cfgs = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
-    for item in cfgs:
-        if isinstance(item, dict) and item.get('type') == 'Pretrained' and item.get('checkpoint'):
-            return item['checkpoint']
-    return None

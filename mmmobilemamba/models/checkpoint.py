@@ -23,7 +23,8 @@ import torch.nn as nn
 from mmengine.logging import print_log
 
 __all__ = ['convert_official_checkpoint', 'load_backbone_checkpoint', 'unwrap_state_dict',
-           'load_checkpoint_file', 'pretrained_path', 'RELEASE_HINT']
+           'load_checkpoint_file', 'pretrained_checkpoint', 'pretrained_path',
+           'RELEASE_HINT']
 
 RELEASE_HINT = (
     'Get the released MobileMamba weights from the authors\' release page (the '
@@ -62,22 +63,31 @@ _DROP = re.compile(r'^(head|head_dist|dist_head)\.|(^|\.)(wt_filter|iwt_filter)$
 _OFFICIAL_MARKERS = re.compile(r'^blocks[123]\.|(^|\.)c\.weight$')
 
 
-def pretrained_path(init_cfg: Any) -> Optional[str]:
-    """The checkpoint of a ``dict(type='Pretrained', checkpoint=...)`` init_cfg, else None."""
+def _pretrained_entry(init_cfg: Any) -> Optional[Mapping]:
+    """The first ``dict(type='Pretrained', ...)`` of ``init_cfg`` (a dict or a list), else None."""
     cfgs = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
-    for cfg in cfgs:
-        if isinstance(cfg, Mapping) and cfg.get('type') == 'Pretrained':
-            if cfg.get('checkpoint') is None:
-                # configs write `checkpoint=pretrained` with `pretrained = None` to train from
-                # scratch: allowed, but never silently
-                warnings.warn('MobileMamba: no pretrained checkpoint (pretrained=None): the '
-                              'backbone trains from scratch. The paper\'s results need the '
-                              'released ImageNet weights. ' + RELEASE_HINT, stacklevel=2)
-                print_log('MobileMamba: training the backbone from scratch (pretrained=None)',
-                          logger='current', level=30)
-                return None
-            return cfg['checkpoint']
-    return None
+    return next((cfg for cfg in cfgs
+                 if isinstance(cfg, Mapping) and cfg.get('type') == 'Pretrained'), None)
+
+
+def pretrained_checkpoint(init_cfg: Any) -> Optional[str]:
+    """The ``checkpoint`` of ``init_cfg``'s ``Pretrained`` entry, else None (no warning)."""
+    entry = _pretrained_entry(init_cfg)
+    return None if entry is None else entry.get('checkpoint')
+
+
+def pretrained_path(init_cfg: Any) -> Optional[str]:
+    """:func:`pretrained_checkpoint`, warning when a ``Pretrained`` entry has no checkpoint."""
+    entry = _pretrained_entry(init_cfg)
+    if entry is not None and entry.get('checkpoint') is None:
+        # configs write `checkpoint=pretrained` with `pretrained = None` to train from
+        # scratch: allowed, but never silently
+        warnings.warn('MobileMamba: no pretrained checkpoint (pretrained=None): the '
+                      'backbone trains from scratch. The paper\'s results need the '
+                      'released ImageNet weights. ' + RELEASE_HINT, stacklevel=2)
+        print_log('MobileMamba: training the backbone from scratch (pretrained=None)',
+                  logger='current', level=30)
+    return pretrained_checkpoint(init_cfg)
 
 
 def load_checkpoint_file(path: str) -> Any:

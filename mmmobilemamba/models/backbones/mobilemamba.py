@@ -319,6 +319,17 @@ def _resolve_arch(arch: Union[str, dict]) -> dict:
     return settings
 
 
+def _resolve_out_indices(out_indices: Union[int, Sequence[int]],
+                         num_stages: int) -> Tuple[int, ...]:
+    """Validate ``out_indices`` (an int or a sequence of stage indices) and return a tuple."""
+    out_indices = tuple(out_indices) if isinstance(out_indices, (list, tuple)) else (out_indices,)
+    bad = [i for i in out_indices if not isinstance(i, int) or not 0 <= i < num_stages]
+    if bad or not out_indices:
+        raise ValueError(f'MobileMamba: out_indices {out_indices} invalid; valid stage '
+                         f'indices are 0, 1, 2 (strides 16, 32, 64)')
+    return out_indices
+
+
 @register_model()
 class MobileMamba(BaseModule):
     """MobileMamba backbone: stride-16 stem, three stages at strides 16, 32 and 64.
@@ -369,11 +380,7 @@ class MobileMamba(BaseModule):
         dims = tuple(settings['embed_dims'])
         depths = tuple(settings['depths'])
         num_stages = len(dims)
-        out_indices = tuple(out_indices) if isinstance(out_indices, (list, tuple)) else (out_indices,)
-        bad = [i for i in out_indices if not isinstance(i, int) or not 0 <= i < num_stages]
-        if bad or not out_indices:
-            raise ValueError(f'MobileMamba: out_indices {out_indices} invalid; valid stage '
-                             f'indices are 0, 1, 2 (strides 16, 32, 64)')
+        out_indices = _resolve_out_indices(out_indices, num_stages)
         if not isinstance(frozen_stages, int) or not -1 <= frozen_stages < num_stages:
             raise ValueError(f'MobileMamba: frozen_stages must be -1 (none) or 0..{num_stages - 1}, '
                              f'got {frozen_stages}')
