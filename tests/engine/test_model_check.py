@@ -3,14 +3,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_toys import TINY_ARCH as TINY
 from mmengine.config import Config
 
 from mmmobilemamba.engine import check_model_channels, check_model_config, load_from_report
 
 REPO = Path(__file__).resolve().parents[2]
-
-TINY = dict(embed_dims=(48, 64, 96), depths=(1, 1, 1), global_ratios=(0.8, 0.7, 0.6),
-            local_ratios=(0.2, 0.2, 0.3), kernel_sizes=(7, 5, 3))
 
 
 def _retinanet(num_classes=3, in_channels=(48, 64, 96), arch=TINY, out_indices=(0, 1, 2)):
