@@ -1,7 +1,9 @@
 """Draw a model's predictions on an image: boxes/masks (mmdet) or segmentation (mmseg).
 
 Example:
-    python tools/demo.py demo.jpg configs/retinanet_b1.py retinanet_b1.pth --out-dir outputs
+    python tools/demo.py data/demo_coco/val/shapes_val_00000.jpg \
+        configs/quickstart/retinanet_mobilemamba_demo-coco.py \
+        work_dirs/retinanet_mobilemamba_demo-coco/epoch_60.pth --out-dir outputs   # after make demo
 """
 import argparse
 import sys

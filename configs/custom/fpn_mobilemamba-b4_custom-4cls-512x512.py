@@ -15,7 +15,7 @@ data_root = 'data/my_seg/'  # images/{training,validation}/*.jpg, annotations/{.
 # The backbone's ImageNet checkpoint is then not read: load_from brings the backbone too.
 # Set to None to start from the ImageNet backbone alone (the base config's init_cfg; another
 # file: model = dict(backbone=dict(init_cfg=dict(checkpoint=PATH))), none: init_cfg=None).
-load_from = 'checkpoints/fpn_mobilemamba-b4_4xb8-160k_ade20k-512x512.pth'
+load_from = 'weights/downstream/seg/fpn.pth'  # the authors' Semantic FPN-B4, as released
 
 model = dict(decode_head=dict(num_classes=len(classes)))
 

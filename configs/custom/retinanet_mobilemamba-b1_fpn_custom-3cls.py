@@ -13,7 +13,7 @@ data_root = 'data/my_det/'              # annotations/{train,val}.json, images/{
 # The backbone's ImageNet checkpoint is then not read: load_from brings the backbone too.
 # Set to None to start from the ImageNet backbone alone (the base config's init_cfg; another
 # file: model = dict(backbone=dict(init_cfg=dict(checkpoint=PATH))), none: init_cfg=None).
-load_from = 'checkpoints/retinanet_mobilemamba-b1_fpn_1x_coco.pth'
+load_from = 'weights/downstream/det/retinanet.pth'  # the authors' RetinaNet-B1, as released
 
 model = dict(bbox_head=dict(num_classes=len(classes)))
 

@@ -22,7 +22,7 @@ from .image_loading import (ImageLoadError, SafeLoadImageFromFile, decode_image,
 from .launch import find_resume_checkpoint, test_main, train_main
 from .metrics import DumpSegResults
 from .model_check import (backbone_out_channels, check_model_channels, check_model_config,
-                          load_from_report, loadable_tensor_count)
+                          load_from_report)
 from .preflight import check_checkpoint_files, preflight_problems
 
 register_checkpoint_safe_globals()
@@ -35,7 +35,7 @@ __all__ = [
     'backbone_out_channels', 'check_checkpoint_files', 'check_class_counts',
     'check_dataset_config', 'check_dataset_paths', 'check_model_channels', 'check_model_config',
     'checkpoint_safe_globals', 'decode_image', 'detect_codebase', 'find_resume_checkpoint',
-    'format_report', 'has_errors', 'load_from_report', 'load_image', 'loadable_tensor_count',
+    'format_report', 'has_errors', 'load_from_report', 'load_image',
     'non_finite_losses', 'preflight_problems', 'register_atomic_backend',
     'register_checkpoint_safe_globals', 'remove_stale_temp_files', 'skip_backbone_pretrained',
     'test_main', 'to_three_channel_uint8', 'train_main'

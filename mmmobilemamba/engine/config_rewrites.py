@@ -10,7 +10,6 @@
 import os.path as osp
 from typing import Iterator, List, Sequence
 
-import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
 
@@ -40,7 +39,7 @@ def skip_backbone_pretrained(cfg: Config) -> None:
     ``load_from`` over them: fine-tuning from a released detector/segmentor, or resuming,
     would otherwise need the ImageNet file too, only to overwrite it.
     """
-    from mmmobilemamba.models.checkpoint import pretrained_checkpoint
+    from mmmobilemamba.models.checkpoint import pretrained_checkpoint, state_dict_of
     backbone = (cfg.get('model') or {}).get('backbone')
     load_from = cfg.get('load_from')
     if not isinstance(backbone, dict) or not pretrained_checkpoint(backbone.get('init_cfg')):
@@ -48,11 +47,10 @@ def skip_backbone_pretrained(cfg: Config) -> None:
     if not load_from or not osp.isfile(load_from):  # remote or missing: mmengine reports it
         return
     try:
-        checkpoint = torch.load(load_from, map_location='cpu', weights_only=True, mmap=True)
-    except Exception:  # not ours to judge here: mmengine's loader reports it in context
+        state = state_dict_of(load_from)
+    except Exception:  # not ours to judge here: the load_from check reports it in context
         return
-    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else {}
-    if not any(str(k).startswith(('backbone.', 'module.backbone.')) for k in state):
+    if not any(k.startswith('backbone.') for k in state):
         return
     print_log(f'The backbone\'s weights come from {load_from}: its ImageNet init_cfg checkpoint '
               f'({pretrained_checkpoint(backbone.init_cfg)}) is not loaded', logger='current')

@@ -15,7 +15,10 @@ decides. The steps are mmengine's usual ones (``Config`` + ``--cfg-options`` ->
   (skip broken images in training with a warning naming them, stop naming them in val/test);
   ``--no-safety-hooks`` keeps the config as written. When ``load_from`` (or ``--resume``)
   brings the backbone's weights, its ImageNet ``init_cfg`` checkpoint is not read;
-* a ``load_from`` checkpoint none of whose tensors fits the model stops the run (exit 2);
+* the ``load_from`` / tested checkpoint must fit the model exactly (our layout or the
+  authors' released files, mapped as they load), else the run stops listing what is missing,
+  unexpected or of another shape (exit 2); fine-tuning may only skip class-dependent head
+  layers of another ``num_classes``;
 * a non-finite loss or a broken image under ``on_error='raise'`` ends the run with its
   message and exit status 1, without a traceback;
 * ``--resume`` without a path resumes from the newest *complete* checkpoint of the work dir;
@@ -33,17 +36,18 @@ import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
 
+from ..models.checkpoint import compare_with_model, load_checkpoint_file
 from .codebase import detect_codebase as _detect_codebase
 from .config_rewrites import (apply_safe_image_loading, apply_safety_hooks,
                               skip_backbone_pretrained)
 from .dataset_check import ERROR
 from .hooks import NonFiniteLossError
+from .hooks.atomic_checkpoint_hook import POINTER_FILE
 from .image_loading import ImageLoadError
-from .model_check import load_from_report, loadable_tensor_count
+from .model_check import is_class_dependent, mismatch_reason
 from .preflight import is_missing_local_file, preflight_problems
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
-POINTER_FILE = 'last_checkpoint'
 _CHECKPOINT_NAME = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
 
 
@@ -248,31 +252,51 @@ def run_preflight_checks(cfg: Config, splits: Sequence[str], training: bool) -> 
                           'nothing was run:\n' + '\n'.join(errors))
 
 
-def report_load_from(runner, cfg: Config) -> None:
-    """Log which ``load_from`` tensors will not load (e.g. heads of another num_classes).
+def report_load_from(runner, cfg: Config, training: bool = True) -> None:
+    """Check that ``load_from`` fits the model exactly, before anything runs.
+
+    Checkpoints in our layout and the authors' released detectors/segmentors (mapped as the
+    model maps them when loading) are compared with the model, key by key and shape by shape.
+
+    Args:
+        runner: the built runner (its ``model``).
+        cfg: the config (``load_from``, ``resume``).
+        training: ``tools/train.py`` (fine-tuning: class-dependent head layers of another
+            ``num_classes`` are re-initialised, with a warning naming them) or
+            ``tools/test.py`` (no exception).
 
     Raises:
-        LaunchError: when not a single tensor of the checkpoint fits the model (mmengine would
-            load nothing, warn, and train or evaluate an uninitialised model).
+        LaunchError: listing every missing, unexpected and mismatched tensor, when the
+            checkpoint does not fit (mmengine would warn and go on with those layers at their
+            initialisation).
     """
     path = cfg.get('load_from')
     if not path or cfg.get('resume') or not osp.isfile(path) or not _is_main_process():
         return
     try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # mmengine's own load reports the real error next
-        print_log(f'load_from: cannot inspect {path}: {err}', logger='current',
-                  level=logging.WARNING)
-        return
-    lines = load_from_report(runner.model, checkpoint)
-    if lines and not loadable_tensor_count(runner.model, checkpoint):
+        report = compare_with_model(runner.model, load_checkpoint_file(path))
+    except (RuntimeError, ValueError) as err:
+        raise LaunchError(f'cannot read the checkpoint {path}: {err}') from err
+    lines = report.lines(reason=mismatch_reason)
+    if not report.loaded:
         raise LaunchError(
             f'{path} has no tensor that fits this model, nothing would load:\n  ' +
             '\n  '.join(lines) + '\nIs it a checkpoint of another model? A MobileMamba '
             'ImageNet checkpoint goes in model.backbone.init_cfg, not in load_from.')
+    tolerated = training and not report.missing and not report.unexpected and all(
+        is_class_dependent(key) for key, _, _ in report.mismatched)
+    if not report.exact and not tolerated:
+        what = 'load_from' if training else 'the checkpoint'
+        raise LaunchError(
+            f'{what} {path} does not fit this model, nothing was run:\n  ' + '\n  '.join(lines) +
+            '\nIs it the checkpoint of another config? (Only fine-tuning with another '
+            'num_classes may skip layers: the class-dependent head layers.) To start from '
+            'the backbone of a checkpoint only, set model.backbone.init_cfg=dict('
+            "type='Pretrained', checkpoint=PATH) instead of load_from.")
     if lines:
-        print_log(f'load_from {path}: not everything loads; the rest does:\n  ' +
-                  '\n  '.join(lines), logger='current', level=logging.WARNING)
+        print_log(f'load_from {path}: the class-dependent head layers start from their '
+                  'initialisation, the rest loads:\n  ' + '\n  '.join(lines),
+                  logger='current', level=logging.WARNING)
     else:
         print_log(f'load_from {path}: every tensor matches the model', logger='current')
 
@@ -392,7 +416,7 @@ def _checked_runner(args: argparse.Namespace, prepare: Callable[[argparse.Namesp
         run_preflight_checks(cfg, splits, training)
         prepare_cpu_distributed(cfg)
         runner = build_runner(cfg)
-        report_load_from(runner, cfg)
+        report_load_from(runner, cfg, training)
     except LaunchError as err:
         print(f'error: {err}', file=sys.stderr, flush=True)
         return None

@@ -14,17 +14,18 @@
 """
 import difflib
 import inspect
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
+from ..models.checkpoint import compare_with_model
 from .codebase import detect_codebase, get_registry
 from .dataset_check import ERROR, Problem
 
 __all__ = ['backbone_out_channels', 'check_model_channels', 'check_model_config',
-           'load_from_report', 'loadable_tensor_count']
+           'is_class_dependent', 'load_from_report', 'mismatch_reason']
 _OUR_PACKAGE = 'mmmobilemamba.'
 _BUILT_PARTS = ('backbone', 'neck')
 
@@ -191,53 +192,29 @@ def _unknown_arguments(key: str, node: Mapping, cls: type) -> List[Problem]:
     return problems
 
 
-def _state_dict_of(checkpoint: Any) -> Dict[str, torch.Tensor]:
-    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get('state_dict'), Mapping):
-        checkpoint = checkpoint['state_dict']
-    return {k[7:] if k.startswith('module.') else k: v for k, v in checkpoint.items()
-            if isinstance(v, torch.Tensor)}
-
-
 def load_from_report(model: torch.nn.Module, checkpoint: Any) -> List[str]:
     """Lines describing what of ``checkpoint`` will not load into ``model``, and why.
 
     Args:
         model: the model about to be loaded (``runner.model``, unwrapped from DDP).
-        checkpoint: a loaded checkpoint (mmengine ``{'state_dict': ...}`` or a state dict).
+        checkpoint: a loaded checkpoint (mmengine ``{'state_dict': ...}`` or a state dict), in
+            our layout or the authors'.
 
     Returns:
         list[str]: empty when everything matches; else one line per skipped tensor (shape
         mismatch: kept at its initialisation), then summaries of missing / unexpected keys.
     """
-    model = getattr(model, 'module', model)
-    own = model.state_dict()
-    state = _state_dict_of(checkpoint)
-    lines = []
-    for key, value in state.items():
-        if key in own and own[key].shape != value.shape:
-            reason = ('class-dependent layer (num_classes differs)'
-                      if _looks_class_dependent(key) else 'shape differs')
-            lines.append(f'skipped {key}: checkpoint {tuple(value.shape)} vs model '
-                         f'{tuple(own[key].shape)}, {reason}; re-initialised')
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing:
-        lines.append(f'{len(missing)} model tensors not in the checkpoint (kept at init): '
-                     + ', '.join(missing[:10]) + (' ...' if len(missing) > 10 else ''))
-    if unexpected:
-        lines.append(f'{len(unexpected)} checkpoint tensors unused by the model: '
-                     + ', '.join(unexpected[:10]) + (' ...' if len(unexpected) > 10 else ''))
-    return lines
+    return compare_with_model(model, checkpoint).lines(reason=mismatch_reason)
 
 
-def loadable_tensor_count(model: torch.nn.Module, checkpoint: Any) -> int:
-    """How many tensors of ``checkpoint`` would load into ``model`` (same name and shape)."""
-    own = getattr(model, 'module', model).state_dict()
-    return sum(1 for key, value in _state_dict_of(checkpoint).items()
-               if key in own and own[key].shape == value.shape)
+def mismatch_reason(key: str) -> str:
+    """Why a tensor of a checkpoint has another shape than the model's, judged by its name."""
+    return ('class-dependent layer (num_classes differs)' if is_class_dependent(key)
+            else 'shape differs')
 
 
-def _looks_class_dependent(key: str) -> bool:
+def is_class_dependent(key: str) -> bool:
+    """Whether a head tensor's shape follows ``num_classes`` (by its name)."""
     # fc_reg: R-CNN box regression is per class unless reg_class_agnostic
     names = ('cls', 'conv_seg', 'conv_logits', 'fc_cls', 'fc_reg', 'retina_cls', 'conv_cls')
     return any(n in key for n in names)

@@ -1,30 +1,48 @@
-"""Load MobileMamba weights from the authors' releases, downstream checkpoints or our own.
+"""Checkpoints: read them safely, unwrap them, map the authors' layouts, compare with a model.
 
-Accepted inputs (a path or an already loaded object):
+One module for every checkpoint question the package asks (engine, apis and tools use it):
 
-* released classification files: ``{'net': sd, 'net_E': sd_ema}`` (EMA preferred) or a bare
-  state dict, in the release's key layout (``patch_embed.0.c.weight``, ``blocks1.0...``);
-* downstream detection/segmentation files: mmengine's ``{'state_dict': ...}`` with the backbone
-  under ``backbone.`` (stages as ``blocks1/2/3``, ``blocks2[0:3]`` the downsampling parts);
-* our own format (``stages.i...``), bare or wrapped the same ways.
+* reading: :func:`load_checkpoint_file` (``torch.load`` with ``weights_only=True``),
+  :func:`state_dict_of` (the tensors of an mmengine ``{'state_dict': ...}``, a release
+  ``{'net', 'net_E'}`` or a bare state dict) and :func:`unwrap_state_dict` (the same, narrowed
+  to the backbone);
+* the authors' layouts, mapped to ours by what they compute:
 
-:func:`convert_official_checkpoint` maps any of them to our key layout;
-:func:`load_backbone_checkpoint` loads it into a model, logs what was loaded and raises when
-nothing would load or a shape does not match.
+  - the released classification backbone (``patch_embed.0.c.weight``, ``blocks1.0...``,
+    ``blocks2[0:3]`` the downsampling parts), alone or under ``backbone.`` in their
+    detectors and segmentors: :func:`convert_backbone_keys`;
+  - their detection neck ``EfficientViTFPN`` (``neck.extra_trans_convs.*``,
+    ``neck.extra_fpn_convs.*``): :func:`convert_neck_keys`;
+  - :func:`convert_official_checkpoint` (a backbone) and :func:`convert_official_model`
+    (a whole detector/segmentor) apply them; keys already in our layout pass through.
+
+  :class:`~mmmobilemamba.models.MobileMamba` and
+  :class:`~mmmobilemamba.models.MobileMambaFPN` apply the same mapping when a state dict is
+  loaded into them (``adapt_state_dict_keys``), so the authors' files load directly through
+  ``load_from``, ``tools/test.py``, ``DetInferencer`` / ``MMSegInferencer`` and
+  ``load_state_dict``;
+* comparing: :func:`compare_with_model` says what of a checkpoint would load into a model
+  (:class:`LoadReport`: missing, unexpected, shape mismatches);
+* the backbone's ``init_cfg``: :func:`load_backbone_checkpoint`, :func:`pretrained_path`.
 """
 import os
 import re
 import warnings
 from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 from mmengine.logging import print_log
 
-__all__ = ['convert_official_checkpoint', 'load_backbone_checkpoint', 'unwrap_state_dict',
-           'load_checkpoint_file', 'pretrained_checkpoint', 'pretrained_path',
+__all__ = ['convert_official_checkpoint', 'convert_official_model', 'convert_backbone_keys',
+           'convert_neck_keys', 'load_backbone_checkpoint', 'unwrap_state_dict',
+           'state_dict_of', 'load_checkpoint_file', 'compare_with_model', 'model_view',
+           'LoadReport', 'drop_unbuilt_stages', 'pretrained_checkpoint', 'pretrained_path',
            'RELEASE_HINT']
+
+StateDict = Dict[str, torch.Tensor]
 
 RELEASE_HINT = (
     'Get the released MobileMamba weights from the authors\' release page (the '
@@ -59,10 +77,335 @@ _PART_RULES: List[Tuple[str, str]] = [
     (r'(^|\.)c\.weight$', r'\1conv.weight'),  # ConvBN's conv is "c" in the release
 ]
 # Not backbone weights: the classifier and the fixed wavelet filters (rebuilt from pywt).
-_DROP = re.compile(r'^(head|head_dist|dist_head)\.|(^|\.)(wt_filter|iwt_filter)$')
-_OFFICIAL_MARKERS = re.compile(r'^blocks[123]\.|(^|\.)c\.weight$')
+_CLASSIFIER = re.compile(r'^(head|head_dist|dist_head)\.')
+_FIXED_FILTERS = re.compile(r'(^|\.)(wt_filter|iwt_filter)$')
+_OFFICIAL_BACKBONE = re.compile(r'^blocks[123]\.|(^|\.)c\.weight$')
+# EfficientViTFPN: its transposed convs and their 3x3 output convs.
+_OFFICIAL_NECK = re.compile(r'^extra_(trans|fpn)_convs\.\d+\.')
+_STAGE_KEY = re.compile(r'^stages\.(\d+)\.')
 
 
+# ------------------------------------------------------------------------------- reading
+def load_checkpoint_file(path: Union[str, os.PathLike]) -> Any:
+    """``torch.load`` with ``weights_only=True``: a downloaded file can never run code.
+
+    mmengine training checkpoints load too: importing :mod:`mmmobilemamba` allow-lists the
+    few classes they pickle (see :mod:`mmmobilemamba.engine.checkpoint_safety`).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'MobileMamba checkpoint not found: {path}. {RELEASE_HINT}')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # UnpicklingError for foreign classes, RuntimeError for corrupt zips
+        raise RuntimeError(
+            f'could not load {path} safely (weights_only=True): {err}. If the file is a trusted '
+            'release that pickles extra objects, convert it once with '
+            'tools/model_converters/mobilemamba_official.py SRC DST --trust-source') from err
+
+
+def _read(obj: Any) -> Any:
+    """A loaded checkpoint: ``obj`` itself, or the file it names."""
+    return load_checkpoint_file(obj) if isinstance(obj, (str, os.PathLike)) else obj
+
+
+def _located_state_dict(obj: Any) -> Tuple[Mapping, str]:
+    """The mapping of tensors inside a checkpoint object, and where it was found."""
+    if not isinstance(obj, Mapping):
+        raise ValueError(f'a checkpoint must be a dict, got {type(obj).__name__}')
+    if isinstance(obj.get('state_dict'), Mapping):
+        return obj['state_dict'], "mmengine checkpoint ['state_dict']"
+    if isinstance(obj.get('net_E'), Mapping) and obj['net_E']:
+        return obj['net_E'], "release checkpoint ['net_E'] (EMA weights, preferred)"
+    if isinstance(obj.get('net'), Mapping):
+        return obj['net'], "release checkpoint ['net']"
+    if isinstance(obj.get('model'), Mapping):
+        return obj['model'], "checkpoint ['model']"
+    return obj, 'bare state dict'
+
+
+def state_dict_of(obj: Any) -> StateDict:
+    """The tensors of a checkpoint (a path or a loaded object), DDP's ``module.`` stripped.
+
+    Accepts mmengine's ``{'state_dict': ..., 'meta': ...}``, the authors' release
+    ``{'net': ..., 'net_E': ...}`` (EMA preferred), ``{'model': ...}`` and bare state dicts.
+    """
+    state, _ = _located_state_dict(_read(obj))
+    return OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in state.items()
+                       if isinstance(v, torch.Tensor))
+
+
+def unwrap_state_dict(obj: Any, prefix: Optional[str] = None) -> Tuple[StateDict, str]:
+    """Find the backbone state dict inside a checkpoint object.
+
+    Args:
+        obj: a loaded checkpoint (dict) or its path.
+        prefix (str, optional): keep only keys under this prefix (stripped). By default the
+            ``backbone.`` prefix of detection/segmentation checkpoints is found by itself.
+
+    Returns:
+        tuple[dict, str]: the state dict and a description of where it came from.
+    """
+    obj = _read(obj)
+    _, source = _located_state_dict(obj)
+    state = state_dict_of(obj)
+    if not state:
+        raise ValueError(f'no tensors found in the checkpoint ({source}); top-level keys: '
+                         f'{list(obj)[:10]}')
+    if prefix is None and any(k.startswith('backbone.') for k in state):
+        prefix = 'backbone.'
+    if prefix:
+        state = OrderedDict((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
+        if not state:
+            raise ValueError(f'no key of the checkpoint starts with prefix {prefix!r}')
+        source += f', prefix {prefix!r}'
+    return state, source
+
+
+# --------------------------------------------------------------------- the authors' layouts
+def _rename_official(key: str) -> str:
+    for pattern, repl in _STAGE_RULES:
+        new, n = re.subn(pattern, repl, key)
+        if n:
+            key = new
+            break
+    for pattern, repl in _PART_RULES:
+        key = re.sub(pattern, repl, key)
+    if key.startswith('patch_embed.'):
+        key = re.sub(r'\.c\.', '.conv.', key)
+    return key
+
+
+def _under(state: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
+    return OrderedDict((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
+
+
+def _replace_under(state: Mapping[str, torch.Tensor], prefix: str,
+                   convert: Callable[[StateDict], StateDict]) -> StateDict:
+    """``state`` with the keys under ``prefix`` replaced by ``convert`` of them (stripped)."""
+    sub = _under(state, prefix)
+    if not sub:
+        return OrderedDict(state)
+    out = OrderedDict((k, v) for k, v in state.items() if not k.startswith(prefix))
+    out.update((prefix + k, v) for k, v in convert(sub).items())
+    return out
+
+
+def _backbone_to_ours(state: StateDict) -> StateDict:
+    """Backbone keys (no prefix) in our layout: renamed if in the release's, filters dropped."""
+    official = any(_OFFICIAL_BACKBONE.search(k) for k in state)
+    return OrderedDict((_rename_official(k) if official else k, v) for k, v in state.items()
+                       if not _FIXED_FILTERS.search(k))
+
+
+def convert_backbone_keys(state: Mapping[str, torch.Tensor], prefix: str = '') -> StateDict:
+    """Map the keys under ``prefix`` from the authors' backbone layout to ours.
+
+    The fixed wavelet filters (``wt_filter``/``iwt_filter``: Haar, rebuilt from pywt) are
+    dropped; keys already in our layout pass through; keys outside ``prefix`` are kept.
+
+    Args:
+        state (Mapping[str, Tensor]): a state dict.
+        prefix (str): where the backbone is, e.g. ``'backbone.'`` in a detector. Default: ''.
+
+    Returns:
+        dict[str, Tensor]: a new state dict.
+    """
+    return _replace_under(state, prefix, _backbone_to_ours)
+
+
+def _neck_to_ours(state: StateDict) -> StateDict:
+    """EfficientViTFPN keys (no prefix) in :class:`MobileMambaFPN`'s layout.
+
+    By what their neck computes: ``extra_trans_convs.j`` upsample the merged stride-16 map
+    one octave at a time (our ``deconv_levels.j.upsample``); ``extra_fpn_convs.i`` is the 3x3
+    output conv of the transposed-conv output ``n-1-i`` (their pairing is crossed, finest
+    output first); ``fpn_convs.i`` beyond the lateral convs are the extra coarser levels.
+    """
+    if not any(_OFFICIAL_NECK.match(k) for k in state):
+        return OrderedDict(state)
+    num_trans = len({k.split('.')[1] for k in state if k.startswith('extra_trans_convs.')})
+    num_laterals = len({k.split('.')[1] for k in state if k.startswith('lateral_convs.')})
+    out = OrderedDict()
+    for key, value in state.items():
+        kind, index, rest = (key.split('.', 2) + ['', ''])[:3]
+        if kind == 'extra_trans_convs':
+            key = f'deconv_levels.{index}.upsample.{rest}'
+        elif kind == 'extra_fpn_convs':
+            key = f'deconv_levels.{num_trans - 1 - int(index)}.fpn_conv.{rest}'
+        elif kind == 'fpn_convs' and int(index) >= num_laterals:
+            key = f'extra_convs.{int(index) - num_laterals}.{rest}'
+        out[key] = value
+    return out
+
+
+def convert_neck_keys(state: Mapping[str, torch.Tensor], prefix: str = 'neck.') -> StateDict:
+    """Map the keys under ``prefix`` from the authors' ``EfficientViTFPN`` to ours.
+
+    Args:
+        state (Mapping[str, Tensor]): a state dict.
+        prefix (str): where the neck is. Default: ``'neck.'``.
+
+    Returns:
+        dict[str, Tensor]: a new state dict; other keys, and necks already in our layout,
+        unchanged.
+    """
+    return _replace_under(state, prefix, _neck_to_ours)
+
+
+def convert_official_checkpoint(obj: Any, prefix: Optional[str] = None) -> StateDict:
+    """Map a released / downstream / own checkpoint to this package's backbone keys.
+
+    Args:
+        obj: a checkpoint object, a state dict or a path (see the module docstring for the
+            layouts).
+        prefix (str, optional): key prefix of the backbone inside a larger state dict.
+
+    Returns:
+        dict[str, Tensor]: the backbone state dict, classifier head and fixed wavelet filters
+        dropped.
+    """
+    state, _ = unwrap_state_dict(obj, prefix)
+    return convert_backbone_keys(OrderedDict((k, v) for k, v in state.items()
+                                             if not _CLASSIFIER.match(k)))
+
+
+def convert_official_model(obj: Any) -> StateDict:
+    """Map a released whole detector or segmentor to the state dict of our matching model.
+
+    Every key is kept: the backbone (``backbone.``) and the authors' ``EfficientViTFPN`` neck
+    (``neck.``) are renamed, the heads (mmdet/mmseg modules) and keys already in our layout
+    pass through, the fixed wavelet filters are dropped.
+
+    Args:
+        obj: a path, mmengine's ``{'state_dict': ..., 'meta': ...}`` or a bare state dict.
+
+    Returns:
+        dict[str, Tensor]: the state dict, ready for ``load_state_dict`` of the model built
+        from our matching config.
+
+    Raises:
+        ValueError: when there is no ``backbone.`` key (a backbone-only file: use
+            :func:`convert_official_checkpoint`).
+    """
+    state = state_dict_of(obj)
+    if not any(k.startswith('backbone.') for k in state):
+        raise ValueError('not a detector/segmentor checkpoint (no key starts with '
+                         f'"backbone."; keys look like {_summarise(list(state), 3)}). For a '
+                         'backbone or classification file use convert_official_checkpoint')
+    return convert_neck_keys(convert_backbone_keys(state, 'backbone.'), 'neck.')
+
+
+def drop_unbuilt_stages(state: Mapping[str, torch.Tensor], num_stages: int,
+                        prefix: str = '') -> Tuple[StateDict, List[int]]:
+    """Remove the keys of backbone stages ``>= num_stages`` (our layout, under ``prefix``).
+
+    A backbone whose ``out_indices`` end before its last stage does not build the later
+    stages; their weights (e.g. the third stage of the authors' SSDLite, computed and
+    discarded there) have nothing to load into.
+
+    Returns:
+        tuple[dict, list[int]]: the state dict and the stage indices whose keys were dropped.
+    """
+    out, dropped = OrderedDict(), set()
+    for key, value in state.items():
+        match = _STAGE_KEY.match(key[len(prefix):]) if key.startswith(prefix) else None
+        if match and int(match.group(1)) >= num_stages:
+            dropped.add(int(match.group(1)))
+            continue
+        out[key] = value
+    return out, sorted(dropped)
+
+
+# --------------------------------------------------------------------- comparing with a model
+def model_view(model: nn.Module, state: Mapping[str, torch.Tensor]) -> StateDict:
+    """``state`` as ``model.load_state_dict`` sees it once every module adapted its keys.
+
+    Modules with an ``adapt_state_dict_keys(state_dict, prefix)`` method (MobileMamba,
+    MobileMambaFPN) rename foreign layouts when loading; this applies them in the same order
+    (parents first) without loading anything.
+    """
+    model = getattr(model, 'module', model)  # DDP
+    view = OrderedDict(state)
+    for name, module in model.named_modules():
+        adapt = getattr(module, 'adapt_state_dict_keys', None)
+        if callable(adapt):
+            adapt(view, f'{name}.' if name else '', log=False)
+    return view
+
+
+def _summarise(keys: List[str], limit: int = 20) -> str:
+    shown = ', '.join(keys[:limit])
+    return shown + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')
+
+
+@dataclass
+class LoadReport:
+    """What of a checkpoint loads into a model (see :func:`compare_with_model`).
+
+    Args:
+        loaded (list[str]): keys with the model's name and shape.
+        missing (list[str]): model keys the checkpoint lacks.
+        unexpected (list[str]): checkpoint keys the model lacks.
+        mismatched (list[tuple[str, tuple, tuple]]): ``(key, checkpoint shape, model shape)``.
+    """
+
+    loaded: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    mismatched: List[Tuple[str, tuple, tuple]] = field(default_factory=list)
+
+    @property
+    def exact(self) -> bool:
+        """Every key on both sides, every shape equal."""
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def lines(self, reason: Callable[[str], str] = lambda key: 'shape differs',
+              limit: int = 10) -> List[str]:
+        """One line per shape mismatch, then one per list of missing / unexpected keys.
+
+        Args:
+            reason: why a mismatched key differs (by its name), e.g. 'num_classes differs'.
+            limit: keys shown per list.
+        """
+        out = [f'skipped {key}: checkpoint {ckpt} vs model {own}, {reason(key)}; re-initialised'
+               for key, ckpt, own in self.mismatched]
+        if self.missing:
+            out.append(f'{len(self.missing)} model tensors not in the checkpoint (kept at '
+                       f'init): {_summarise(self.missing, limit)}')
+        if self.unexpected:
+            out.append(f'{len(self.unexpected)} checkpoint tensors unused by the model: '
+                       f'{_summarise(self.unexpected, limit)}')
+        return out
+
+
+def compare_with_model(model: nn.Module, checkpoint: Any) -> LoadReport:
+    """Compare a checkpoint with a model's state dict, as loading would see it.
+
+    Args:
+        model (nn.Module): the model (DDP-wrapped or not).
+        checkpoint: a path, a loaded checkpoint or a state dict, in our layout or the
+            authors' (mapped as the model's modules map it when loading).
+
+    Returns:
+        LoadReport: the keys that load, and those missing, unexpected or of another shape
+        (``num_batches_tracked`` counters never count as missing: mmengine skips them too).
+    """
+    own = getattr(model, 'module', model).state_dict()
+    state = model_view(model, state_dict_of(checkpoint))
+    report = LoadReport()
+    for key, value in state.items():
+        if key not in own:
+            report.unexpected.append(key)
+        elif own[key].shape != value.shape:
+            report.mismatched.append((key, tuple(value.shape), tuple(own[key].shape)))
+        else:
+            report.loaded.append(key)
+    report.missing = [k for k in own if k not in state and not k.endswith('num_batches_tracked')]
+    return report
+
+
+# ----------------------------------------------------------------------- backbone init_cfg
 def _pretrained_entry(init_cfg: Any) -> Optional[Mapping]:
     """The first ``dict(type='Pretrained', ...)`` of ``init_cfg`` (a dict or a list), else None."""
     cfgs = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
@@ -90,100 +433,6 @@ def pretrained_path(init_cfg: Any) -> Optional[str]:
     return pretrained_checkpoint(init_cfg)
 
 
-def load_checkpoint_file(path: str) -> Any:
-    """``torch.load`` with ``weights_only=True``: a downloaded file can never run code."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'MobileMamba checkpoint not found: {path}. {RELEASE_HINT}')
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # UnpicklingError for foreign classes, RuntimeError for corrupt zips
-        raise RuntimeError(
-            f'could not load {path} safely (weights_only=True): {err}. If the file is a trusted '
-            'release that pickles extra objects, convert it once with '
-            'tools/model_converters/mobilemamba_official.py SRC DST --trust-source') from err
-
-
-def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(v, torch.Tensor) for v in obj.values())
-
-
-def unwrap_state_dict(obj: Any, prefix: Optional[str] = None) -> Tuple[Dict[str, torch.Tensor], str]:
-    """Find the backbone state dict inside a checkpoint object.
-
-    Args:
-        obj: a loaded checkpoint (dict).
-        prefix (str, optional): keep only keys under this prefix (stripped). By default the
-            ``backbone.`` prefix of detection/segmentation checkpoints is found by itself.
-
-    Returns:
-        tuple[dict, str]: the state dict and a description of where it came from.
-    """
-    if not isinstance(obj, Mapping):
-        raise ValueError(f'a checkpoint must be a dict, got {type(obj).__name__}')
-    source = 'bare state dict'
-    if isinstance(obj.get('state_dict'), Mapping):
-        obj, source = obj['state_dict'], "mmengine checkpoint ['state_dict']"
-    elif isinstance(obj.get('net_E'), Mapping) and obj['net_E']:
-        obj, source = obj['net_E'], "release checkpoint ['net_E'] (EMA weights, preferred)"
-    elif isinstance(obj.get('net'), Mapping):
-        obj, source = obj['net'], "release checkpoint ['net']"
-    elif isinstance(obj.get('model'), Mapping):
-        obj, source = obj['model'], "checkpoint ['model']"
-    state = OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in obj.items()
-                        if isinstance(v, torch.Tensor))
-    if not state:
-        raise ValueError(f'no tensors found in the checkpoint ({source}); top-level keys: '
-                         f'{list(obj)[:10]}')
-    if prefix is None and any(k.startswith('backbone.') for k in state):
-        prefix = 'backbone.'
-    if prefix:
-        state = OrderedDict((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
-        if not state:
-            raise ValueError(f'no key of the checkpoint starts with prefix {prefix!r}')
-        source += f', prefix {prefix!r}'
-    return state, source
-
-
-def _rename_official(key: str) -> str:
-    for pattern, repl in _STAGE_RULES:
-        new, n = re.subn(pattern, repl, key)
-        if n:
-            key = new
-            break
-    for pattern, repl in _PART_RULES:
-        key = re.sub(pattern, repl, key)
-    if key.startswith('patch_embed.'):
-        key = re.sub(r'\.c\.', '.conv.', key)
-    return key
-
-
-def convert_official_checkpoint(obj: Any, prefix: Optional[str] = None) -> Dict[str, torch.Tensor]:
-    """Map a released / downstream / own checkpoint to this package's backbone keys.
-
-    Args:
-        obj: a checkpoint object or state dict (see the module docstring for the layouts).
-        prefix (str, optional): key prefix of the backbone inside a larger state dict.
-
-    Returns:
-        dict[str, Tensor]: the backbone state dict, classifier head and fixed wavelet filters
-        dropped.
-    """
-    state, _ = unwrap_state_dict(obj, prefix)
-    official = any(_OFFICIAL_MARKERS.search(k) for k in state)
-    out = OrderedDict()
-    for key, value in state.items():
-        if _DROP.search(key):
-            continue
-        out[_rename_official(key) if official else key] = value
-    return out
-
-
-def _summarise(keys: List[str], limit: int = 20) -> str:
-    shown = ', '.join(keys[:limit])
-    return shown + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')
-
-
 def load_backbone_checkpoint(model: nn.Module, checkpoint: Union[str, Mapping],
                              prefix: Optional[str] = None, logger: str = 'current') -> dict:
     """Load weights into a MobileMamba backbone with a report.
@@ -201,30 +450,28 @@ def load_backbone_checkpoint(model: nn.Module, checkpoint: Union[str, Mapping],
         ValueError: when no tensor would load or any shape differs; the message names them.
     """
     name = checkpoint if isinstance(checkpoint, str) else '<object>'
-    obj = load_checkpoint_file(checkpoint) if isinstance(checkpoint, str) else checkpoint
+    obj = _read(checkpoint)
     _, source = unwrap_state_dict(obj, prefix)
     state = convert_official_checkpoint(obj, prefix)
-    own = model.state_dict()
-    mismatched = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
-                  for k, v in state.items() if k in own and v.shape != own[k].shape]
-    if mismatched:
+    report = compare_with_model(model, state)
+    if report.mismatched:
+        shown = [f'{k}: checkpoint {c} vs model {m}' for k, c, m in report.mismatched]
         raise ValueError(f'checkpoint {name} does not fit this MobileMamba (wrong arch?); shape '
-                         f'mismatches: {_summarise(mismatched, 10)}')
-    loaded = [k for k in state if k in own]
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if not loaded:
+                         f'mismatches: {_summarise(shown, 10)}')
+    if not report.loaded:
         raise ValueError(
             f'checkpoint {name} ({source}) has no tensor that this MobileMamba expects: '
             f'checkpoint keys look like {_summarise(list(state), 5)}; model keys look like '
-            f'{_summarise(list(own), 5)}')
-    model.load_state_dict({k: state[k] for k in loaded}, strict=False)
-    print_log(f'MobileMamba: loaded {len(loaded)}/{len(own)} tensors from {name} ({source})',
-              logger=logger)
-    if missing:
-        print_log(f'MobileMamba: missing in checkpoint (kept at init): {_summarise(missing)}',
-                  logger=logger, level=30)
-    if unexpected:
-        print_log(f'MobileMamba: unexpected in checkpoint (ignored): {_summarise(unexpected)}',
-                  logger=logger, level=30)
-    return dict(loaded=loaded, missing=missing, unexpected=unexpected, source=source)
+            f'{_summarise(list(model.state_dict()), 5)}')
+    # strict=False: missing and unexpected keys are reported below, in our words
+    model.load_state_dict(state, strict=False)
+    print_log(f'MobileMamba: loaded {len(report.loaded)}/{len(model.state_dict())} tensors from '
+              f'{name} ({source})', logger=logger)
+    if report.missing:
+        print_log(f'MobileMamba: missing in checkpoint (kept at init): '
+                  f'{_summarise(report.missing)}', logger=logger, level=30)
+    if report.unexpected:
+        print_log(f'MobileMamba: unexpected in checkpoint (ignored): '
+                  f'{_summarise(report.unexpected)}', logger=logger, level=30)
+    return dict(loaded=report.loaded, missing=report.missing, unexpected=report.unexpected,
+                source=source)

@@ -28,8 +28,11 @@ RETINANET = 'mobilemamba/retinanet_mobilemamba-b1_fpn_1x_coco.py'
 MASK_RCNN = 'mobilemamba/mask-rcnn_mobilemamba-b1_fpn_1x_coco.py'
 SSDLITE_320 = 'mobilemamba/ssdlite_mobilemamba-b1_8xb24-120e_coco-320.py'
 SSDLITE_512 = 'mobilemamba/ssdlite_mobilemamba-b1_8xb24-120e_coco-512.py'
-# parameters in millions reported by the paper (80 COCO classes)
-PAPER_PARAMS = {RETINANET: 27.1, MASK_RCNN: 38.0, SSDLITE_320: 18.0, SSDLITE_512: 18.0}
+# parameters in millions reported by the paper (80 COCO classes); SSDLite's 18.0M count the
+# backbone stage it never reads, which is not built here (exact counts against the released
+# models: tests/models/test_official_models.py)
+PAPER_PARAMS = {RETINANET: 27.1, MASK_RCNN: 38.0}
+PAPER_CONFIGS = [RETINANET, MASK_RCNN, SSDLITE_320, SSDLITE_512]
 SHORT_NAMES = {
     'retinanet_mobilemamba.py': RETINANET,
     'mask_rcnn_mobilemamba.py': MASK_RCNN,
@@ -40,7 +43,7 @@ QUICKSTART = [
     'quickstart/mask-rcnn_mobilemamba_demo-coco.py',
     'quickstart/ssdlite_mobilemamba_demo-coco.py',
 ]
-ALL_CONFIGS = list(PAPER_PARAMS) + list(SHORT_NAMES) + QUICKSTART
+ALL_CONFIGS = PAPER_CONFIGS + list(SHORT_NAMES) + QUICKSTART
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -86,56 +89,35 @@ def test_param_count_matches_paper(name):
     assert abs(millions - paper) / paper < 0.02, f'{name}: {millions:.2f}M vs paper {paper}M'
 
 
-@pytest.mark.parametrize('name', list(PAPER_PARAMS))
+@pytest.mark.parametrize('name', PAPER_CONFIGS)
 def test_full_configs_use_the_released_b1_weights(name):
     cfg = load(name)
-    assert cfg.pretrained == 'checkpoints/mobilemamba_b1.pth'
+    assert cfg.pretrained == 'weights/MobileMamba_B1/mobilemamba_b1.pth'
     backbone = cfg.model.backbone
     assert backbone.arch == 'b1'
     assert backbone.init_cfg == dict(type='Pretrained', checkpoint=cfg.pretrained)
-    text = (CONFIGS / name).read_text()
-    if name != SSDLITE_512:  # inherits the variable and its comment from the 320 config
-        assert 'tools/model_converters/mobilemamba_official.py' in text
 
 
-@pytest.mark.parametrize('name', [RETINANET, MASK_RCNN])
-def test_1x_schedule_is_the_papers(name):
+@pytest.mark.parametrize('name', [SSDLITE_320, SSDLITE_512])
+def test_ssdlite_trains_every_parameter_without_an_unused_parameter_search(name):
+    """Stages 0-1 only: the backbone has no stage 2, every parameter gets a gradient, so DDP
+    needs no find_unused_parameters (tests/tools/test_dist.py trains it with 2 processes)."""
     cfg = load(name)
-    assert cfg.model.backbone.norm_eval is True
-    assert cfg.train_dataloader.batch_size == 2
-    assert cfg.auto_scale_lr.base_batch_size == 16
-    optim = cfg.optim_wrapper
-    assert optim.optimizer.type == 'AdamW'
-    assert optim.optimizer.lr == pytest.approx(2e-4)
-    assert optim.optimizer.weight_decay == pytest.approx(0.05)
-    assert optim.clip_grad == dict(max_norm=0.1, norm_type=2)
-    assert cfg.train_cfg.max_epochs == 12
-    warmup, cosine = cfg.param_scheduler
-    assert (warmup.type, warmup.by_epoch, warmup.end) == ('LinearLR', False, 500)
-    assert (cosine.type, cosine.by_epoch, cosine.T_max, cosine.end) == (
-        'CosineAnnealingLR', True, 12, 12)
-    # the standard 1333x800 pipelines of mmdet's dataset bases
-    resize = [t for t in cfg.train_dataloader.dataset.pipeline if t.type == 'Resize']
-    assert resize and tuple(resize[0].scale) == (1333, 800)
-    assert cfg.train_dataloader.dataset.data_root == 'data/coco/'
-
-
-def test_ssdlite_schedule():
-    for name in (SSDLITE_320, SSDLITE_512):
-        cfg = load(name)
-        assert cfg.model.backbone.out_indices == (0, 1)
-        assert cfg.train_dataloader.batch_size == 24
-        assert cfg.auto_scale_lr.base_batch_size == 8 * 24
-        assert cfg.train_cfg.max_epochs == 120
-        assert cfg.train_dataloader.dataset.times == 1  # 120 passes over COCO
-        assert cfg.optim_wrapper.optimizer.type == 'SGD'
-        assert cfg.param_scheduler[-1].T_max == 120
-        assert cfg.find_unused_parameters is True
-    assert load(SSDLITE_512).model.bbox_head.anchor_generator.strides == [16, 32, 64, 128, 256,
-                                                                          512]
-    resize = [t for t in load(SSDLITE_512).train_dataloader.dataset.dataset.pipeline
-              if t.type == 'Resize']
-    assert tuple(resize[0].scale) == (512, 512)
+    assert 'find_unused_parameters' not in cfg and 'model_wrapper_cfg' not in cfg
+    from mmdet.registry import MODELS
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    model = MODELS.build(cfg.model)
+    assert len(model.backbone.stages) == 2
+    model.train()
+    sample = DetDataSample(metainfo=dict(img_shape=(64, 64), pad_shape=(64, 64),
+                                         scale_factor=(1.0, 1.0)))
+    sample.gt_instances = InstanceData(bboxes=torch.tensor([[8., 8., 40., 48.]]),
+                                       labels=torch.tensor([3]))
+    losses = model.loss(torch.randn(2, 3, 64, 64), [sample, copy.deepcopy(sample)])
+    sum(v if torch.is_tensor(v) else sum(v) for v in losses.values()).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert no_grad == []
 
 
 @pytest.mark.parametrize('name', [RETINANET, MASK_RCNN])
@@ -153,20 +135,28 @@ def test_fpn_strides_fit_anchors_and_rois(name):
         assert strides[:4] == cfg.model.roi_head.mask_roi_extractor.featmap_strides
 
 
-@pytest.mark.parametrize('name,size', [(SSDLITE_320, 320), (SSDLITE_512, 512)])
-def test_ssdlite_maps_fit_anchor_strides(name, size):
-    cfg = load(name)
-    model = build(name)
+def test_ssdlite_320_maps_fit_anchor_strides():
+    cfg = load(SSDLITE_320)
+    model = build(SSDLITE_320)
     model.eval()
     with torch.no_grad():
-        feats = model.extract_feat(torch.zeros(1, 3, size, size))
+        feats = model.extract_feat(torch.zeros(1, 3, 320, 320))
     strides = cfg.model.bbox_head.anchor_generator.strides
     assert [f.shape[1] for f in feats] == list(cfg.model.bbox_head.in_channels)
     assert len(feats) == len(strides)
     for feat, stride in zip(feats, strides):
         cells = feat.shape[-1]
         # the map tiles the image: cells * stride == size, up to rounding of the stride
-        assert abs(cells * stride - size) < stride / 2 + 1, (cells, stride, size)
+        assert abs(cells * stride - 320) < stride / 2 + 1, (cells, stride)
+
+
+def test_ssdlite_512_keeps_the_320_anchors_its_released_model_was_trained_with():
+    anchors_320 = load(SSDLITE_320).model.bbox_head.anchor_generator
+    anchors_512 = load(SSDLITE_512).model.bbox_head.anchor_generator
+    assert anchors_512 == anchors_320
+    resize = [t for t in load(SSDLITE_512).train_dataloader.dataset.dataset.pipeline
+              if t.type == 'Resize']
+    assert tuple(resize[0].scale) == (512, 512)
 
 
 # ------------------------------------------------------------------------------ short names

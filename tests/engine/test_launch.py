@@ -67,7 +67,7 @@ def test_train_stops_before_building_the_runner(tmp_path, runners, capsys):
 
 def test_train_skips_missing_imagenet_checkpoint_when_load_from_has_the_backbone(
         tmp_path, runners, monkeypatch):
-    monkeypatch.setattr(launch, 'report_load_from', lambda runner, cfg: None)
+    monkeypatch.setattr(launch, 'report_load_from', lambda runner, cfg, training: None)
     cfg = retinanet_cfg(write_empty_coco_dataset(tmp_path), **imagenet_init(tmp_path / 'in1k.pth'))
     cfg.load_from = str(tmp_path / 'coco.pth')
     torch.save({'state_dict': {'backbone.stem.weight': torch.zeros(1)}}, cfg.load_from)
@@ -120,8 +120,9 @@ def test_test_stops_on_a_missing_test_ann_file(tmp_path, runners, capsys):
 
 @pytest.mark.parametrize('error,code', [(None, 0), (ImageLoadError('cannot read image file '
                                                                    '/x/a.png: gone'), 1)])
-def test_test_exit_codes(tmp_path, runners, capsys, error, code):
+def test_test_exit_codes(tmp_path, runners, capsys, monkeypatch, error, code):
     """The backbone's missing ImageNet checkpoint does not matter: the checkpoint loads over it."""
+    monkeypatch.setattr(launch, 'report_load_from', lambda runner, cfg, training: None)
     runners.error = error
     checkpoint = tmp_path / 'model.pth'
     checkpoint.write_bytes(b'')
@@ -141,19 +142,63 @@ class _Holder:
         self.model = model
 
 
+def _detector_like(num_classes: int) -> torch.nn.Module:
+    model = torch.nn.Module()
+    model.backbone = torch.nn.Conv2d(3, 4, 1)
+    model.conv_cls = torch.nn.Conv2d(4, num_classes, 1)
+    return model
+
+
 def test_load_from_that_fits_nothing_is_an_error(tmp_path):
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 2, 1))
+    model = _detector_like(2)
     foreign = tmp_path / 'imagenet.pth'
     torch.save({'net': {'stem.weight': torch.zeros(4, 3, 1, 1)}}, foreign)
     cfg = Config(dict(load_from=str(foreign)))
     with pytest.raises(LaunchError, match='no tensor that fits this model') as info:
         launch.report_load_from(_Holder(model), cfg)
     assert 'model.backbone.init_cfg' in str(info.value)
-    # other classes: the class layer is skipped, the rest loads -> a report, no error
-    other = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 5, 1))
+
+
+def test_unreadable_checkpoint_is_an_error_naming_it(tmp_path):
+    empty = tmp_path / 'model.pth'
+    empty.write_bytes(b'')
+    with pytest.raises(LaunchError, match=f'cannot read the checkpoint {empty}'):
+        launch.report_load_from(_Holder(_detector_like(2)), Config(dict(load_from=str(empty))),
+                                training=False)
+
+
+def test_load_from_of_another_num_classes_fine_tunes_but_does_not_test(tmp_path):
+    """Training re-initialises the class-dependent layers; testing such a checkpoint stops."""
     partial = tmp_path / 'other_classes.pth'
-    torch.save({'state_dict': other.state_dict()}, partial)
-    launch.report_load_from(_Holder(model), Config(dict(load_from=str(partial))))
+    torch.save({'state_dict': _detector_like(5).state_dict()}, partial)
+    cfg = Config(dict(load_from=str(partial)))
+    launch.report_load_from(_Holder(_detector_like(2)), cfg, training=True)
+    with pytest.raises(LaunchError, match='does not fit this model') as info:
+        launch.report_load_from(_Holder(_detector_like(2)), cfg, training=False)
+    assert 'skipped conv_cls.weight: checkpoint (5, 4, 1, 1) vs model (2, 4, 1, 1)' in \
+        str(info.value)
+
+
+@pytest.mark.parametrize('training', [True, False])
+def test_load_from_with_missing_unexpected_or_misshaped_tensors_is_an_error(tmp_path, training):
+    state = _detector_like(2).state_dict()
+    state.pop('backbone.bias')
+    state['neck.weight'] = torch.zeros(1)
+    path = tmp_path / 'other_model.pth'
+    torch.save({'state_dict': state}, path)
+    with pytest.raises(LaunchError) as info:
+        launch.report_load_from(_Holder(_detector_like(2)), Config(dict(load_from=str(path))),
+                                training=training)
+    message = str(info.value)
+    assert '1 model tensors not in the checkpoint (kept at init): backbone.bias' in message
+    assert '1 checkpoint tensors unused by the model: neck.weight' in message
+    # a non-class layer of another shape is never a fine-tuning case
+    state = _detector_like(2).state_dict()
+    state['backbone.weight'] = torch.zeros(8, 3, 1, 1)
+    torch.save({'state_dict': state}, path)
+    with pytest.raises(LaunchError, match='skipped backbone.weight: .* shape differs'):
+        launch.report_load_from(_Holder(_detector_like(2)), Config(dict(load_from=str(path))),
+                                training=training)
 
 
 def test_train_and_test_stop_on_a_load_from_that_fits_nothing(tmp_path, runners, capsys,

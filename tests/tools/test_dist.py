@@ -5,7 +5,8 @@ import subprocess
 import sys
 
 import pytest
-from tool_configs import REPO, tool_env, write_seg_config, write_seg_dataset
+from tool_configs import (DET_CLASSES, REPO, tool_env, write_coco_dataset, write_seg_config,
+                          write_seg_dataset)
 
 
 def _free_port() -> int:
@@ -45,3 +46,53 @@ def test_two_process_cpu_training_and_testing(tmp_path):
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert 'Evaluation results:' in log and 'mIoU' in log
+
+
+# The paper's SSDLite (MobileMamba-B1 stages 0-1, no find_unused_parameters) on tiny data.
+_SSDLITE_CHILD = """
+_base_ = {base!r}
+data_root = {data_root!r}
+metainfo = dict(classes={classes!r})
+model = dict(backbone=dict(init_cfg=None), bbox_head=dict(num_classes={num_classes}))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='Expand', mean=[123.675, 116.28, 103.53], to_rgb=True, ratio_range=(1, 2)),
+    dict(type='Resize', scale=(128, 128), keep_ratio=False),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+train_dataloader = dict(
+    batch_size=2, num_workers=0, persistent_workers=False,
+    dataset=dict(times=1, dataset=dict(
+        data_root=data_root, metainfo=metainfo, ann_file='annotations/train.json',
+        data_prefix=dict(img='images/'), filter_cfg=dict(filter_empty_gt=True, min_size=4),
+        pipeline=train_pipeline)))
+train_cfg = dict(max_epochs=2, val_interval=100)
+val_cfg = None
+val_dataloader = None
+val_evaluator = None
+test_cfg = None
+test_dataloader = None
+test_evaluator = None
+default_hooks = dict(logger=dict(interval=1))
+log_processor = dict(window_size=1)
+"""
+
+
+@pytest.mark.slow
+def test_two_process_ssdlite_training_with_the_paper_config(tmp_path):
+    """SSDLite reads backbone stages 0-1 only; every parameter gets a gradient, so DDP trains
+    it without find_unused_parameters (the authors' model left stage 2 without gradients)."""
+    pytest.importorskip('mmdet')
+    data = write_coco_dataset(tmp_path / 'data', num_train=8, num_val=1)
+    config = tmp_path / 'ssdlite_ddp.py'
+    base = REPO / 'configs' / 'mobilemamba' / 'ssdlite_mobilemamba-b1_8xb24-120e_coco-320.py'
+    config.write_text(_SSDLITE_CHILD.format(base=str(base), data_root=str(data),
+                                            classes=DET_CLASSES, num_classes=len(DET_CLASSES)))
+    work_dir = tmp_path / 'work'
+    proc = _run('dist_train.sh', [config, 2, '--work-dir', work_dir], timeout=900)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert 'Distributed training: True' in log
+    assert (work_dir / 'epoch_2.pth').is_file()  # 2 iterations per epoch, 4 in all

@@ -1,7 +1,8 @@
 """Inference latency (ms/img) and FPS of the detector/segmentor of a config, batch 1.
 
 Example:
-    python tools/analysis/benchmark.py configs/retinanet_b1.py work_dirs/latest.pth \
+    python tools/analysis/benchmark.py configs/mobilemamba/retinanet_mobilemamba-b1_fpn_1x_coco.py \
+        weights/downstream/det/retinanet.pth \
         --device cuda --num-iters 200 --fuse
 """
 import argparse

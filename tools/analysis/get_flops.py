@@ -1,7 +1,8 @@
 """Parameters and FLOPs of the detector/segmentor of a config (selective scan included).
 
 Example:
-    python tools/analysis/get_flops.py configs/retinanet_b1.py --shape 800 1280
+    python tools/analysis/get_flops.py configs/mobilemamba/retinanet_mobilemamba-b1_fpn_1x_coco.py \
+        --shape 800 1280
 """
 import argparse
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
+from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from timm.layers import DropPath, SqueezeExcite
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -339,7 +340,9 @@ class MobileMamba(BaseModule):
             ``depths``, ``global_ratios``, ``local_ratios``, ``kernel_sizes`` (3 values each)
             and optional ``ssm_ratio`` (default 2). Default: 'b1'.
         out_indices (Sequence[int]): stages whose outputs are returned (0, 1, 2 = strides 16, 32,
-            64). Default: (0, 1, 2).
+            64). Stages after the last one listed are not built (SSDLite's ``(0, 1)`` has no
+            third stage: no unused parameters, which DDP rejects, and no wasted compute);
+            their weights in a checkpoint are skipped with a log line. Default: (0, 1, 2).
         frozen_stages (int): -1 freezes nothing; k >= 0 freezes the stem and stages 0..k
             (parameters fixed, norm layers in eval mode, also after ``train()``). Default: -1.
         norm_eval (bool): keep every BatchNorm in eval mode during training (frozen
@@ -361,6 +364,10 @@ class MobileMamba(BaseModule):
         init_cfg (dict | list[dict], optional): ``dict(type='Pretrained', checkpoint=PATH)``
             loads a released classification checkpoint, a downstream mmdet/mmseg checkpoint
             (``backbone.`` keys) or our own format, reporting what was loaded.
+
+    State dicts in the authors' layout (their classification release, or the backbone of
+    their detectors and segmentors) load directly: ``load_state_dict`` maps their keys to ours
+    first (:meth:`adapt_state_dict_keys`).
     """
 
     def __init__(self, arch: Union[str, dict] = 'b1', out_indices: Sequence[int] = (0, 1, 2),
@@ -404,7 +411,7 @@ class MobileMamba(BaseModule):
             ConvBN(c0 // 4, c0 // 2, 3, 2, 1, norm_cfg=self.norm_cfg), nn.ReLU(inplace=True),
             ConvBN(c0 // 2, c0, 3, 2, 1, norm_cfg=self.norm_cfg))
         self.stages = nn.ModuleList()
-        for i in range(num_stages):
+        for i in range(max(out_indices) + 1):
             first = sum(depths[:i])
             self.stages.append(MobileMambaStage(
                 dims[i - 1] if i else c0, dims[i], depths[i], rates[first:first + depths[i]],
@@ -415,7 +422,8 @@ class MobileMamba(BaseModule):
                 norm_cfg=self.norm_cfg, scan_backend=scan_backend))
         self.out_channels = [dims[i] for i in out_indices]
         self.feature_info = [
-            dict(num_chs=dims[i], reduction=16 * 2**i, module=f'stages.{i}') for i in range(num_stages)
+            dict(num_chs=dims[i], reduction=16 * 2**i, module=f'stages.{i}')
+            for i in range(len(self.stages))
         ]
         self._freeze_stages()
 
@@ -453,6 +461,40 @@ class MobileMamba(BaseModule):
         prefix = self.init_cfg.get('prefix') if isinstance(self.init_cfg, dict) else None
         load_backbone_checkpoint(self, path, prefix=prefix)
         self._is_init = True
+
+    def adapt_state_dict_keys(self, state_dict: Dict[str, torch.Tensor], prefix: str = '',
+                              log: bool = True) -> None:
+        """Bring the keys under ``prefix`` of ``state_dict`` to this backbone's layout, in place.
+
+        The authors' layout is renamed (their wavelet filters, fixed Haar filters rebuilt here,
+        are dropped) and the weights of stages this backbone does not build are removed, with
+        a log line. Called by ``load_state_dict`` (also mmengine's ``load_checkpoint``, hence
+        ``load_from``, ``tools/test.py`` and the inferencers) before the weights are copied.
+
+        Args:
+            state_dict (dict): the state dict being loaded; modified in place.
+            prefix (str): this module's prefix in it, e.g. ``'backbone.'``.
+            log (bool): log what was renamed or dropped. Default: True.
+        """
+        from ..checkpoint import convert_backbone_keys, drop_unbuilt_stages
+        converted = convert_backbone_keys(state_dict, prefix)
+        converted, dropped = drop_unbuilt_stages(converted, len(self.stages), prefix)
+        if converted.keys() == state_dict.keys():
+            return
+        if log:
+            renamed = len(set(converted) - set(state_dict))
+            if renamed:
+                print_log(f'MobileMamba: {renamed} tensors under {prefix!r} mapped from the '
+                          'authors\' layout', logger='current')
+            if dropped:
+                print_log(f'MobileMamba: skipped the checkpoint\'s stage(s) {dropped}: not '
+                          f'built with out_indices={self.out_indices}', logger='current')
+        state_dict.clear()
+        state_dict.update(converted)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        self.adapt_state_dict_keys(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def switch_to_deploy(self) -> 'MobileMamba':

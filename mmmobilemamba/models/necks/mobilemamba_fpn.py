@@ -12,13 +12,17 @@ convolutions, so detectors get their usual pyramids:
 
 Output order is fine to coarse: the deconv levels (finest first), the levels built on the
 backbone stages, then the extra coarser levels.
+
+It computes what the authors' detection neck (``EfficientViTFPN``) computes, and their
+detectors' neck weights load into it directly (see :meth:`MobileMambaFPN.adapt_state_dict_keys`).
 """
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
+from mmengine.logging import print_log
 from mmengine.model import BaseModule
 
 from ..registry import register_model
@@ -287,6 +291,33 @@ class MobileMambaFPN(BaseModule):
 
         outs.extend(self._extra_levels(inputs, laterals, outs))
         return tuple(finer + outs)
+
+    def adapt_state_dict_keys(self, state_dict: Dict[str, torch.Tensor], prefix: str = '',
+                              log: bool = True) -> None:
+        """Rename the authors' ``EfficientViTFPN`` keys under ``prefix`` to ours, in place.
+
+        Their ``extra_trans_convs`` / ``extra_fpn_convs`` become our ``deconv_levels`` (see
+        :func:`~mmmobilemamba.models.checkpoint.convert_neck_keys`); called by
+        ``load_state_dict`` before the weights are copied.
+
+        Args:
+            state_dict (dict): the state dict being loaded; modified in place.
+            prefix (str): this module's prefix in it, e.g. ``'neck.'``.
+            log (bool): log the renaming. Default: True.
+        """
+        from ..checkpoint import convert_neck_keys
+        converted = convert_neck_keys(state_dict, prefix)
+        if converted.keys() == state_dict.keys():
+            return
+        if log:
+            print_log(f'MobileMambaFPN: keys under {prefix!r} mapped from the authors\' '
+                      'EfficientViTFPN layout', logger='current')
+        state_dict.clear()
+        state_dict.update(converted)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        self.adapt_state_dict_keys(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _extra_levels(self, inputs: Sequence[torch.Tensor], laterals: List[torch.Tensor],
                       outs: List[torch.Tensor]) -> List[torch.Tensor]:
