@@ -139,3 +139,23 @@ def test_train_fine_tunes_a_released_detector_with_other_classes(tmp_path):
     assert 'skipped bbox_head.retina_cls.weight' in log and 'num_classes differs' in log
     trained = torch.load(tmp_path / 'work' / 'epoch_1.pth', weights_only=True)['state_dict']
     assert trained['bbox_head.retina_cls.weight'].shape[0] == 9 * len(DEMO_CLASSES)
+
+
+@pytest.mark.slow
+def test_inferencers_take_the_released_files(tmp_path):
+    """mmdet's DetInferencer and mmseg's MMSegInferencer, as users call them."""
+    import numpy as np
+    from mmdet.apis import DetInferencer
+    from mmseg.apis import MMSegInferencer
+    from PIL import Image
+
+    import mmmobilemamba  # noqa: F401  (registers the backbone; configs import it too)
+    image = tmp_path / 'image.jpg'
+    Image.fromarray((np.random.RandomState(0).rand(120, 160, 3) * 255).astype('uint8')).save(image)
+    detector = DetInferencer(model=str(REPO / RETINANET), device='cpu', show_progress=False,
+                             weights=str(write_released_like('retinanet_b1', tmp_path / 'r.pth')))
+    prediction = detector(str(image), no_save_pred=True)['predictions'][0]
+    assert len(prediction['bboxes']) == len(prediction['scores']) == 100
+    segmentor = MMSegInferencer(model=str(REPO / SEM_FPN), device='cpu',
+                                weights=str(write_released_like('sem_fpn_b4', tmp_path / 'f.pth')))
+    assert segmentor(str(image))['predictions'].shape == (120, 160)
