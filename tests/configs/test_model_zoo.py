@@ -16,16 +16,10 @@ REPO = Path(__file__).resolve().parents[2]
 METAFILE = yaml.safe_load((REPO / 'configs' / 'mobilemamba' / 'metafile.yml').read_text())
 ZOO = (REPO / 'docs' / 'model_zoo.md').read_text()
 OFFICIAL = json.loads((REPO / 'tests' / 'data' / 'official_downstream_models.json').read_text())
-# metafile name -> the authors' model in tests/data
-OFFICIAL_NAMES = {
-    'mask-rcnn_mobilemamba-b1_fpn_1x_coco': 'mask_rcnn_b1',
-    'retinanet_mobilemamba-b1_fpn_1x_coco': 'retinanet_b1',
-    'ssdlite_mobilemamba-b1_8xb24-120e_coco-320': 'ssdlite_b1_320',
-    'ssdlite_mobilemamba-b1_8xb24-120e_coco-512': 'ssdlite_b1_512',
-    'fpn_mobilemamba-b4_4xb8-160k_ade20k-512x512': 'sem_fpn_b4',
-    'deeplabv3_mobilemamba-b4_4xb8-80k_ade20k-512x512': 'deeplabv3_b4',
-    'pspnet_mobilemamba-b4_4xb8-80k_ade20k-512x512': 'pspnet_b4',
-}
+# metafile name (our config's) -> the authors' model in tests/data
+OFFICIAL_NAMES = {Path(entry['_ours']).stem: name for name, entry in
+                  json.loads((REPO / 'tests' / 'data' / 'official_settings.json').read_text()).items()
+                  if not name.startswith('_')}
 MODELS = {m['Name']: m for m in METAFILE['Models']}
 
 

@@ -31,15 +31,8 @@ DATA = REPO / 'tests' / 'data'
 OFFICIAL = json.loads((DATA / 'official_settings.json').read_text())
 OFFICIAL_MODELS = json.loads((DATA / 'official_downstream_models.json').read_text())
 
-PAPER_CONFIGS = {
-    'mask_rcnn_b1': 'mask-rcnn_mobilemamba-b1_fpn_1x_coco.py',
-    'retinanet_b1': 'retinanet_mobilemamba-b1_fpn_1x_coco.py',
-    'ssdlite_b1_320': 'ssdlite_mobilemamba-b1_8xb24-120e_coco-320.py',
-    'ssdlite_b1_512': 'ssdlite_mobilemamba-b1_8xb24-120e_coco-512.py',
-    'sem_fpn_b4': 'fpn_mobilemamba-b4_4xb8-160k_ade20k-512x512.py',
-    'deeplabv3_b4': 'deeplabv3_mobilemamba-b4_4xb8-80k_ade20k-512x512.py',
-    'pspnet_b4': 'pspnet_mobilemamba-b4_4xb8-80k_ade20k-512x512.py',
-}
+# the authors' model name -> our matching config
+PAPER_CONFIGS = {name: entry['_ours'] for name, entry in OFFICIAL.items() if not name.startswith('_')}
 # Where our configs differ on purpose: (model, dotted key) -> our value. The configs say why.
 DEVIATIONS = {
     # mmdet 3.3's SSDHead cannot predict (AttributeError on loss_cls); the authors patched
@@ -57,7 +50,7 @@ BY_EFFECT = {'optim_wrapper.paramwise_cfg'}
 
 @functools.lru_cache(maxsize=None)
 def our_config(model: str) -> Config:
-    return Config.fromfile(str(REPO / 'configs' / 'mobilemamba' / PAPER_CONFIGS[model]))
+    return Config.fromfile(str(REPO / PAPER_CONFIGS[model]))
 
 
 def plain(value):
@@ -192,6 +185,7 @@ def test_deviations_are_real():
 def test_the_table_covers_every_model_and_the_recipe():
     for model in PAPER_CONFIGS:
         assert OFFICIAL[model]['_config'].startswith('downstream/')
+        assert (REPO / OFFICIAL[model]['_ours']).is_file()
         for key in ('optim_wrapper', 'param_scheduler', 'train_cfg', 'train_dataloader',
                     'model.test_cfg', 'test_dataloader', 'model.data_preprocessor',
                     'model.backbone', 'default_hooks'):

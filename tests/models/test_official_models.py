@@ -27,19 +27,14 @@ from mmmobilemamba.models.checkpoint import compare_with_model, convert_neck_key
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / 'tests' / 'data'
 OFFICIAL = json.loads((DATA / 'official_downstream_models.json').read_text())
-PAPER_CONFIGS = {
-    'mask_rcnn_b1': 'mask-rcnn_mobilemamba-b1_fpn_1x_coco.py',
-    'retinanet_b1': 'retinanet_mobilemamba-b1_fpn_1x_coco.py',
-    'ssdlite_b1_320': 'ssdlite_mobilemamba-b1_8xb24-120e_coco-320.py',
-    'ssdlite_b1_512': 'ssdlite_mobilemamba-b1_8xb24-120e_coco-512.py',
-    'sem_fpn_b4': 'fpn_mobilemamba-b4_4xb8-160k_ade20k-512x512.py',
-    'deeplabv3_b4': 'deeplabv3_mobilemamba-b4_4xb8-80k_ade20k-512x512.py',
-    'pspnet_b4': 'pspnet_mobilemamba-b4_4xb8-80k_ade20k-512x512.py',
-}
+# the authors' model name -> our matching config
+PAPER_CONFIGS = {name: entry['_ours'] for name, entry in
+                 json.loads((DATA / 'official_settings.json').read_text()).items()
+                 if not name.startswith('_')}
 
 
 def paper_config(model: str) -> Config:
-    return Config.fromfile(str(REPO / 'configs' / 'mobilemamba' / PAPER_CONFIGS[model]))
+    return Config.fromfile(str(REPO / PAPER_CONFIGS[model]))
 
 
 @functools.lru_cache(maxsize=None)
