@@ -261,9 +261,9 @@ def report_load_from(runner, cfg: Config, training: bool = True) -> None:
     Args:
         runner: the built runner (its ``model``).
         cfg: the config (``load_from``, ``resume``).
-        training: ``tools/train.py`` (fine-tuning: class-dependent head layers of another
-            ``num_classes`` are re-initialised, with a warning naming them) or
-            ``tools/test.py`` (no exception).
+        training: ``tools/train.py``, where fine-tuning may skip the class-dependent head
+            layers of another ``num_classes`` (re-initialised, with a warning naming them),
+            or ``tools/test.py``, where every tensor must fit.
 
     Raises:
         LaunchError: listing every missing, unexpected and mismatched tensor, when the
