@@ -14,6 +14,7 @@ _base_ = [
     'mmseg::_base_/models/fpn_r50.py',
     'mmseg::_base_/default_runtime.py',
     './_base_/demo_ade.py',
+    './_base_/mobilemamba_tiny.py',
 ]
 custom_imports = dict(imports=['mmmobilemamba'], allow_failed_imports=False)
 
@@ -29,8 +30,7 @@ model = dict(
     backbone=dict(
         _delete_=True,
         type='MobileMamba',
-        arch=dict(embed_dims=(64, 128, 192), depths=(1, 1, 1), global_ratios=(0.8, 0.7, 0.6),
-                  local_ratios=(0.2, 0.2, 0.3), kernel_sizes=(7, 5, 3)),
+        arch={{_base_.tiny_arch}},  # ./_base_/mobilemamba_tiny.py
         out_indices=(0, 1, 2),  # strides 16, 32, 64
         drop_path_rate=0.0,
         norm_cfg=norm_cfg,

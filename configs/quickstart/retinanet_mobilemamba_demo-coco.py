@@ -11,19 +11,17 @@
 _base_ = [
     'mmdet::_base_/models/retinanet_r50_fpn.py',
     './_base_/demo_coco.py',
+    './_base_/mobilemamba_tiny.py',
 ]
 work_dir = 'work_dirs/retinanet_mobilemamba_demo-coco'
 pretrained = None  # from scratch (a path here loads MobileMamba weights of the same arch)
 
-# A narrow, shallow MobileMamba (same blocks as B1, one per stage) for CPU speed.
-arch = dict(embed_dims=(64, 128, 192), depths=(1, 1, 1), global_ratios=(0.8, 0.7, 0.6),
-            local_ratios=(0.2, 0.2, 0.3), kernel_sizes=(7, 5, 3))
 model = dict(
     data_preprocessor=dict(pad_size_divisor=64),
     backbone=dict(
         _delete_=True,
         type='MobileMamba',
-        arch=arch,
+        arch={{_base_.tiny_arch}},  # ./_base_/mobilemamba_tiny.py
         out_indices=(0, 1, 2),
         norm_eval=False,  # from scratch: BatchNorm statistics must be learned
         norm_cfg=dict(type='BN', requires_grad=True),

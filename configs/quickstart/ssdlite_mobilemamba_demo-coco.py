@@ -8,13 +8,10 @@
 #
 #   python tools/misc/generate_demo_data.py --task det
 #   python tools/train.py configs/quickstart/ssdlite_mobilemamba_demo-coco.py
-_base_ = './_base_/demo_coco.py'
+_base_ = ['./_base_/demo_coco.py', './_base_/mobilemamba_tiny.py']
 work_dir = 'work_dirs/ssdlite_mobilemamba_demo-coco'
 pretrained = None  # from scratch (a path here loads MobileMamba weights of the same arch)
 
-# A narrow, shallow MobileMamba (same blocks as B1, one per stage) for CPU speed.
-arch = dict(embed_dims=(64, 128, 192), depths=(1, 1, 1), global_ratios=(0.8, 0.7, 0.6),
-            local_ratios=(0.2, 0.2, 0.3), kernel_sizes=(7, 5, 3))
 ssd_channels = (64, 128, 256, 128)
 ssd_norm = dict(type='BN', eps=0.001, momentum=0.03)
 model = dict(
@@ -27,7 +24,7 @@ model = dict(
         pad_size_divisor=64),
     backbone=dict(
         type='MobileMamba',
-        arch=arch,
+        arch={{_base_.tiny_arch}},  # ./_base_/mobilemamba_tiny.py
         out_indices=(0, 1),  # strides 16, 32
         norm_eval=False,
         norm_cfg=dict(type='BN', requires_grad=True),

@@ -143,7 +143,7 @@ def config_benchmark(config, checkpoint=None, shape: Optional[Tuple[int, int]] =
     Returns:
         BenchmarkResult: per-iteration times and their statistics.
     """
-    from mmmobilemamba.apis import build_model, config_scope, load_config
+    from mmmobilemamba.apis import build_model, detect_codebase, load_config
 
     from .dummy_batch import DEFAULT_SHAPES, make_dummy_batch, preprocess
 
@@ -153,7 +153,7 @@ def config_benchmark(config, checkpoint=None, shape: Optional[Tuple[int, int]] =
     if torch_device.type == 'cuda' and not torch.cuda.is_available():
         raise RuntimeError('device cuda was asked for but CUDA is not available')
     cfg = load_config(config, cfg_options)
-    scope = config_scope(cfg)
+    scope = detect_codebase(cfg)
     shape = tuple(shape or DEFAULT_SHAPES[scope])
     model = build_model(cfg, checkpoint=checkpoint, device=device)
     notes = []

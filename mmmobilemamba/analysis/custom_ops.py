@@ -123,11 +123,6 @@ def _inverse_wavelet_op_flops(inputs: List[Any], outputs: List[Any]) -> int:
     return wavelet_flops(batch, channels, height, width, get_shape(inputs[1])[-1])
 
 
-def _recurrence_flops(inputs: List[Any], outputs: List[Any]) -> int:
-    """Handle of ``h_t = a_t * h_{t-1} + b_t`` (ops.linear_recurrence): a mul and an add each."""
-    return 2 * _numel(inputs[0])
-
-
 def _output_activations(inputs: List[Any], outputs: List[Any]) -> int:
     return _numel(outputs[0])
 
@@ -181,7 +176,6 @@ CUSTOM_FLOP_HANDLES: Dict[str, Callable] = {
     _trace_name(WaveletTransformOp): _wavelet_op_flops,
     _trace_name(InverseWaveletTransformOp): _inverse_wavelet_op_flops,
     'prim::PythonOp.SelectiveScanFn': _mamba_ssm_scan_flops,
-    'prim::PythonOp._LinearRecurrence': _recurrence_flops,
 }
 CUSTOM_ACTIVATION_HANDLES: Dict[str, Callable] = {name: _output_activations
                                                   for name in CUSTOM_FLOP_HANDLES}

@@ -201,12 +201,12 @@ def config_complexity(config, shape: Optional[Tuple[int, int]] = None,
     Returns:
         ComplexityReport: for the padded input actually fed to the network.
     """
-    from mmmobilemamba.apis import build_model, config_scope, load_config
+    from mmmobilemamba.apis import build_model, detect_codebase, load_config
 
     from .dummy_batch import DEFAULT_SHAPES, make_dummy_batch, preprocess
 
     cfg = load_config(config, cfg_options)
-    scope = config_scope(cfg)
+    scope = detect_codebase(cfg)
     model = build_model(cfg, device=device)
     batch = preprocess(model, make_dummy_batch(scope, shape or DEFAULT_SHAPES[scope]))
     with torch.no_grad(), tensor_mode(model, batch['data_samples']):

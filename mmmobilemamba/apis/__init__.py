@@ -1,4 +1,6 @@
 """High-level entry points: configs to models, and the image demo."""
-from .inference import SCOPES, build_model, config_scope, load_config, run_demo
+from mmmobilemamba.engine.config import detect_codebase, load_config
 
-__all__ = ['SCOPES', 'build_model', 'config_scope', 'load_config', 'run_demo']
+from .inference import build_model, run_demo
+
+__all__ = ['build_model', 'detect_codebase', 'load_config', 'run_demo']

@@ -10,7 +10,8 @@ backend, and allow-lists the classes mmengine checkpoints contain for
 from .atomic_io import (AtomicLocalBackend, atomic_write_bytes, atomic_write_text,
                         register_atomic_backend, remove_stale_temp_files)
 from .checkpoint_safety import checkpoint_safe_globals, register_checkpoint_safe_globals
-from .codebase import detect_codebase
+from .config import (ConfigError, detect_codebase, get_registry, iter_dataset_cfgs,
+                     load_config)
 from .config_rewrites import (apply_safe_image_loading, apply_safety_hooks,
                               skip_backbone_pretrained)
 from .dataset_check import (Problem, check_class_counts, check_dataset_config,
@@ -34,7 +35,8 @@ __all__ = [
     'apply_safe_image_loading', 'apply_safety_hooks', 'atomic_write_bytes', 'atomic_write_text',
     'backbone_out_channels', 'check_checkpoint_files', 'check_class_counts',
     'check_dataset_config', 'check_dataset_paths', 'check_model_channels', 'check_model_config',
-    'checkpoint_safe_globals', 'decode_image', 'detect_codebase', 'find_resume_checkpoint',
+    'ConfigError', 'checkpoint_safe_globals', 'decode_image', 'detect_codebase',
+    'find_resume_checkpoint', 'get_registry', 'iter_dataset_cfgs', 'load_config',
     'format_report', 'has_errors', 'load_from_report', 'load_image',
     'non_finite_losses', 'preflight_problems', 'register_atomic_backend',
     'register_checkpoint_safe_globals', 'remove_stale_temp_files', 'skip_backbone_pretrained',

@@ -8,10 +8,12 @@
   ``--resume``) brings the backbone's weights anyway.
 """
 import os.path as osp
-from typing import Iterator, List, Sequence
+from typing import List, Sequence
 
 from mmengine.config import Config
 from mmengine.logging import print_log
+
+from .config import iter_dataset_cfgs
 
 __all__ = ['apply_safe_image_loading', 'apply_safety_hooks', 'skip_backbone_pretrained']
 
@@ -70,25 +72,10 @@ def apply_safe_image_loading(cfg: Config, splits: Sequence[str]) -> None:
     """
     for split in splits:
         on_error = 'skip' if split == 'train' else 'raise'
-        for ds_cfg in _datasets_with_pipelines(cfg, split):
-            for step in ds_cfg['pipeline']:
+        # wrappers too: a MultiImageMixDataset has a pipeline of its own
+        for _, ds_cfg in iter_dataset_cfgs(cfg, (split,), leaves_only=False):
+            for step in ds_cfg.get('pipeline') or ():
                 if isinstance(step, dict) and step.get('type') in _LOADERS:
                     step['type'] = 'SafeLoadImageFromFile'
                     step.pop('ignore_empty', None)  # superseded by on_error
                     step['on_error'] = on_error
-
-
-def _datasets_with_pipelines(cfg: Config, split: str) -> Iterator[dict]:
-    """Every dataset config of the split's loader that has a pipeline, wrappers included."""
-    loader = cfg.get(f'{split}_dataloader')
-    if not loader or not loader.get('dataset'):
-        return
-    stack = [loader['dataset']]
-    while stack:  # wrappers (MultiImageMixDataset) have pipelines of their own
-        node = stack.pop()
-        if isinstance(node, (list, tuple)):
-            stack.extend(node)
-        elif isinstance(node, dict):
-            if isinstance(node.get('pipeline'), (list, tuple)):
-                yield node
-            stack.extend(node[k] for k in ('dataset', 'datasets') if k in node)

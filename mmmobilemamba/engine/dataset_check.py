@@ -30,17 +30,15 @@ import numpy as np
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
-from .codebase import detect_codebase, get_registry
+from .config import SPLITS, detect_codebase, get_registry, iter_dataset_cfgs
 from .image_loading import ImageLoadError, load_image
 
 ERROR = 'error'
 WARNING = 'warning'
 MIN_IMAGE_SIDE = 64  # the backbone's largest stride
-SPLITS = ('train', 'val', 'test')
 # Model sub-configs whose ``num_classes`` is not the dataset's class count.
 _NOT_DATASET_CLASS_HEADS = ('backbone', 'neck', 'rpn_head', 'semantic_head', 'data_preprocessor',
                             'train_cfg', 'test_cfg', 'init_cfg')
-_WRAPPER_CHILD_KEYS = ('dataset', 'datasets')
 _MAX_LISTED_VALUES = 10
 
 
@@ -72,33 +70,6 @@ def format_report(problems: Sequence[Problem]) -> str:
     lines = [str(p) for p in problems]
     lines.append(f'{errors} error(s), {len(problems) - errors} warning(s)')
     return '\n'.join(lines)
-
-
-# ----------------------------------------------------------------------------- config walking
-def iter_dataset_cfgs(cfg: Config, splits: Sequence[str] = SPLITS) -> Iterator[Tuple[str, dict]]:
-    """Yield ``(config key, dataset config)`` of every leaf dataset of the given splits.
-
-    Wrappers (``RepeatDataset``, ``ClassBalancedDataset``, ``MultiImageMixDataset``,
-    ``ConcatDataset``...) are walked through their ``dataset``/``datasets`` entries.
-    """
-    for split in splits:
-        loader = cfg.get(f'{split}_dataloader')
-        if loader and loader.get('dataset'):
-            yield from _leaf_datasets(loader['dataset'], f'{split}_dataloader.dataset')
-
-
-def _leaf_datasets(ds_cfg: Any, key: str) -> Iterator[Tuple[str, dict]]:
-    if isinstance(ds_cfg, (list, tuple)):
-        for i, child in enumerate(ds_cfg):
-            yield from _leaf_datasets(child, f'{key}.{i}')
-        return
-    if not isinstance(ds_cfg, dict):
-        return
-    children = [k for k in _WRAPPER_CHILD_KEYS if k in ds_cfg]
-    if not children:
-        yield key, ds_cfg
-    for child_key in children:
-        yield from _leaf_datasets(ds_cfg[child_key], f'{key}.{child_key}')
 
 
 def head_num_classes(model_cfg: dict, prefix: str = 'model') -> List[Tuple[str, int]]:

@@ -37,7 +37,7 @@ from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
 
 from ..models.checkpoint import compare_with_model, load_checkpoint_file
-from .codebase import detect_codebase as _detect_codebase
+from .config import ConfigError, detect_codebase, load_config
 from .config_rewrites import (apply_safe_image_loading, apply_safety_hooks,
                               skip_backbone_pretrained)
 from .dataset_check import ERROR
@@ -114,16 +114,6 @@ def build_test_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- configuration
-def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
-    """Read a config (importing its ``custom_imports``) and apply ``--cfg-options``."""
-    if not osp.isfile(path):
-        raise LaunchError(f'config file not found: {path}')
-    cfg = Config.fromfile(path)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    return cfg
-
-
 def default_work_dir(cfg: Config, work_dir: Optional[str]) -> str:
     """``--work-dir``, else ``cfg.work_dir``, else ``./work_dirs/<config file stem>``."""
     if work_dir:
@@ -131,14 +121,6 @@ def default_work_dir(cfg: Config, work_dir: Optional[str]) -> str:
     if cfg.get('work_dir'):
         return cfg.work_dir
     return osp.join('./work_dirs', osp.splitext(osp.basename(cfg.filename))[0])
-
-
-def detect_codebase(cfg: Config) -> str:
-    """'mmdet' or 'mmseg' (see :func:`mmmobilemamba.engine.codebase.detect_codebase`)."""
-    try:
-        return _detect_codebase(cfg)
-    except ValueError as err:
-        raise LaunchError(str(err)) from err
 
 
 def _set_launcher(cfg: Config, args: argparse.Namespace) -> None:
@@ -408,8 +390,9 @@ def _checked_runner(args: argparse.Namespace, prepare: Callable[[argparse.Namesp
                     splits: Sequence[str], training: bool):
     """The config from ``prepare(args)``, checked, as a runner; None after printing the error.
 
-    Config errors (:class:`LaunchError`: pre-flight problems, a ``load_from`` that fits
-    nothing) are printed as ``error: ...`` without a traceback.
+    Config errors (:class:`LaunchError`: pre-flight problems, a ``load_from`` that does not
+    fit; :class:`~.config.ConfigError`; a missing config file) are printed as ``error: ...``
+    without a traceback.
     """
     try:
         cfg = prepare(args)
@@ -417,7 +400,7 @@ def _checked_runner(args: argparse.Namespace, prepare: Callable[[argparse.Namesp
         prepare_cpu_distributed(cfg)
         runner = build_runner(cfg)
         report_load_from(runner, cfg, training)
-    except LaunchError as err:
+    except (LaunchError, ConfigError, FileNotFoundError) as err:
         print(f'error: {err}', file=sys.stderr, flush=True)
         return None
     return runner

@@ -21,7 +21,7 @@ from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
 from ..models.checkpoint import compare_with_model
-from .codebase import detect_codebase, get_registry
+from .config import detect_codebase, get_registry
 from .dataset_check import ERROR, Problem
 
 __all__ = ['backbone_out_channels', 'check_model_channels', 'check_model_config',

@@ -1,35 +1,31 @@
-"""Selective scan (the S6 recurrence of Mamba) in the reference layout.
+"""Selective scan (the S6 recurrence of Mamba): the one the model runs, its sequential twin,
+and the reference layout of the authors' release and ``mamba_ssm``.
 
-Layout (the one of the authors' release and of ``mamba_ssm``):
-    u, delta:      (batch, K*D, L)
-    A:             (K*D, N)
-    B, C:          (batch, K, N, L)   one B/C per scan direction, shared by its D channels
-    D, delta_bias: (K*D,)
-    output:        (batch, K*D, L)
-
-For each channel ``c`` (direction ``k = c // D``) and state ``n``::
+For each channel ``c`` and state ``n``::
 
     delta = softplus(delta + delta_bias)            if delta_softplus
-    h_t   = exp(delta_t * A[c, n]) * h_{t-1} + delta_t * B[k, n, t] * u_t     (h_{-1} = 0)
-    y_t   = sum_n C[k, n, t] * h_t + D[c] * u_t
+    h_t   = exp(delta_t * A[c, n]) * h_{t-1} + delta_t * B[n, t] * u_t     (h_{-1} = 0)
+    y_t   = sum_n C[n, t] * h_t + D[c] * u_t
 
-Two implementations with one signature:
+The model's layout is token-major, ``(batch, L, D)``, what a channels-last feature map
+flattens to (step ``t`` is a contiguous block of channels: no transposes), one direction per
+call, forwards or in reverse:
 
-* :func:`selective_scan_reference`: a plain sequential loop over ``L``; the definition.
-* :func:`selective_scan`: the default. The recurrence ``h_t = a_t h_{t-1} + b_t`` is a linear
+* :func:`selective_scan_channels_last`: the fast scan. ``h_t = a_t h_{t-1} + b_t`` is a linear
   first-order recurrence, so it splits into chunks: a vectorised sequential pass inside chunks
   of ~sqrt(L) steps, the same recurrence over the chunk ends, one fix-up multiply-add (pure
   PyTorch, CPU and GPU, no compilation; see :func:`_scan`). Only products of decays
   ``a in (0, 1]`` are formed (never a division by a decay), so it is stable for any ``L`` and
-  any ``delta``. Its backward is the adjoint recurrence run in reverse, computed by the same
-  scan in a custom autograd function, so memory stays O(L) (a and h are saved; nothing
-  proportional to L times the chunk length).
-* :func:`selective_scan_channels_last`: one direction in the token-major layout
-  ``(batch, L, D)`` that a channels-last feature map flattens to, forwards or in reverse: the
-  same recurrence without any transpose (step ``t`` is a contiguous block of channels). SS2D
-  uses it for its two directions on the PyTorch backend.
-* ``backend='cuda'`` uses ``mamba_ssm``'s fused kernel when installed (optional; never
-  required); ``'auto'`` takes it for CUDA tensors when it imports, else the PyTorch scan.
+  any ``delta``. Its backward is the adjoint recurrence run the other way, by the same scan,
+  so memory stays O(L).
+* :func:`selective_scan_channels_last_reference`: its sequential twin, same arguments: a plain
+  loop over ``L``, the definition the fast scan is tested against.
+
+The reference layout (the authors' release, ``mamba_ssm``: ``u, delta (batch, K*D, L)``,
+``A (K*D, N)``, ``B, C (batch, K, N, L)`` with one B/C per direction, ``D, delta_bias (K*D,)``)
+is kept for the public API and for ``mamba_ssm``'s fused CUDA kernel (optional, never
+required): :func:`selective_scan` and :func:`selective_scan_reference` scan it one direction
+at a time with the two functions above.
 """
 import functools
 import math
@@ -40,10 +36,11 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ['selective_scan', 'selective_scan_reference', 'selective_scan_channels_last',
-           'linear_recurrence']
+           'selective_scan_channels_last_reference']
 
 _SEQUENTIAL_MAX = 16  # up to this length one sequential pass; beyond, two levels of chunks
 _BACKENDS = ('auto', 'torch', 'cuda', 'reference')
+_CHANNELS_LAST_BACKENDS = ('auto', 'torch', 'reference')
 
 
 def _scan(a: torch.Tensor, b: torch.Tensor, reverse: bool = False,
@@ -120,37 +117,6 @@ class _LinearRecurrence(torch.autograd.Function):
         return grad_a, g, None
 
 
-def linear_recurrence(a: torch.Tensor, b: torch.Tensor, dim: int = -1,
-                      reverse: bool = False) -> torch.Tensor:
-    """Solve ``h_t = a_t * h_{t-1} + b_t`` (``h_{-1} = 0``) along dimension ``dim``.
-
-    Args:
-        a (Tensor): decays, any shape.
-        b (Tensor): inputs, same shape as ``a``.
-        dim (int): the time dimension. Default: -1.
-        reverse (bool): run from the end: ``h_t = a_t * h_{t+1} + b_t``, ``h_L = 0``.
-
-    Returns:
-        Tensor: ``h`` with the shape of ``a``; differentiable in ``a`` and ``b``.
-    """
-    if a.shape != b.shape:
-        raise ValueError(f'linear_recurrence: a {tuple(a.shape)} and b {tuple(b.shape)} differ')
-    shape = a.shape
-    dim = dim % a.dim()
-    length = shape[dim]
-    rows, inner = math.prod(shape[:dim]), math.prod(shape[dim + 1:])
-    if inner == 1:
-        # time is the innermost dim: make it the outer one (one transpose each way) so that a
-        # step is a contiguous block of all rows
-        def to3(t):
-            return t.reshape(rows, length).t().contiguous().view(1, length, rows)
-        h = _LinearRecurrence.apply(to3(a), to3(b), reverse)
-        return h.view(length, rows).t().reshape(shape)
-    h = _LinearRecurrence.apply(a.contiguous().view(rows, length, inner),
-                                b.contiguous().view(rows, length, inner), reverse)
-    return h.reshape(shape)
-
-
 def _check_layout(u, delta, A, B, C, D, delta_bias) -> Tuple[int, int, int, int]:
     """Validate the reference layout; return (batch, K, N, L)."""
     if u.dim() != 3 or delta.shape != u.shape:
@@ -176,53 +142,40 @@ def _check_layout(u, delta, A, B, C, D, delta_bias) -> Tuple[int, int, int, int]
     return batch, k_dirs, n_state, length
 
 
-def _prepare(u, delta, A, B, C, delta_bias, delta_softplus):
-    """Float32 set-up of the sequential twin: (u, delta, A, B, C), B/C expanded to channels."""
-    batch, k_dirs, n_state, length = _check_layout(u, delta, A, B, C, None, delta_bias)
-    channels = u.shape[1]
-    u, delta, A = u.float(), delta.float(), A.float()
+def _check_channels_last(u, delta, A, B, C, D, delta_bias, where: str) -> Tuple[int, int, int, int]:
+    """Validate the token-major layout; return (batch, L, D, N)."""
+    if u.dim() != 3 or delta.shape != u.shape:
+        raise ValueError(f'{where}: u and delta must both be (batch, L, D); got '
+                         f'{tuple(u.shape)} and {tuple(delta.shape)}')
+    batch, length, channels = u.shape
+    if A.dim() != 2 or A.shape[0] != channels:
+        raise ValueError(f'{where}: A must be (D, N) = ({channels}, N); got {tuple(A.shape)}')
+    n_state = A.shape[1]
+    for name, t in (('B', B), ('C', C)):
+        if t.shape != (batch, length, n_state):
+            raise ValueError(f'{where}: {name} must be (batch, L, N) = ({batch}, {length}, '
+                             f'{n_state}); got {tuple(t.shape)}')
+    for name, t in (('D', D), ('delta_bias', delta_bias)):
+        if t is not None and t.shape != (channels,):
+            raise ValueError(f'{where}: {name} must be ({channels},); got {tuple(t.shape)}')
+    return batch, length, channels, n_state
+
+
+def _step_sizes(delta: torch.Tensor, delta_bias: Optional[torch.Tensor],
+                delta_softplus: bool) -> torch.Tensor:
+    """``softplus(delta + delta_bias)`` in float32 (a new tensor unless nothing applies)."""
+    delta32 = delta.float()
     if delta_bias is not None:
-        delta = delta + delta_bias.float()[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    per_dir = channels // k_dirs
-
-    def expand(t):  # (batch, K, N, L) -> (batch, K*D, N, L), each direction over its D channels
-        t = t.float().unsqueeze(2).expand(batch, k_dirs, per_dir, n_state, length)
-        return t.reshape(batch, channels, n_state, length)
-
-    return u, delta, A, expand(B), expand(C)
-
-
-def _torch_scan(u, delta, A, B, C, D, delta_bias, delta_softplus):
-    batch, k_dirs, n_state, length = _check_layout(u, delta, A, B, C, D, delta_bias)
-    channels = u.shape[1]
-    u32, delta = u.float(), delta.float()
-    if delta_bias is not None:
-        delta = delta + delta_bias.float()[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    # (batch, K, D, N, L) by broadcasting: B and C are shared by the D channels of a direction
-    shape5 = (batch, k_dirs, channels // k_dirs, 1, length)
-    delta5 = delta.view(shape5)
-    a = torch.exp(delta5 * A.float().view(k_dirs, -1, n_state, 1))   # decays in (0, 1]
-    b = (delta5 * u32.view(shape5)) * B.float().unsqueeze(2)
-    h = linear_recurrence(a, b) * C.float().unsqueeze(2)
-    y = (h.squeeze(3) if n_state == 1 else h.sum(3)).reshape(batch, channels, length)
-    if D is not None:
-        y = torch.addcmul(y, D.float()[:, None], u32)
-    return y.to(u.dtype)
+        delta32 = delta32 + delta_bias.float()
+    return F.softplus(delta32) if delta_softplus else delta32
 
 
 def selective_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
                                  B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor] = None,
                                  delta_bias: Optional[torch.Tensor] = None,
-                                 delta_softplus: bool = True, reverse: bool = False) -> torch.Tensor:
-    """One direction of the selective scan in the channels-last (token-major) layout.
-
-    The same recurrence as :func:`selective_scan` for a single direction, on the layout that a
-    channels-last feature map flattens to, so that SS2D needs no transposes: step ``t`` of the
-    scan is a contiguous block of channels.
+                                 delta_softplus: bool = True, reverse: bool = False,
+                                 backend: str = 'auto') -> torch.Tensor:
+    """One direction of the selective scan in the token-major layout: the scan SS2D runs.
 
     Args:
         u (Tensor): inputs, (batch, L, D).
@@ -235,35 +188,24 @@ def selective_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.
         delta_softplus (bool): apply softplus to ``delta``. Default: True.
         reverse (bool): scan from the last token to the first (``h_t`` depends on ``h_{t+1}``),
             i.e. the scan of the flipped sequence, flipped back. Default: False.
+        backend (str): 'auto' or 'torch' (the chunked PyTorch scan), or 'reference' (the
+            sequential twin). Default: 'auto'.
 
     Returns:
         Tensor: (batch, L, D) in the dtype of ``u``; arithmetic is float32 throughout.
     """
-    if u.dim() != 3 or delta.shape != u.shape:
-        raise ValueError(
-            'selective_scan_channels_last: u and delta must both be (batch, L, D); got '
-            f'{tuple(u.shape)} and {tuple(delta.shape)}')
-    batch, length, channels = u.shape
-    if A.dim() != 2 or A.shape[0] != channels:
-        raise ValueError(f'selective_scan_channels_last: A must be (D, N) = ({channels}, N); '
-                         f'got {tuple(A.shape)}')
-    n_state = A.shape[1]
-    for name, t in (('B', B), ('C', C)):
-        if t.shape != (batch, length, n_state):
-            raise ValueError(f'selective_scan_channels_last: {name} must be (batch, L, N) = '
-                             f'({batch}, {length}, {n_state}); got {tuple(t.shape)}')
-    for name, t in (('D', D), ('delta_bias', delta_bias)):
-        if t is not None and t.shape != (channels,):
-            raise ValueError(f'selective_scan_channels_last: {name} must be ({channels},); '
-                             f'got {tuple(t.shape)}')
+    if backend not in _CHANNELS_LAST_BACKENDS:
+        raise ValueError(f'selective_scan_channels_last: unknown backend {backend!r}; choose '
+                         f'one of {_CHANNELS_LAST_BACKENDS}')
+    if backend == 'reference':
+        return selective_scan_channels_last_reference(u, delta, A, B, C, D, delta_bias,
+                                                      delta_softplus, reverse)
+    batch, length, channels, n_state = _check_channels_last(
+        u, delta, A, B, C, D, delta_bias, 'selective_scan_channels_last')
     tensors = (u, delta, A, B, C, D, delta_bias)
     track = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    u32, A32, B32, C32 = u.float(), A.float(), B.float(), C.float()
-    delta32 = delta.float()
-    if delta_bias is not None:
-        delta32 = delta32 + delta_bias.float()
-    if delta_softplus:
-        delta32 = F.softplus(delta32)
+    u32, A32, B32, C32 = u.float().contiguous(), A.float(), B.float(), C.float()
+    delta32 = _step_sizes(delta, delta_bias, delta_softplus).contiguous()
     if not track and n_state == 1:
         # inference: the same arithmetic in place on temporaries (fewer passes over memory)
         a = torch.mul(delta32, A32[:, 0]).exp_()
@@ -292,27 +234,62 @@ def selective_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.
     return y.to(u.dtype)
 
 
+def selective_scan_channels_last_reference(u: torch.Tensor, delta: torch.Tensor,
+                                           A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                                           D: Optional[torch.Tensor] = None,
+                                           delta_bias: Optional[torch.Tensor] = None,
+                                           delta_softplus: bool = True, reverse: bool = False,
+                                           backend: str = 'reference') -> torch.Tensor:
+    """Plain sequential twin of :func:`selective_scan_channels_last`: the definition.
+
+    Same arguments (``backend`` is accepted and ignored so both share one signature). Slow: a
+    Python loop over ``L``; differentiable by autograd.
+    """
+    _check_channels_last(u, delta, A, B, C, D, delta_bias,
+                         'selective_scan_channels_last_reference')
+    u32, A32, B32, C32 = u.float(), A.float(), B.float(), C.float()
+    delta32 = _step_sizes(delta, delta_bias, delta_softplus)
+    h = u32.new_zeros(u32.shape[0], u32.shape[2], A32.shape[1])            # (batch, D, N)
+    ys = [None] * u32.shape[1]
+    for t in (reversed(range(len(ys))) if reverse else range(len(ys))):
+        decay = torch.exp(delta32[:, t, :, None] * A32)
+        h = decay * h + (delta32[:, t] * u32[:, t])[..., None] * B32[:, t, None, :]
+        ys[t] = (h * C32[:, t, None, :]).sum(-1)
+    y = torch.stack(ys, dim=1)
+    if D is not None:
+        y = y + u32 * D.float()
+    return y.to(u.dtype)
+
+
+def _by_direction(scan, u, delta, A, B, C, D, delta_bias, delta_softplus) -> torch.Tensor:
+    """The reference layout scanned one direction at a time by a token-major ``scan``."""
+    _, k_dirs, _, _ = _check_layout(u, delta, A, B, C, D, delta_bias)
+    per_dir = u.shape[1] // k_dirs
+
+    def tokens(t: torch.Tensor) -> torch.Tensor:  # (batch, X, L) -> (batch, L, X)
+        return t.transpose(1, 2).contiguous()
+
+    ys = []
+    for k in range(k_dirs):
+        part = slice(k * per_dir, (k + 1) * per_dir)
+        ys.append(tokens(scan(
+            tokens(u[:, part]), tokens(delta[:, part]), A[part], tokens(B[:, k]),
+            tokens(C[:, k]), None if D is None else D[part],
+            None if delta_bias is None else delta_bias[part], delta_softplus)))
+    return torch.cat(ys, dim=1)
+
+
 def selective_scan_reference(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
                              B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor] = None,
                              delta_bias: Optional[torch.Tensor] = None,
                              delta_softplus: bool = True, backend: str = 'reference') -> torch.Tensor:
-    """Plain sequential selective scan: the definition the fast path is tested against.
+    """Plain sequential selective scan in the reference layout: the definition.
 
     Same arguments as :func:`selective_scan` (``backend`` is accepted and ignored so both share
-    one signature). Slow: a Python loop over ``L``.
+    one signature): :func:`selective_scan_channels_last_reference` on each direction. Slow.
     """
-    _check_layout(u, delta, A, B, C, D, delta_bias)
-    u32, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
-    h = u32.new_zeros(u32.shape[0], u32.shape[1], A.shape[1])
-    ys = []
-    for t in range(u32.shape[-1]):
-        decay = torch.exp(delta[:, :, t, None] * A)
-        h = decay * h + (delta[:, :, t] * u32[:, :, t])[..., None] * B[..., t]
-        ys.append((h * C[..., t]).sum(-1))
-    y = torch.stack(ys, dim=-1)
-    if D is not None:
-        y = y + D.float()[:, None] * u32
-    return y.to(u.dtype)
+    return _by_direction(selective_scan_channels_last_reference, u, delta, A, B, C, D,
+                         delta_bias, delta_softplus)
 
 
 @functools.lru_cache(maxsize=None)
@@ -345,8 +322,8 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         delta_bias (Tensor, optional): added to ``delta`` before the softplus, (K*D,).
         delta_softplus (bool): apply softplus to ``delta``. Default: True.
         backend (str): 'auto' (mamba_ssm's kernel for CUDA tensors if installed, else
-            'torch'), 'torch' (the parallel PyTorch scan), 'cuda' (mamba_ssm's kernel, an error
-            if missing) or 'reference' (the sequential loop).
+            'torch'), 'torch' (the chunked PyTorch scan, one direction at a time), 'cuda'
+            (mamba_ssm's kernel, an error if missing) or 'reference' (the sequential twin).
 
     Returns:
         Tensor: (batch, K*D, L) in the dtype of ``u``; arithmetic is float32 throughout.
@@ -369,4 +346,5 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
                          delta_bias=None if delta_bias is None else delta_bias.float(),
                          delta_softplus=delta_softplus)
             return out.to(u.dtype)
-    return _torch_scan(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    return _by_direction(selective_scan_channels_last, u, delta, A, B, C, D, delta_bias,
+                         delta_softplus)

@@ -111,9 +111,8 @@ def test_patch_keeps_wavelet_results():
 
 def test_backbone_has_no_uncounted_ops_of_ours():
     backbones = pytest.importorskip('mmmobilemamba.models.backbones')
-    arch = dict(embed_dims=(16, 24, 32), depths=(1, 1, 1), global_ratios=(0.8, 0.7, 0.6),
-                local_ratios=(0.2, 0.2, 0.3), kernel_sizes=(7, 5, 3))
-    model = backbones.MobileMamba(arch=arch).eval()
+    from tiny_models import TINY_ARCH
+    model = backbones.MobileMamba(arch=TINY_ARCH).eval()
     report = analyze_complexity(model, torch.randn(1, 3, 64, 64), max_depth=2)
     assert report.unsupported_ops == {}
     assert report.flops_by_operator['PythonOp.SelectiveScanChannelsLastOp'] > 0

@@ -10,7 +10,7 @@ pytest.importorskip('mmdet')
 pytest.importorskip('mmseg')
 from mmengine.config import Config  # noqa: E402
 
-from mmmobilemamba.engine.codebase import detect_codebase, get_registry  # noqa: E402
+from mmmobilemamba.engine.config import detect_codebase, get_registry  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 METAFILE = yaml.safe_load((REPO / 'configs' / 'mobilemamba' / 'metafile.yml').read_text())

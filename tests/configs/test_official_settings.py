@@ -222,7 +222,7 @@ _BUFFERS = ('running_mean', 'running_var', 'num_batches_tracked')
 @pytest.mark.parametrize('model', list(PAPER_CONFIGS))
 def test_param_groups_equal_the_authors(model):
     """Every trained parameter gets the authors' learning rate and weight decay."""
-    from mmmobilemamba.engine.codebase import detect_codebase, get_registry
+    from mmmobilemamba.engine.config import detect_codebase, get_registry
     cfg = our_config(model)
     ours = get_registry(detect_codebase(cfg), 'MODELS').build(cfg.model)
     ours_groups = _lr_and_decay(ours, cfg.optim_wrapper)

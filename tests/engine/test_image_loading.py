@@ -167,10 +167,9 @@ def test_very_small_images_load_and_run_through_a_detector(tmp_path, size):
     path.write_bytes(_png(_noise(*size)))
     img = load_image(str(path))
     assert img.shape == (*size, 3) and img.dtype == np.uint8
-    tiny = dict(embed_dims=(48, 64, 96), depths=(1, 1, 1), global_ratios=(0.8, 0.7, 0.6),
-                local_ratios=(0.2, 0.2, 0.3), kernel_sizes=(7, 5, 3))
+    from tiny_models import TINY_ARCH
     with torch.no_grad():
-        outs = MobileMamba(tiny).eval()(torch.from_numpy(img).permute(2, 0, 1)[None].float())
+        outs = MobileMamba(TINY_ARCH).eval()(torch.from_numpy(img).permute(2, 0, 1)[None].float())
     assert [tuple(o.shape[-2:]) for o in outs] == [(-(-size[0] // s), -(-size[1] // s))
                                                    for s in (16, 32, 64)]
 

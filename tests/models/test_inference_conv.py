@@ -49,7 +49,6 @@ def test_packing_follows_input_shape_and_weight_changes():
         for size in [(9, 9), (4, 7), (9, 9)]:  # each new shape packs for that shape
             x = _cl(torch.randn(1, 8, *size))
             torch.testing.assert_close(fast(x), F.relu(conv(x)), atol=1e-5, rtol=1e-5)
-            assert fast._packed_key[-1] == tuple(x.shape)
         conv.weight.mul_(2.0)  # shared parameter changed in place: packed again
         torch.testing.assert_close(fast(x), F.relu(conv(x)), atol=1e-5, rtol=1e-5)
 

@@ -8,11 +8,11 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from tiny_models import TINY_ARCH as TINY
+
 from mmmobilemamba.models import ARCH_SETTINGS, MobileMamba
 
 DATA = Path(__file__).parent.parent / 'data'
-TINY = dict(embed_dims=(48, 64, 96), depths=(1, 1, 1), global_ratios=(0.8, 0.7, 0.6),
-            local_ratios=(0.2, 0.2, 0.3), kernel_sizes=(7, 5, 3))
 
 
 def _randomise_bn(model, seed=0):

@@ -20,7 +20,7 @@ pytest.importorskip('mmseg')
 from mmengine.config import Config  # noqa: E402
 from mmengine.runner import load_checkpoint  # noqa: E402
 
-from mmmobilemamba.engine.codebase import detect_codebase, get_registry  # noqa: E402
+from mmmobilemamba.engine.config import detect_codebase, get_registry  # noqa: E402
 from mmmobilemamba.models import MobileMambaFPN, convert_official_model  # noqa: E402
 from mmmobilemamba.models.checkpoint import compare_with_model, convert_neck_keys  # noqa: E402
 

@@ -1,228 +1,204 @@
-"""The fast selective scan against its sequential twin and the reference fixture."""
+"""The selective scan: the model's token-major scan against its sequential twin (same layout,
+same signature), and the reference layout against the authors' fixture."""
 from pathlib import Path
 
 import pytest
 import torch
 
-from mmmobilemamba.ops import (linear_recurrence, selective_scan, selective_scan_channels_last,
-                              selective_scan_reference)
+from mmmobilemamba.ops import (selective_scan, selective_scan_channels_last,
+                              selective_scan_channels_last_reference, selective_scan_reference)
 
 DATA = Path(__file__).parent.parent / 'data'
 
 
-def _inputs(batch=2, k=2, d=3, length=37, n=1, seed=0, delta_scale=1.0, dtype=torch.float32):
+def _tokens(batch=2, length=37, d=5, n=1, seed=0, delta_scale=1.0, dtype=torch.float32):
+    """Inputs of one direction in the token-major layout (batch, L, D)."""
     g = torch.Generator().manual_seed(seed)
-    kd = k * d
     return dict(
-        u=torch.randn(batch, kd, length, generator=g, dtype=dtype),
-        delta=delta_scale * torch.randn(batch, kd, length, generator=g, dtype=dtype),
-        A=-torch.rand(kd, n, generator=g, dtype=dtype) - 0.05,
-        B=torch.randn(batch, k, n, length, generator=g, dtype=dtype),
-        C=torch.randn(batch, k, n, length, generator=g, dtype=dtype),
-        D=torch.randn(kd, generator=g, dtype=dtype),
-        delta_bias=0.1 * torch.randn(kd, generator=g, dtype=dtype),
+        u=torch.randn(batch, length, d, generator=g, dtype=dtype),
+        delta=delta_scale * torch.randn(batch, length, d, generator=g, dtype=dtype),
+        A=-torch.rand(d, n, generator=g, dtype=dtype) - 0.05,
+        B=torch.randn(batch, length, n, generator=g, dtype=dtype),
+        C=torch.randn(batch, length, n, generator=g, dtype=dtype),
+        D=torch.randn(d, generator=g, dtype=dtype),
+        delta_bias=0.1 * torch.randn(d, generator=g, dtype=dtype),
     )
 
 
-def _grads(fn, inputs):
+def _reference_layout(batch=2, k=2, d=3, length=37, n=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        u=torch.randn(batch, k * d, length, generator=g),
+        delta=torch.randn(batch, k * d, length, generator=g),
+        A=-torch.rand(k * d, n, generator=g) - 0.05,
+        B=torch.randn(batch, k, n, length, generator=g),
+        C=torch.randn(batch, k, n, length, generator=g),
+        D=torch.randn(k * d, generator=g),
+        delta_bias=0.1 * torch.randn(k * d, generator=g),
+    )
+
+
+def _grads(fn, inputs, **kwargs):
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
-    out = fn(**leaves)
+    out = fn(**leaves, **kwargs)
     weight = torch.linspace(-1, 1, out.numel()).view_as(out)
     (out * weight).sum().backward()
     return out.detach(), {k: v.grad for k, v in leaves.items()}
 
 
-def test_matches_reference_fixture():
-    fx = torch.load(DATA / 'selective_scan_parity.pt')
-    out, grads = _grads(selective_scan, fx['inputs'])
-    torch.testing.assert_close(out, fx['output'], atol=1e-5, rtol=1e-5)
-    for name, grad in grads.items():
-        torch.testing.assert_close(grad, fx['grads'][name], atol=2e-5, rtol=1e-4, msg=name)
+def _assert_same(fast, twin, atol=1e-5, grad_atol=1e-4):
+    (out, grads), (ref, ref_grads) = fast, twin
+    torch.testing.assert_close(out, ref, atol=atol, rtol=1e-4)
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=grad_atol, rtol=1e-4,
+                                   msg=name)
 
 
-def test_twin_matches_reference_fixture():
-    fx = torch.load(DATA / 'selective_scan_parity.pt')
-    out, _ = _grads(selective_scan_reference, fx['inputs'])
-    torch.testing.assert_close(out, fx['output'], atol=1e-5, rtol=1e-5)
+# ------------------------------------------------------- the model's scan and its twin
+@pytest.mark.parametrize('length', [1, 2, 17, 37, 256, 1025])
+@pytest.mark.parametrize('reverse', [False, True])
+@pytest.mark.parametrize('n', [1, 2])
+def test_scan_equals_its_twin(length, reverse, n):
+    """Values and gradients of every input, both directions."""
+    inputs = _tokens(length=length, n=n, seed=length)
+    _assert_same(_grads(selective_scan_channels_last, inputs, reverse=reverse),
+                 _grads(selective_scan_channels_last_reference, inputs, reverse=reverse))
 
 
-@pytest.mark.parametrize('length', [1, 2, 31, 32, 33, 37, 65, 1025])
-def test_values_and_grads_match_twin(length):
-    inputs = _inputs(length=length, n=1 if length != 33 else 2)
-    out, grads = _grads(selective_scan, inputs)
-    ref, ref_grads = _grads(selective_scan_reference, inputs)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
-    for name in grads:
-        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-4, rtol=1e-4, msg=name)
-
-
-def test_values_match_twin_at_4096():
-    inputs = _inputs(batch=1, length=4096, delta_scale=2.0)
+def test_reverse_is_the_scan_of_the_flipped_sequence():
+    inputs = _tokens(length=40)
+    flipped = {k: (v.flip(1) if v.dim() == 3 else v) for k, v in inputs.items()}
     with torch.no_grad():
-        torch.testing.assert_close(selective_scan(**inputs), selective_scan_reference(**inputs),
-                                   atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            selective_scan_channels_last_reference(**inputs, reverse=True),
+            selective_scan_channels_last_reference(**flipped).flip(1))
+
+
+def test_scan_equals_its_twin_at_4096():
+    inputs = _tokens(batch=1, length=4096, d=4, delta_scale=2.0)
+    for reverse in (False, True):
+        with torch.no_grad():
+            torch.testing.assert_close(
+                selective_scan_channels_last(**inputs, reverse=reverse),
+                selective_scan_channels_last_reference(**inputs, reverse=reverse),
+                atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.slow
-def test_grads_match_twin_at_4096():
-    inputs = _inputs(batch=1, d=2, length=4096)
-    out, grads = _grads(selective_scan, inputs)
-    ref, ref_grads = _grads(selective_scan_reference, inputs)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
-    for name in grads:
-        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-4, rtol=1e-4, msg=name)
-
-
-def test_long_sequence_is_finite_and_matches_blocks():
-    """L = 65536: finite, and equal to two half-length scans chained by hand."""
-    inputs = _inputs(batch=1, k=2, d=2, length=65536, delta_scale=3.0)
-    out = selective_scan(**inputs)
-    assert torch.isfinite(out).all()
-    # spot-check the last 64 steps against the twin started from the exact state
-    ref = selective_scan_reference(**{k: (v[..., -2048:] if v.dim() >= 3 else v)
-                                      for k, v in inputs.items()})
-    # a decaying state forgets 2000+ steps back: the tails agree
-    torch.testing.assert_close(out[..., -64:], ref[..., -64:], atol=1e-4, rtol=1e-4)
+def test_scan_grads_equal_its_twin_at_4096():
+    inputs = _tokens(batch=1, length=4096, d=2)
+    for reverse in (False, True):
+        _assert_same(_grads(selective_scan_channels_last, inputs, reverse=reverse),
+                     _grads(selective_scan_channels_last_reference, inputs, reverse=reverse))
 
 
 @pytest.mark.parametrize('delta_scale', [1e-6, 30.0, 1e4])
-def test_extreme_deltas_stay_finite(delta_scale):
-    inputs = _inputs(length=300, delta_scale=delta_scale)
-    out, grads = _grads(selective_scan, inputs)
-    ref, ref_grads = _grads(selective_scan_reference, inputs)
-    assert torch.isfinite(ref).all()
+@pytest.mark.parametrize('reverse', [False, True])
+def test_extreme_deltas_equal_the_twin_and_stay_finite(delta_scale, reverse):
+    inputs = _tokens(length=300, delta_scale=delta_scale)
+    fast = _grads(selective_scan_channels_last, inputs, reverse=reverse)
+    twin = _grads(selective_scan_channels_last_reference, inputs, reverse=reverse)
+    for out, grads in (fast, twin):
+        assert torch.isfinite(out).all()
+        assert all(torch.isfinite(g).all() for g in grads.values())
+    _assert_same(fast, twin, atol=1e-3, grad_atol=1e-2)
+
+
+def test_long_sequence_tail_equals_the_twin():
+    """L = 65536: the last steps equal the twin run over the last 2048 tokens (a decaying
+    state forgets 2000+ steps back)."""
+    inputs = _tokens(batch=1, length=65536, d=2, delta_scale=3.0)
+    with torch.no_grad():
+        out = selective_scan_channels_last(**inputs)
+        tail = selective_scan_channels_last_reference(
+            **{k: (v[:, -2048:] if v.dim() == 3 else v) for k, v in inputs.items()})
     assert torch.isfinite(out).all()
-    torch.testing.assert_close(out, ref, atol=1e-3, rtol=1e-4)
-    for name in grads:
-        assert torch.isfinite(grads[name]).all(), name
+    torch.testing.assert_close(out[:, -64:], tail[:, -64:], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize('delta_scale', [1e-6, 1e4])
+@pytest.mark.parametrize('reverse', [False, True])
+def test_long_sequence_with_extreme_deltas_is_finite(delta_scale, reverse):
+    inputs = _tokens(batch=1, length=65536, d=2, delta_scale=delta_scale)
+    with torch.no_grad():
+        assert torch.isfinite(selective_scan_channels_last(**inputs, reverse=reverse)).all()
+
+
+def test_inference_path_equals_autograd_path():
+    inputs = _tokens(batch=1, length=300, d=8)
+    with torch.no_grad():
+        fast = selective_scan_channels_last(**inputs, reverse=True)
+    tracked, _ = _grads(selective_scan_channels_last, inputs, reverse=True)
+    torch.testing.assert_close(fast, tracked, atol=0, rtol=0)
 
 
 def test_half_inputs_compute_in_float32():
-    inputs = _inputs(length=50)
+    inputs = _tokens(length=50)
     half = {k: v.to(torch.bfloat16) for k, v in inputs.items()}
-    out = selective_scan(**half)
+    out = selective_scan_channels_last(**half)
     assert out.dtype == torch.bfloat16
-    ref = selective_scan_reference(**{k: v.float() for k, v in half.items()})
+    ref = selective_scan_channels_last_reference(**{k: v.float() for k, v in half.items()})
     torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.02)
 
 
-def test_linear_recurrence_gradcheck():
-    g = torch.Generator().manual_seed(1)
-    a = torch.rand(2, 70, generator=g, dtype=torch.float64).requires_grad_(True)
-    b = torch.randn(2, 70, generator=g, dtype=torch.float64).requires_grad_(True)
-    assert torch.autograd.gradcheck(linear_recurrence, (a, b))
+def test_reference_backend_is_the_twin():
+    inputs = _tokens(length=20)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            selective_scan_channels_last(**inputs, reverse=True, backend='reference'),
+            selective_scan_channels_last_reference(**inputs, reverse=True), atol=0, rtol=0)
+
+
+def test_token_layout_errors_name_the_argument():
+    inputs = _tokens(batch=1, length=10, d=4)
+    for fn in (selective_scan_channels_last, selective_scan_channels_last_reference):
+        with pytest.raises(ValueError, match='A must be'):
+            fn(**dict(inputs, A=inputs['A'][:2]))
+        with pytest.raises(ValueError, match='B must be'):
+            fn(**dict(inputs, B=inputs['B'][:, :-1]))
+    with pytest.raises(ValueError, match='backend'):
+        selective_scan_channels_last(**inputs, backend='cuda')
+
+
+# --------------------------------------------------------------- the reference layout
+def test_matches_reference_fixture():
+    fx = torch.load(DATA / 'selective_scan_parity.pt')
+    for fn in (selective_scan, selective_scan_reference):
+        out, grads = _grads(fn, fx['inputs'])
+        torch.testing.assert_close(out, fx['output'], atol=1e-5, rtol=1e-5)
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, fx['grads'][name], atol=2e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize('length,n', [(1, 1), (33, 2), (300, 1)])
+def test_reference_layout_equals_its_twin(length, n):
+    inputs = _reference_layout(length=length, n=n)
+    _assert_same(_grads(selective_scan, inputs), _grads(selective_scan_reference, inputs))
 
 
 def test_bad_layout_and_backend_raise():
-    inputs = _inputs()
+    inputs = _reference_layout()
     with pytest.raises(ValueError, match='backend'):
         selective_scan(**inputs, backend='triton')
-    bad = dict(inputs, A=inputs['A'][:3])
     with pytest.raises(ValueError, match='A must be'):
-        selective_scan(**bad)
-    bad = dict(inputs, B=inputs['B'][..., :-1])
+        selective_scan(**dict(inputs, A=inputs['A'][:3]))
     with pytest.raises(ValueError, match='B must be'):
-        selective_scan(**bad)
+        selective_scan(**dict(inputs, B=inputs['B'][..., :-1]))
 
 
 def test_cuda_backend_without_kernel_is_a_clear_error():
     with pytest.raises(RuntimeError, match='mamba_ssm'):
-        selective_scan(**_inputs(), backend='cuda')
+        selective_scan(**_reference_layout(), backend='cuda')
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 def test_torch_backend_on_cuda_matches_cpu():
-    inputs = _inputs(length=777)
-    out = selective_scan(**{k: v.cuda() for k, v in inputs.items()}, backend='torch')
-    torch.testing.assert_close(out.cpu(), selective_scan(**inputs), atol=1e-5, rtol=1e-4)
-
-
-def _to_channels_last(inputs, direction, reverse):
-    """One direction of reference-layout inputs in the channels-last layout (flipped back in
-    time when ``reverse``: the reference scans the flipped sequence)."""
-    k, d = inputs['B'].shape[1], inputs['A'].shape[0] // inputs['B'].shape[1]
-    part = slice(direction * d, (direction + 1) * d)
-
-    def seq(t):  # (batch, K*D, L) -> (batch, L, D) of this direction
-        return t[:, part].transpose(1, 2)
-
-    def proj(t):  # (batch, K, N, L) -> (batch, L, N)
-        return t[:, direction].transpose(1, 2)
-
-    return dict(u=seq(inputs['u']), delta=seq(inputs['delta']), A=inputs['A'][part],
-                B=proj(inputs['B']), C=proj(inputs['C']), D=inputs['D'][part],
-                delta_bias=inputs['delta_bias'][part], reverse=reverse)
-
-
-@pytest.mark.parametrize('length', [1, 2, 17, 37, 256, 1025])
-@pytest.mark.parametrize('reverse', [False, True])
-@pytest.mark.parametrize('n', [1, 2])
-def test_channels_last_scan_matches_twin(length, reverse, n):
-    """Forwards: the twin's first direction. Reverse: the twin run on the flipped sequence,
-    flipped back. Values and gradients."""
-    inputs = _inputs(batch=2, k=1, d=5, length=length, n=n, seed=length)
-
-    def twin(**kw):
-        if not reverse:
-            return selective_scan_reference(**kw)
-        flipped = {key: (v.flip(-1) if v.dim() >= 3 else v) for key, v in kw.items()}
-        return selective_scan_reference(**flipped).flip(-1)
-
-    ref, ref_grads = _grads(twin, inputs)
-    leaves = {key: v.detach().clone().requires_grad_(True) for key, v in inputs.items()}
-    out = selective_scan_channels_last(**_to_channels_last(leaves, 0, reverse)).transpose(1, 2)
-    weight = torch.linspace(-1, 1, out.numel()).view_as(out)
-    (out * weight).sum().backward()
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
-    for key, leaf in leaves.items():
-        torch.testing.assert_close(leaf.grad, ref_grads[key], atol=1e-4, rtol=1e-4, msg=key)
-
-
-def test_channels_last_scan_inference_path_equals_autograd_path():
-    inputs = _to_channels_last(_inputs(batch=1, k=1, d=8, length=300), 0, True)
-    with torch.no_grad():
-        fast = selective_scan_channels_last(**inputs)
-    tracked = selective_scan_channels_last(**{k: (v.requires_grad_(True) if torch.is_tensor(v) else v)
-                                              for k, v in inputs.items()})
-    torch.testing.assert_close(fast, tracked.detach(), atol=0, rtol=0)
-
-
-@pytest.mark.parametrize('delta_scale', [1e-6, 1e4])
-def test_channels_last_scan_long_and_extreme_is_finite(delta_scale):
-    inputs = _to_channels_last(_inputs(batch=1, k=1, d=2, length=65536, delta_scale=delta_scale),
-                               0, True)
-    with torch.no_grad():
-        out = selective_scan_channels_last(**inputs)
-    assert torch.isfinite(out).all()
-
-
-def test_channels_last_scan_bad_layout_raises():
-    inputs = _to_channels_last(_inputs(batch=1, k=1, d=4, length=10), 0, False)
-    with pytest.raises(ValueError, match='A must be'):
-        selective_scan_channels_last(**dict(inputs, A=inputs['A'][:2]))
-    with pytest.raises(ValueError, match='B must be'):
-        selective_scan_channels_last(**dict(inputs, B=inputs['B'][:, :-1]))
-
-
-@pytest.mark.parametrize('dim', [0, 1, 2])
-@pytest.mark.parametrize('reverse', [False, True])
-def test_linear_recurrence_any_dim_and_direction(dim, reverse):
-    g = torch.Generator().manual_seed(dim)
-    a = torch.rand(5, 40, 3, generator=g, dtype=torch.float64)
-    b = torch.randn(5, 40, 3, generator=g, dtype=torch.float64)
-    h = linear_recurrence(a, b, dim=dim, reverse=reverse)
-    # sequential definition along ``dim``
-    a_t, b_t = a.movedim(dim, 0), b.movedim(dim, 0)
-    steps = range(a_t.shape[0] - 1, -1, -1) if reverse else range(a_t.shape[0])
-    state, ref = torch.zeros_like(a_t[0]), torch.empty_like(a_t)
-    for t in steps:
-        state = a_t[t] * state + b_t[t]
-        ref[t] = state
-    torch.testing.assert_close(h, ref.movedim(0, dim))
-    a.requires_grad_(True)
-    b.requires_grad_(True)
-    assert torch.autograd.gradcheck(
-        lambda a_, b_: linear_recurrence(a_, b_, dim=dim, reverse=reverse), (a, b))
+    inputs = _tokens(length=777)
+    for reverse in (False, True):
+        out = selective_scan_channels_last(**{k: v.cuda() for k, v in inputs.items()},
+                                           reverse=reverse, backend='torch')
+        torch.testing.assert_close(out.cpu(), selective_scan_channels_last(**inputs, reverse=reverse),
+                                   atol=1e-5, rtol=1e-4)
 
 
 def test_optional_kernel_is_looked_up_once(monkeypatch):

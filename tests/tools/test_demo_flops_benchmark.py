@@ -14,14 +14,14 @@ pytest.importorskip('mmcv.ops')  # the detectors' NMS needs mmcv's compiled ops
 pytest.importorskip('mmdet')
 pytest.importorskip('mmseg')
 
-from mmmobilemamba.apis import build_model, config_scope, load_config  # noqa: E402
+from tiny_models import TINY_ARCH, TINY_CHANNELS  # noqa: E402
+
+from mmmobilemamba.apis import build_model, detect_codebase, load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT / 'tools'
 QUICKSTART = sorted((ROOT / 'configs' / 'quickstart').glob('*.py'))
 
-TINY_ARCH = dict(embed_dims=(16, 24, 32), depths=(1, 1, 1), global_ratios=(0.8, 0.7, 0.6),
-                 local_ratios=(0.2, 0.2, 0.3), kernel_sizes=(7, 5, 3))
 MEAN_STD = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], bgr_to_rgb=True)
 CLASSES = ('cat', 'dog', 'bird')
 PALETTE = [(220, 20, 60), (0, 0, 142), (0, 60, 100)]
@@ -32,7 +32,7 @@ RETINANET = dict(
         type='RetinaNet',
         data_preprocessor=dict(type='DetDataPreprocessor', pad_size_divisor=64, **MEAN_STD),
         backbone=dict(type='MobileMamba', arch=TINY_ARCH),
-        neck=dict(type='MobileMambaFPN', in_channels=[16, 24, 32], out_channels=16,
+        neck=dict(type='MobileMambaFPN', in_channels=TINY_CHANNELS, out_channels=16,
                   num_outs=5, num_deconv_levels=1, add_extra_convs='on_input'),
         bbox_head=dict(
             type='RetinaHead', num_classes=len(CLASSES), in_channels=16, stacked_convs=1,
@@ -63,7 +63,7 @@ SEMANTIC_FPN = dict(
         data_preprocessor=dict(type='SegDataPreProcessor', pad_val=0, seg_pad_val=255,
                                test_cfg=dict(size_divisor=64), **MEAN_STD),
         backbone=dict(type='MobileMamba', arch=TINY_ARCH),
-        neck=dict(type='MobileMambaFPN', in_channels=[16, 24, 32], out_channels=16,
+        neck=dict(type='MobileMambaFPN', in_channels=TINY_CHANNELS, out_channels=16,
                   num_outs=5, num_deconv_levels=2),
         decode_head=dict(type='FPNHead', in_channels=[16] * 4, in_index=[0, 1, 2, 3],
                          feature_strides=[4, 8, 16, 32], channels=16, dropout_ratio=0.0,
@@ -127,12 +127,12 @@ def tiny(request, tmp_path):
 def test_scope_from_config(tiny):
     config, _ = tiny
     expected = 'mmdet' if 'det' in config.name else 'mmseg'
-    assert config_scope(load_config(config)) == expected
+    assert detect_codebase(load_config(config)) == expected
 
 
 def test_scope_without_default_scope_comes_from_the_model_type(tmp_path):
     entries = {k: v for k, v in SEMANTIC_FPN.items() if k != 'default_scope'}
-    assert config_scope(load_config(write_config(tmp_path / 'seg.py', entries))) == 'mmseg'
+    assert detect_codebase(load_config(write_config(tmp_path / 'seg.py', entries))) == 'mmseg'
 
 
 def test_demo_draws_and_saves(tiny, tmp_path, capsys):

@@ -7,6 +7,7 @@ from tool_configs import (run_tool, write_coco_dataset, write_det_config,
                           write_seg_config, write_seg_dataset)
 
 from mmmobilemamba.engine import launch
+from mmmobilemamba.engine.config import ConfigError, detect_codebase, load_config
 from mmmobilemamba.engine.launch import LaunchError
 
 pytest.importorskip('mmdet')
@@ -149,11 +150,14 @@ def test_test_flags(det_setup, seg_setup, tmp_path):
 
 
 def test_codebase_detection(det_setup, seg_setup):
-    assert launch.detect_codebase(launch.load_config(str(det_setup))) == 'mmdet'
-    cfg = launch.load_config(str(seg_setup))
-    assert launch.detect_codebase(cfg) == 'mmseg'
+    assert detect_codebase(load_config(str(det_setup))) == 'mmdet'
+    cfg = load_config(str(seg_setup))
+    assert detect_codebase(cfg) == 'mmseg'
     cfg.default_scope = None
-    assert launch.detect_codebase(cfg) == 'mmseg'  # from the model type
+    assert detect_codebase(cfg) == 'mmseg'  # from the model type
     cfg.model.type = 'NoSuchModel'
-    with pytest.raises(LaunchError, match='default_scope'):
-        launch.detect_codebase(cfg)
+    with pytest.raises(ConfigError, match="set default_scope = 'mmdet' or 'mmseg'"):
+        detect_codebase(cfg)
+    cfg.default_scope = 'mmpretrain'
+    with pytest.raises(ConfigError, match="default_scope='mmpretrain' is not supported"):
+        detect_codebase(cfg)

@@ -14,7 +14,7 @@ import sys
 from mmengine.config import DictAction
 
 from mmmobilemamba.engine.dataset_check import check_dataset_config, format_report, has_errors
-from mmmobilemamba.engine.launch import LaunchError, load_config
+from mmmobilemamba.engine.config import ConfigError, load_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, args.cfg_options)
         problems = check_dataset_config(cfg, full=args.full, splits=args.splits)
-    except (LaunchError, ValueError) as err:  # unreadable config, unknown codebase
+    except (ConfigError, FileNotFoundError) as err:  # no such file, unknown codebase
         print(f'error: {err}', file=sys.stderr)
         return 2
     print(format_report(problems))

@@ -67,8 +67,9 @@ class SS2D(nn.Module):
         self.Ds.fill_(1.0)
 
     def _uses_channels_last_scan(self, u: torch.Tensor) -> bool:
-        """The PyTorch scan runs channels-last; 'reference' and mamba_ssm's kernel take the
-        reference layout."""
+        """The fast scan runs token-major (reversed recurrence, no flips); 'reference' (the
+        definition: flips and the sequential scan) and mamba_ssm's kernel take the reference
+        layout."""
         if self.scan_backend == 'torch':
             return True
         if self.scan_backend == 'auto':
