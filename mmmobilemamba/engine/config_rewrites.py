@@ -49,7 +49,7 @@ def skip_backbone_pretrained(cfg: Config) -> None:
     if not load_from or not osp.isfile(load_from):  # remote or missing: mmengine reports it
         return
     try:
-        state = state_dict_of(load_from)
+        state = state_dict_of(load_from, mmap=True)  # keys only: nothing read
     except Exception:  # not ours to judge here: the load_from check reports it in context
         return
     if not any(k.startswith('backbone.') for k in state):

@@ -36,7 +36,7 @@ import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
 
-from ..models.checkpoint import compare_with_model, load_checkpoint_file
+from ..models.checkpoint import compare_with_model
 from .config import ConfigError, detect_codebase, load_config
 from .config_rewrites import (apply_safe_image_loading, apply_safety_hooks,
                               skip_backbone_pretrained)
@@ -256,7 +256,7 @@ def report_load_from(runner, cfg: Config, training: bool = True) -> None:
     if not path or cfg.get('resume') or not osp.isfile(path) or not _is_main_process():
         return
     try:
-        report = compare_with_model(runner.model, load_checkpoint_file(path))
+        report = compare_with_model(runner.model, path)
     except (RuntimeError, ValueError) as err:
         raise LaunchError(f'cannot read the checkpoint {path}: {err}') from err
     lines = report.lines(reason=mismatch_reason)

@@ -28,6 +28,7 @@ One module for every checkpoint question the package asks (engine, apis and tool
 import os
 import re
 import warnings
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
@@ -86,17 +87,24 @@ _STAGE_KEY = re.compile(r'^stages\.(\d+)\.')
 
 
 # ------------------------------------------------------------------------------- reading
-def load_checkpoint_file(path: Union[str, os.PathLike]) -> Any:
+def load_checkpoint_file(path: Union[str, os.PathLike], mmap: bool = False) -> Any:
     """``torch.load`` with ``weights_only=True``: a downloaded file can never run code.
 
     mmengine training checkpoints load too: importing :mod:`mmmobilemamba` allow-lists the
     few classes they pickle (see :mod:`mmmobilemamba.engine.checkpoint_safety`).
+
+    Args:
+        path: the file.
+        mmap (bool): map the tensors' storage instead of reading it (zip-format files, which
+            ``torch.save`` writes since torch 1.6): keys and shapes for the price of the
+            pickle alone. Default: False.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'MobileMamba checkpoint not found: {path}. {RELEASE_HINT}')
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        return torch.load(path, map_location='cpu', weights_only=True,
+                          mmap=mmap and zipfile.is_zipfile(path))
     except Exception as err:  # UnpicklingError for foreign classes, RuntimeError for corrupt zips
         raise RuntimeError(
             f'could not load {path} safely (weights_only=True): {err}. If the file is a trusted '
@@ -104,9 +112,9 @@ def load_checkpoint_file(path: Union[str, os.PathLike]) -> Any:
             'tools/model_converters/mobilemamba_official.py SRC DST --trust-source') from err
 
 
-def _read(obj: Any) -> Any:
+def _read(obj: Any, mmap: bool = False) -> Any:
     """A loaded checkpoint: ``obj`` itself, or the file it names."""
-    return load_checkpoint_file(obj) if isinstance(obj, (str, os.PathLike)) else obj
+    return load_checkpoint_file(obj, mmap) if isinstance(obj, (str, os.PathLike)) else obj
 
 
 def _located_state_dict(obj: Any) -> Tuple[Mapping, str]:
@@ -124,13 +132,15 @@ def _located_state_dict(obj: Any) -> Tuple[Mapping, str]:
     return obj, 'bare state dict'
 
 
-def state_dict_of(obj: Any) -> StateDict:
+def state_dict_of(obj: Any, mmap: bool = False) -> StateDict:
     """The tensors of a checkpoint (a path or a loaded object), DDP's ``module.`` stripped.
 
     Accepts mmengine's ``{'state_dict': ..., 'meta': ...}``, the authors' release
     ``{'net': ..., 'net_E': ...}`` (EMA preferred), ``{'model': ...}`` and bare state dicts.
+    ``mmap``: for a path, map the tensors instead of reading them (when only keys and shapes
+    are wanted; see :func:`load_checkpoint_file`).
     """
-    state, _ = _located_state_dict(_read(obj))
+    state, _ = _located_state_dict(_read(obj, mmap))
     return OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in state.items()
                        if isinstance(v, torch.Tensor))
 
@@ -384,15 +394,16 @@ def compare_with_model(model: nn.Module, checkpoint: Any) -> LoadReport:
 
     Args:
         model (nn.Module): the model (DDP-wrapped or not).
-        checkpoint: a path, a loaded checkpoint or a state dict, in our layout or the
-            authors' (mapped as the model's modules map it when loading).
+        checkpoint: a path (only its keys and shapes are read), a loaded checkpoint or a state
+            dict, in our layout or the authors' (mapped as the model's modules map it when
+            loading).
 
     Returns:
         LoadReport: the keys that load, and those missing, unexpected or of another shape
         (``num_batches_tracked`` counters never count as missing: mmengine skips them too).
     """
     own = getattr(model, 'module', model).state_dict()
-    state = model_view(model, state_dict_of(checkpoint))
+    state = model_view(model, state_dict_of(checkpoint, mmap=True))
     report = LoadReport()
     for key, value in state.items():
         if key not in own:

@@ -118,3 +118,16 @@ def test_pretrained_none_trains_from_scratch_with_a_warning(release):
     with pytest.warns(UserWarning, match='from scratch'):
         model.init_weights()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_keys_and_shapes_of_zip_and_legacy_files(tmp_path, release):
+    """Checks map zip-format files (nothing read but the pickle); legacy files are read."""
+    from mmmobilemamba.models.checkpoint import compare_with_model
+    arch, official = release
+    model = MobileMamba(arch)
+    for legacy in (False, True):
+        path = tmp_path / f'legacy_{legacy}.pth'
+        torch.save({'state_dict': convert_official_checkpoint(official)}, path,
+                   _use_new_zipfile_serialization=not legacy)
+        report = compare_with_model(model, str(path))
+        assert report.exact and len(report.loaded) == len(model.state_dict())
