@@ -163,13 +163,9 @@ def generate_ade_shapes(out_dir: PathLike = DEFAULT_ADE_DIR,
     Read them with ``reduce_zero_label=True``.
 
     Args:
-        out_dir: Dataset root.
-        num_train: Number of training images.
-        num_val: Number of validation images.
-        image_size: ``S`` for S x S images, or ``(width, height)``.
-        seed: Base seed; the same seed gives byte-identical files.
+        out_dir, num_train, num_val, image_size, seed, force: as for
+            :func:`generate_coco_shapes`.
         boundary_ignore: Mark a one-pixel band around each shape as 0 (ignore).
-        force: Regenerate even if a matching dataset is already there.
 
     Returns:
         A summary like :func:`generate_coco_shapes`, with per split
