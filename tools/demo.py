@@ -18,7 +18,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('config', help='detection or segmentation config file')
     parser.add_argument('checkpoint', help='model weights')
     parser.add_argument('--out-dir', required=True,
-                        help='output folder; the drawing goes to OUT_DIR/vis/<image name>')
+                        help='output folder: the drawing goes to OUT_DIR/vis/<image name>, '
+                        'the predictions to OUT_DIR/preds/ (boxes .json, label maps .png)')
     parser.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (default: cpu)')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detections below this score are not drawn (default: 0.3)')

@@ -18,17 +18,18 @@ load_from = 'weights/downstream/det/retinanet.pth'  # the authors' RetinaNet-B1,
 model = dict(bbox_head=dict(num_classes=len(classes)))
 
 metainfo = dict(classes=classes)
-# SafeLoadImageFromFile: a corrupt training image is skipped with a warning naming it
-# (on_error='raise' to stop instead); at test time it stops with the file's name.
+# LoadImageFromFile (mmmobilemamba's checked loader in mmdet pipelines): on_error='skip' skips
+# a corrupt training image with a warning naming it (remove it to stop instead); at test time
+# a corrupt image stops the run with the file's name.
 train_pipeline = [
-    dict(type='SafeLoadImageFromFile'),
+    dict(type='LoadImageFromFile', on_error='skip'),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='Resize', scale=(1333, 800), keep_ratio=True),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackDetInputs'),
 ]
 test_pipeline = [
-    dict(type='SafeLoadImageFromFile', on_error='raise'),
+    dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(1333, 800), keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='PackDetInputs',

@@ -58,7 +58,7 @@ model = dict(
 
 img_scale = {{_base_.img_scale}}
 train_pipeline = [
-    dict(type='SafeLoadImageFromFile', on_error='skip'),
+    dict(type='LoadImageFromFile', on_error='skip'),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='RandomResize', scale=img_scale, ratio_range=(0.75, 1.25), keep_ratio=True),
     dict(type='RandomCrop', crop_size=img_scale),
@@ -68,7 +68,7 @@ train_pipeline = [
     dict(type='PackDetInputs')
 ]
 test_pipeline = [
-    dict(type='SafeLoadImageFromFile', on_error='raise'),
+    dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=img_scale, keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='PackDetInputs',

@@ -8,8 +8,10 @@ import copy
 from pathlib import Path
 from typing import Optional, Union
 
+import numpy as np
 import torch.nn as nn
 from mmengine.config import Config
+from PIL import Image
 
 from mmmobilemamba.engine.config import detect_codebase, get_registry, load_config
 
@@ -94,7 +96,9 @@ def run_demo(image: PathLike, config: Union[PathLike, Config], checkpoint: PathL
         image (str | Path): the input image.
         config (str | Path | Config): a detection or segmentation config.
         checkpoint (str | Path): the model weights.
-        out_dir (str | Path): output folder; the drawing is saved as ``out_dir/vis/<image name>``.
+        out_dir (str | Path): output folder; the drawing is saved as ``out_dir/vis/<image name>``
+            and the predictions in ``out_dir/preds/``: ``<image stem>.json`` (mmdet's labels,
+            scores, boxes, every score) or ``<image stem>.png`` (mmseg's label map).
         device (str): inference device, e.g. 'cpu' or 'cuda:0'. Default: 'cpu'.
         score_thr (float): detections scoring below this are not drawn (detection only).
             Default: 0.3.
@@ -120,12 +124,16 @@ def run_demo(image: PathLike, config: Union[PathLike, Config], checkpoint: PathL
         from mmdet.apis import DetInferencer
         inferencer = DetInferencer(model=cfg, weights=str(checkpoint), device=device,
                                    show_progress=False)
-        inferencer(str(image), out_dir=str(out_dir), pred_score_thr=score_thr)
+        inferencer(str(image), out_dir=str(out_dir), pred_score_thr=score_thr,
+                   no_save_pred=False)
     else:
         from mmseg.apis import MMSegInferencer
         inferencer = MMSegInferencer(model=cfg, weights=str(checkpoint), device=device)
         _use_checkpoint_classes(inferencer)
-        inferencer(str(image), out_dir=str(out_dir), img_out_dir='vis')
+        label_map = inferencer(str(image), out_dir=str(out_dir), img_out_dir='vis')['predictions']
+        (out_dir / 'preds').mkdir(exist_ok=True)
+        dtype = np.uint8 if label_map.max() < 256 else np.uint16  # 16-bit PNG beyond 256 classes
+        Image.fromarray(label_map.astype(dtype)).save(out_dir / 'preds' / f'{image.stem}.png')
     out_file = out_dir / 'vis' / image.name
     if not out_file.is_file():
         raise RuntimeError(f'the {scope} inferencer did not write {out_file}')

@@ -3,7 +3,8 @@ dataset and model checks before a run, and the train/test entry points behind ``
 
 Importing this package registers everything with mmengine's root registries, which mmdet's and
 mmseg's inherit (``HOOKS``: AtomicCheckpointHook, FiniteLossGuardHook; ``TRANSFORMS``:
-SafeLoadImageFromFile; ``METRICS``: DumpSegResults), registers the ``'atomic_local'`` file
+SafeLoadImageFromFile; ``METRICS``: DumpSegResults), makes ``LoadImageFromFile`` in mmdet's and
+mmseg's pipelines name :class:`CheckedLoadImageFromFile`, registers the ``'atomic_local'`` file
 backend, and allow-lists the classes mmengine checkpoints contain for
 ``torch.load(weights_only=True)``.
 """
@@ -18,7 +19,8 @@ from .dataset_check import (Problem, check_class_counts, check_dataset_config,
                             check_dataset_paths, format_report, has_errors)
 from .hooks import (AtomicCheckpointHook, FiniteLossGuardHook, NonFiniteLossError,
                     non_finite_losses)
-from .image_loading import (ImageLoadError, SafeLoadImageFromFile, decode_image, load_image,
+from .image_loading import (CheckedLoadImageFromFile, ImageLoadError, SafeLoadImageFromFile,
+                            decode_image, load_image, register_checked_loader,
                             to_three_channel_uint8)
 from .launch import find_resume_checkpoint, test_main, train_main
 from .metrics import DumpSegResults
@@ -28,17 +30,18 @@ from .preflight import check_checkpoint_files, preflight_problems
 
 register_checkpoint_safe_globals()
 register_atomic_backend()
+register_checked_loader()
 
 __all__ = [
-    'AtomicCheckpointHook', 'AtomicLocalBackend', 'DumpSegResults', 'FiniteLossGuardHook',
-    'ImageLoadError', 'NonFiniteLossError', 'Problem', 'SafeLoadImageFromFile',
-    'apply_safe_image_loading', 'apply_safety_hooks', 'atomic_write_bytes', 'atomic_write_text',
-    'backbone_out_channels', 'check_checkpoint_files', 'check_class_counts',
-    'check_dataset_config', 'check_dataset_paths', 'check_model_channels', 'check_model_config',
-    'ConfigError', 'checkpoint_safe_globals', 'decode_image', 'detect_codebase',
-    'find_resume_checkpoint', 'get_registry', 'iter_dataset_cfgs', 'load_config',
-    'format_report', 'has_errors', 'load_from_report', 'load_image',
-    'non_finite_losses', 'preflight_problems', 'register_atomic_backend',
-    'register_checkpoint_safe_globals', 'remove_stale_temp_files', 'skip_backbone_pretrained',
-    'test_main', 'to_three_channel_uint8', 'train_main'
+    'AtomicCheckpointHook', 'AtomicLocalBackend', 'CheckedLoadImageFromFile', 'ConfigError',
+    'DumpSegResults', 'FiniteLossGuardHook', 'ImageLoadError', 'NonFiniteLossError', 'Problem',
+    'SafeLoadImageFromFile', 'apply_safe_image_loading', 'apply_safety_hooks',
+    'atomic_write_bytes', 'atomic_write_text', 'backbone_out_channels', 'check_checkpoint_files',
+    'check_class_counts', 'check_dataset_config', 'check_dataset_paths', 'check_model_channels',
+    'check_model_config', 'checkpoint_safe_globals', 'decode_image', 'detect_codebase',
+    'find_resume_checkpoint', 'format_report', 'get_registry', 'has_errors', 'iter_dataset_cfgs',
+    'load_config', 'load_from_report', 'load_image', 'non_finite_losses', 'preflight_problems',
+    'register_atomic_backend', 'register_checked_loader', 'register_checkpoint_safe_globals',
+    'remove_stale_temp_files', 'skip_backbone_pretrained', 'test_main', 'to_three_channel_uint8',
+    'train_main'
 ]

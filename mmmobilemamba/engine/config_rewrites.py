@@ -2,8 +2,8 @@
 
 * :func:`apply_safety_hooks`: ``CheckpointHook`` -> :class:`AtomicCheckpointHook` (same
   arguments), a :class:`FiniteLossGuardHook` when the config has none;
-* :func:`apply_safe_image_loading`: mmcv's ``LoadImageFromFile`` ->
-  :class:`SafeLoadImageFromFile` (skip broken images in training, stop naming them in val/test);
+* :func:`apply_safe_image_loading`: broken images skipped in training (with a warning naming
+  them), an error naming them in val/test;
 * :func:`skip_backbone_pretrained`: no ImageNet ``init_cfg`` read when ``load_from`` (or
   ``--resume``) brings the backbone's weights anyway.
 """
@@ -63,19 +63,22 @@ _LOADERS = ('LoadImageFromFile', 'mmcv.LoadImageFromFile')
 
 
 def apply_safe_image_loading(cfg: Config, splits: Sequence[str]) -> None:
-    """Replace mmcv's ``LoadImageFromFile`` with :class:`SafeLoadImageFromFile` (same arguments).
+    """Training pipelines skip a broken image with a warning naming it; the others stop.
 
-    Training pipelines skip a broken image with a warning naming it (``on_error='skip'``);
-    val/test pipelines stop naming it (``on_error='raise'``): skipping would bias the metric.
-    Loaders the config already chose (``SafeLoadImageFromFile`` with its ``on_error``, or any
-    other type) are left as they are.
+    ``LoadImageFromFile`` in mmdet/mmseg pipelines is already
+    :class:`~.image_loading.CheckedLoadImageFromFile` (a broken image is an error naming it):
+    training pipelines get ``on_error='skip'`` unless they say otherwise (val/test keep
+    stopping: skipping would bias the metric), and mmcv's own loader written with its scope
+    (``mmcv.LoadImageFromFile``) is replaced by it. The type name stays ``LoadImageFromFile``,
+    so the config ``train.py`` dumps still works with mmdet's / mmseg's inferencers. Loaders of
+    other types are left as they are.
     """
     for split in splits:
-        on_error = 'skip' if split == 'train' else 'raise'
         # wrappers too: a MultiImageMixDataset has a pipeline of its own
         for _, ds_cfg in iter_dataset_cfgs(cfg, (split,), leaves_only=False):
             for step in ds_cfg.get('pipeline') or ():
                 if isinstance(step, dict) and step.get('type') in _LOADERS:
-                    step['type'] = 'SafeLoadImageFromFile'
-                    step.pop('ignore_empty', None)  # superseded by on_error
-                    step['on_error'] = on_error
+                    step['type'] = 'LoadImageFromFile'
+                    if split == 'train' and 'on_error' not in step:
+                        step.pop('ignore_empty', None)  # superseded by on_error
+                        step['on_error'] = 'skip'

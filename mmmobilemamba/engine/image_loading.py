@@ -1,5 +1,11 @@
 """Image loading that names the broken file, and a transform that skips it during training.
 
+Importing :mod:`mmmobilemamba` makes ``dict(type='LoadImageFromFile')`` in mmdet and mmseg
+pipelines build :class:`CheckedLoadImageFromFile` (mmcv's loader with the same decoding, which
+names a broken file in a clear error, or skips it with ``on_error='skip'``): configs, the
+configs ``tools/train.py`` writes into its work dir and the checkpoints' own configs keep the
+standard name, which mmdet's ``DetInferencer`` and mmseg's ``MMSegInferencer`` look for.
+
 Decoding decisions (they match mmcv's default ``LoadImageFromFile``, which the pretrained
 weights and the published pipelines use, so results stay comparable):
 
@@ -21,6 +27,7 @@ weights and the published pipelines use, so results stay comparable):
   any input size (the detectors' data preprocessors pad to a multiple of 32 or 64), but objects
   smaller than a stride are hard to learn; the dataset check warns about images under 64 px.
 """
+import importlib
 import logging
 from typing import Optional, Set
 
@@ -183,3 +190,35 @@ class SafeLoadImageFromFile(LoadImageFromFile):
 
     def __repr__(self) -> str:
         return f'{super().__repr__()[:-1]}, on_error={self.on_error!r})'
+
+
+class CheckedLoadImageFromFile(SafeLoadImageFromFile):
+    """What ``dict(type='LoadImageFromFile')`` builds in mmdet and mmseg pipelines.
+
+    mmcv's ``LoadImageFromFile`` (same arguments, same decoding), where a missing, corrupt or
+    truncated image is an :class:`ImageLoadError` naming the file instead of a decoder's
+    traceback, or, with ``on_error='skip'`` (what ``tools/train.py`` sets in training
+    pipelines), a warning naming it and another sample.
+
+    Args:
+        on_error (str, optional): ``'raise'`` or ``'skip'``. Default: ``'skip'`` with mmcv's
+            ``ignore_empty=True``, else ``'raise'``.
+        **kwargs: Arguments of mmcv's ``LoadImageFromFile``.
+    """
+
+    def __init__(self, on_error: Optional[str] = None, **kwargs) -> None:
+        if on_error is None:
+            on_error = 'skip' if kwargs.get('ignore_empty') else 'raise'
+        super().__init__(on_error=on_error, **kwargs)
+
+
+def register_checked_loader() -> None:
+    """Make ``LoadImageFromFile`` name :class:`CheckedLoadImageFromFile` in mmdet's and mmseg's
+    ``TRANSFORMS`` (those installed). mmcv's own stays ``mmcv.LoadImageFromFile``."""
+    for module in ('mmdet.registry', 'mmseg.registry'):
+        try:
+            registry = importlib.import_module(module).TRANSFORMS
+        except ImportError:  # that library is not installed
+            continue
+        registry.register_module(name='LoadImageFromFile', module=CheckedLoadImageFromFile,
+                                 force=True)

@@ -11,8 +11,9 @@ decides. The steps are mmengine's usual ones (``Config`` + ``--cfg-options`` ->
   ``init_cfg``) that do not exist;
 * the config is made safer (:mod:`.config_rewrites`): ``CheckpointHook`` becomes
   :class:`AtomicCheckpointHook` (same arguments), a :class:`FiniteLossGuardHook` is added when
-  the config has none, mmcv's ``LoadImageFromFile`` becomes :class:`SafeLoadImageFromFile`
-  (skip broken images in training with a warning naming them, stop naming them in val/test);
+  the config has none, training pipelines skip broken images with a warning naming them (in
+  val/test they stop the run, naming the file: ``LoadImageFromFile`` is
+  :class:`~.image_loading.CheckedLoadImageFromFile` in mmdet/mmseg pipelines);
   ``--no-safety-hooks`` keeps the config as written. When ``load_from`` (or ``--resume``)
   brings the backbone's weights, its ImageNet ``init_cfg`` checkpoint is not read;
 * the ``load_from`` / tested checkpoint must fit the model exactly (our layout or the
@@ -85,8 +86,8 @@ def build_train_parser() -> argparse.ArgumentParser:
                         'auto_scale_lr.base_batch_size of the config')
     parser.add_argument('--no-safety-hooks', action='store_true',
                         help='keep the config as written: no AtomicCheckpointHook upgrade, no '
-                        'FiniteLossGuardHook, no SafeLoadImageFromFile in place of '
-                        'LoadImageFromFile')
+                        'FiniteLossGuardHook, broken training images not skipped (a broken '
+                        'image still stops the run with its name)')
     _add_common_args(parser)
     return parser
 

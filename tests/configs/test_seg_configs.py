@@ -197,8 +197,9 @@ def test_quickstart_settings(name):
         # written out in the config; must stay equal to the package's
         assert tuple(dataset.metainfo.classes) == SEG_CLASSES
         assert [tuple(c) for c in dataset.metainfo.palette] == [tuple(c) for c in SEG_PALETTE]
-        assert dataset.pipeline[0].type == 'SafeLoadImageFromFile'
-    assert cfg.val_dataloader.dataset.pipeline[0].on_error == 'raise'
+        assert dataset.pipeline[0].type == 'LoadImageFromFile'  # the name inferencers need
+    assert cfg.train_dataloader.dataset.pipeline[0].on_error == 'skip'
+    assert 'on_error' not in cfg.val_dataloader.dataset.pipeline[0]  # the loader raises
     resize = [t for t in cfg.test_dataloader.dataset.pipeline if t.type == 'Resize']
     assert resize and max(resize[0].scale) <= 256
     assert cfg.train_dataloader.batch_size == 8

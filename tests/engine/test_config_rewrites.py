@@ -36,6 +36,8 @@ def test_backbone_imagenet_init_is_skipped_when_load_from_has_backbone_weights(
 
 # --------------------------------------------------------------------- safe image loading
 def test_safe_image_loading_per_split_through_dataset_wrappers():
+    """Training skips broken images; the type stays LoadImageFromFile (what the inferencers
+    look for); mmcv's scoped loader becomes ours; other loaders are kept."""
     def pipeline(*loaders):
         return [*loaders, dict(type='PackDetInputs')]
     cfg = Config(dict(
@@ -50,13 +52,39 @@ def test_safe_image_loading_per_split_through_dataset_wrappers():
             dict(type='LoadImageFromFile'))))))
     apply_safe_image_loading(cfg, ('train', 'val', 'test'))
     assert cfg.train_dataloader.dataset.dataset.pipeline[0] == dict(
-        type='SafeLoadImageFromFile', to_float32=True, on_error='skip')
+        type='LoadImageFromFile', to_float32=True, on_error='skip')
     val = cfg.val_dataloader.dataset.datasets
-    assert val[0].pipeline[0] == dict(type='SafeLoadImageFromFile', on_error='raise')
+    assert val[0].pipeline[0] == dict(type='LoadImageFromFile')
     assert val[1].pipeline[0] == dict(type='SafeLoadImageFromFile', on_error='skip')
-    assert cfg.test_dataloader.dataset.pipeline[0] == dict(type='SafeLoadImageFromFile',
-                                                           on_error='raise')
+    assert cfg.test_dataloader.dataset.pipeline[0] == dict(type='LoadImageFromFile')
     assert cfg.test_dataloader.dataset.pipeline[1] == dict(type='PackDetInputs')
+
+
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
+def test_load_image_from_file_is_the_checked_loader_in_mmdet_and_mmseg(scope, tmp_path):
+    import importlib
+
+    import numpy as np
+    from mmcv.transforms import LoadImageFromFile as MmcvLoader
+    from mmengine.registry import DefaultScope
+    from PIL import Image
+
+    from mmmobilemamba.engine import CheckedLoadImageFromFile, ImageLoadError
+    pytest.importorskip(scope)
+    transforms = importlib.import_module(f'{scope}.registry').TRANSFORMS
+    image = tmp_path / 'ok.jpg'
+    Image.fromarray((np.random.RandomState(0).rand(20, 30, 3) * 255).astype('uint8')).save(image)
+    broken = tmp_path / 'broken.jpg'
+    broken.write_bytes(image.read_bytes()[:200])
+    with DefaultScope.overwrite_default_scope(scope):
+        loader = transforms.build(dict(type='LoadImageFromFile'))
+        skipping = transforms.build(dict(type='LoadImageFromFile', on_error='skip'))
+    assert isinstance(loader, CheckedLoadImageFromFile)
+    ours, mmcv = loader(dict(img_path=str(image))), MmcvLoader()(dict(img_path=str(image)))
+    assert np.array_equal(ours['img'], mmcv['img']) and ours['ori_shape'] == mmcv['ori_shape']
+    with pytest.raises(ImageLoadError, match=str(broken)):
+        loader(dict(img_path=str(broken)))
+    assert skipping(dict(img_path=str(broken))) is None
 
 
 def test_tta_pipeline_loads_images_safely(tmp_path):
@@ -66,5 +94,5 @@ def test_tta_pipeline_loads_images_safely(tmp_path):
         [str(REPO / 'configs/fpn_mobilemamba.py'), str(checkpoint), '--tta',
          '--work-dir', str(tmp_path / 'wd')])
     cfg = launch.prepare_test_config(args)
-    assert cfg.test_dataloader.dataset.pipeline[0].type == 'SafeLoadImageFromFile'
-    assert cfg.test_dataloader.dataset.pipeline[0].on_error == 'raise'
+    assert cfg.test_dataloader.dataset.pipeline[0].type == 'LoadImageFromFile'
+    assert 'on_error' not in cfg.test_dataloader.dataset.pipeline[0]  # the loader raises

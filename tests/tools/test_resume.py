@@ -94,7 +94,7 @@ DET_CONFIG = '''
 _base_ = [{base!r}]
 data_root = {data_root!r}
 train_pipeline = [
-    dict(type='SafeLoadImageFromFile'),
+    dict(type='LoadImageFromFile', on_error='skip'),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='Resize', scale=(96, 96), keep_ratio=True),
     dict(type='PackDetInputs'),

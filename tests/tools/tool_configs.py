@@ -104,14 +104,14 @@ model = dict(
     test_cfg=dict(nms_pre=100, min_bbox_size=0, score_thr=0.0,
                   nms=dict(type='nms', iou_threshold=0.5), max_per_img=20))
 train_pipeline = [
-    dict(type='SafeLoadImageFromFile'),
+    dict(type='LoadImageFromFile', on_error='skip'),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='Resize', scale=(64, 64), keep_ratio=True),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackDetInputs'),
 ]
 test_pipeline = [
-    dict(type='SafeLoadImageFromFile', on_error='raise'),
+    dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(64, 64), keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
@@ -120,7 +120,7 @@ test_pipeline = [
 tta_model = dict(type='DetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5),
                                                   max_per_img=20))
 tta_pipeline = [
-    dict(type='SafeLoadImageFromFile', on_error='raise'),
+    dict(type='LoadImageFromFile'),
     dict(type='TestTimeAug', transforms=[
         [dict(type='Resize', scale=(64, 64), keep_ratio=True)],
         [dict(type='RandomFlip', prob=1.0), dict(type='RandomFlip', prob=0.0)],
@@ -184,14 +184,14 @@ model = dict(
     train_cfg=dict(),
     test_cfg=dict(mode='whole'))
 train_pipeline = [
-    dict(type='SafeLoadImageFromFile'),
+    dict(type='LoadImageFromFile', on_error='skip'),
     dict(type='LoadAnnotations'),
     dict(type='Resize', scale=(64, 64), keep_ratio=True),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackSegInputs'),
 ]
 test_pipeline = [
-    dict(type='SafeLoadImageFromFile', on_error='raise'),
+    dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(64, 64), keep_ratio=True),
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs'),

@@ -16,7 +16,7 @@ image_scale = (160, 160)  # the generated images' size
 crop_size = (128, 128)
 
 train_pipeline = [
-    dict(type='SafeLoadImageFromFile'),
+    dict(type='LoadImageFromFile', on_error='skip'),
     dict(type='LoadAnnotations'),  # reduce_zero_label comes from the dataset
     dict(type='RandomResize', scale=image_scale, ratio_range=(0.8, 1.25), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
@@ -26,7 +26,7 @@ train_pipeline = [
 ]
 test_pipeline = [
     # a broken image fails the evaluation loudly instead of being skipped
-    dict(type='SafeLoadImageFromFile', on_error='raise'),
+    dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=image_scale, keep_ratio=True),
     # annotations after Resize: metrics are computed at the original size
     dict(type='LoadAnnotations'),  # reduce_zero_label comes from the dataset

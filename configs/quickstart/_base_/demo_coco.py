@@ -20,7 +20,7 @@ backend_args = None
 
 train_pipeline = [
     # a broken image is skipped with a warning naming it (another sample is drawn)
-    dict(type='SafeLoadImageFromFile', on_error='skip', backend_args=backend_args),
+    dict(type='LoadImageFromFile', on_error='skip', backend_args=backend_args),
     dict(type='LoadAnnotations', with_bbox=True),
     # 200 training images: scale jitter, crops, flips (the shapes are randomly rotated, so
     # vertical flips are fair) and colour changes keep the model from memorising them
@@ -33,7 +33,7 @@ train_pipeline = [
 ]
 test_pipeline = [
     # evaluation must see every image: a broken one stops the run, naming the file
-    dict(type='SafeLoadImageFromFile', on_error='raise', backend_args=backend_args),
+    dict(type='LoadImageFromFile', backend_args=backend_args),
     dict(type='Resize', scale=img_scale, keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='PackDetInputs',
