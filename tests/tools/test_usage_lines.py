@@ -37,3 +37,16 @@ def test_paths_named_in_usage_lines_exist(text):
     named = set(_REPO_PATH.findall(text.read_text(encoding='utf-8')))
     missing = sorted(p for p in named if not (REPO / p).exists())
     assert missing == []
+
+
+def test_commands_start_with_our_messages_not_setuptools_noise(tmp_path):
+    """mmengine imports pkg_resources, which setuptools >= 80 reports as deprecated at every
+    import: a user's first sight of an error must not be that."""
+    from tool_configs import run_tool
+    proc = run_tool('misc/check_dataset.py',
+                    [REPO / 'configs' / 'quickstart' / 'retinanet_mobilemamba_demo-coco.py',
+                     '--cfg-options', f'train_dataloader.dataset.data_root={tmp_path}/',
+                     f'val_dataloader.dataset.data_root={tmp_path}/'])
+    assert proc.returncode == 1
+    assert 'pkg_resources' not in proc.stdout + proc.stderr
+    assert proc.stdout.startswith('[ERROR] train_dataloader.dataset.ann_file')
