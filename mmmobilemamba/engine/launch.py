@@ -80,7 +80,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                         help='resume model, optimizer, scheduler and iteration from CHECKPOINT, '
                         'or without a path from the newest complete checkpoint in the work dir')
     parser.add_argument('--amp', action='store_true',
-                        help='automatic mixed precision (AmpOptimWrapper; needs a GPU)')
+                        help='automatic mixed precision on CUDA (AmpOptimWrapper: float16 '
+                        'autocast, dynamic loss scale); without a GPU the run says so and '
+                        'trains in float32')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the learning rate by total batch size / '
                         'auto_scale_lr.base_batch_size of the config')
@@ -131,7 +133,17 @@ def _set_launcher(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def enable_amp(cfg: Config) -> None:
-    """Switch ``optim_wrapper`` to ``AmpOptimWrapper`` with a dynamic loss scale."""
+    """Switch ``optim_wrapper`` to ``AmpOptimWrapper`` (float16 autocast, dynamic loss scale).
+
+    mmengine's ``AmpOptimWrapper`` needs a GPU: without CUDA the run keeps its float32
+    optimiser wrapper and the log says so. (MobileMamba's selective scan runs in float32 under
+    autocast either way.)
+    """
+    if not torch.cuda.is_available():
+        print_log('--amp: no CUDA device on this machine, and mixed precision (mmengine\'s '
+                  'AmpOptimWrapper: float16 autocast with loss scaling) needs one: this run '
+                  'trains in float32', logger='current', level=logging.WARNING)
+        return
     wrapper = cfg.optim_wrapper
     kind = wrapper.get('type', 'OptimWrapper')
     if kind == 'AmpOptimWrapper':

@@ -29,7 +29,7 @@ at a time with the two functions above.
 """
 import functools
 import math
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 
 import torch
@@ -117,6 +117,18 @@ class _LinearRecurrence(torch.autograd.Function):
         return grad_a, g, None
 
 
+def _float32_under_autocast(fn: Callable) -> Callable:
+    """Run ``fn`` with autocast off on its inputs' device: the scan's exp, softplus and
+    recurrence stay float32 (they cast their inputs) whatever precision the model runs in."""
+
+    @functools.wraps(fn)
+    def float32_scan(u: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            return fn(u, *args, **kwargs)
+
+    return float32_scan
+
+
 def _check_layout(u, delta, A, B, C, D, delta_bias) -> Tuple[int, int, int, int]:
     """Validate the reference layout; return (batch, K, N, L)."""
     if u.dim() != 3 or delta.shape != u.shape:
@@ -170,6 +182,7 @@ def _step_sizes(delta: torch.Tensor, delta_bias: Optional[torch.Tensor],
     return F.softplus(delta32) if delta_softplus else delta32
 
 
+@_float32_under_autocast
 def selective_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
                                  B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor] = None,
                                  delta_bias: Optional[torch.Tensor] = None,
@@ -234,6 +247,7 @@ def selective_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.
     return y.to(u.dtype)
 
 
+@_float32_under_autocast
 def selective_scan_channels_last_reference(u: torch.Tensor, delta: torch.Tensor,
                                            A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                                            D: Optional[torch.Tensor] = None,
@@ -279,6 +293,7 @@ def _by_direction(scan, u, delta, A, B, C, D, delta_bias, delta_softplus) -> tor
     return torch.cat(ys, dim=1)
 
 
+@_float32_under_autocast
 def selective_scan_reference(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
                              B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor] = None,
                              delta_bias: Optional[torch.Tensor] = None,
@@ -306,6 +321,7 @@ def _mamba_ssm_scan():
     return selective_scan_fn
 
 
+@_float32_under_autocast
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                    C: torch.Tensor, D: Optional[torch.Tensor] = None,
                    delta_bias: Optional[torch.Tensor] = None, delta_softplus: bool = True,

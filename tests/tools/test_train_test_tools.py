@@ -97,9 +97,12 @@ def _test_cfg(config, checkpoint, *extra):
     return launch.prepare_test_config(args)
 
 
-def test_train_flags(det_setup, tmp_path):
+def test_train_flags(det_setup, tmp_path, monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)  # --amp: see test_amp_*
     cfg = _train_cfg(det_setup, '--work-dir', tmp_path, '--amp', '--auto-scale-lr',
                      '--launcher', 'none', '--local-rank', '0')
+    monkeypatch.undo()
     assert cfg.work_dir == str(tmp_path)
     assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
     assert cfg.optim_wrapper.loss_scale == 'dynamic'
@@ -109,6 +112,39 @@ def test_train_flags(det_setup, tmp_path):
     cfg = _train_cfg(det_setup, '--no-safety-hooks')
     assert cfg.default_hooks.checkpoint.type == 'CheckpointHook'
     assert cfg.work_dir.endswith('work_dirs/retina_tiny')
+
+
+@pytest.mark.skipif(__import__('torch').cuda.is_available(), reason='the no-GPU case')
+def test_amp_without_a_gpu_says_so_and_trains_in_float32(det_setup, tmp_path):
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    records = []
+    handler = __import__('logging').Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        cfg = _train_cfg(det_setup, '--work-dir', tmp_path, '--amp')
+    finally:
+        logger.removeHandler(handler)
+    assert cfg.optim_wrapper.get('type', 'OptimWrapper') == 'OptimWrapper'
+    assert any('--amp: no CUDA device' in r.getMessage() and 'trains in float32' in r.getMessage()
+               for r in records)
+
+
+@pytest.mark.skipif(not __import__('torch').cuda.is_available(), reason='needs CUDA')
+def test_amp_on_cuda_trains_the_quickstart_retinanet(tmp_path):
+    """tools/train.py --amp on a GPU: a short run of the quickstart RetinaNet, finite losses."""
+    from mmmobilemamba.datasets.synthetic import generate_coco_shapes
+    from tool_configs import REPO
+    data = generate_coco_shapes(tmp_path / 'coco', num_train=4, num_val=1, image_size=64)['root']
+    proc = run_tool('train.py', [
+        REPO / 'configs/quickstart/retinanet_mobilemamba_demo-coco.py', '--amp',
+        '--work-dir', tmp_path / 'work', '--cfg-options', f'train_dataloader.dataset.data_root={data}/',
+        'train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
+        'train_cfg.max_epochs=2', 'val_cfg=None', 'val_dataloader=None', 'val_evaluator=None'],
+        timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'AmpOptimWrapper' in (tmp_path / 'work' / 'retinanet_mobilemamba_demo-coco.py').read_text()
 
 
 def test_resume_flag(det_setup, tmp_path):
