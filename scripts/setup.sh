@@ -101,13 +101,13 @@ fi
 
 # 4. everything else + this package, skipped when the requirement files did not change
 STAMP="$VENV/.mmm-setup-stamp"
-WANT="$(cat requirements/runtime.txt requirements/tests.txt setup.py | sha1sum | cut -d' ' -f1)"
+WANT="$(cat requirements/runtime.txt requirements/deploy.txt requirements/tests.txt setup.py | sha1sum | cut -d' ' -f1)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && "$PY" -c 'import mmmobilemamba, mmdet, mmseg, pytest' >/dev/null 2>&1; then
     say "packages up to date"
 else
-    say "installing mmdet, mmsegmentation, timm, test tools and mmmobilemamba (editable)"
-    run_step requirements "could not install requirements/runtime.txt + tests.txt" \
-        pip_install -r requirements/runtime.txt -r requirements/tests.txt
+    say "installing mmdet, mmsegmentation, timm, onnxruntime, test tools and mmmobilemamba (editable)"
+    run_step requirements "could not install requirements/runtime.txt + deploy.txt + tests.txt" \
+        pip_install -r requirements/runtime.txt -r requirements/deploy.txt -r requirements/tests.txt
     run_step package "could not install this package in editable mode" \
         pip_install --no-deps --no-build-isolation -e .
     "$PY" -c 'import mmmobilemamba, mmdet, mmseg; from mmcv import _ext; from mmcv.ops import nms' \

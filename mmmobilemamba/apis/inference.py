@@ -40,23 +40,35 @@ def build_model(cfg: Config, checkpoint: Optional[PathLike] = None,
 
     Args:
         cfg (Config): a detection or segmentation config.
-        checkpoint (str | Path, optional): weights to load. If None the weights are PyTorch's
-            defaults: ``init_weights`` is not run, as it may want pretrained files.
+        checkpoint (str | Path, optional): weights to load (our layout or the authors'
+            released files), every tensor of the model and nothing else. If None the weights
+            are PyTorch's defaults: ``init_weights`` is not run, as it may want pretrained
+            files.
         device (str): device to put the model on, e.g. 'cpu' or 'cuda:0'. Default: 'cpu'.
 
     Returns:
         nn.Module: the detector or segmentor, SyncBN replaced by BN (single process).
+
+    Raises:
+        ValueError: when the checkpoint does not fit the model; the message lists the missing,
+            unexpected and mis-shaped tensors.
     """
     from mmengine.model import revert_sync_batchnorm
     from mmengine.registry import init_default_scope
     from mmengine.runner import load_checkpoint
 
+    from mmmobilemamba.models.checkpoint import compare_with_model
+
     scope = detect_codebase(cfg)
     init_default_scope(scope)
     model = get_registry(scope, 'MODELS').build(cfg.model)
     if checkpoint is not None:
-        load_checkpoint(model, str(_existing_file(checkpoint, 'checkpoint')),
-                        map_location='cpu', logger='current')
+        path = str(_existing_file(checkpoint, 'checkpoint'))
+        report = compare_with_model(model, path)
+        if not report.exact:
+            raise ValueError(f'checkpoint {path} does not fit the model of the config:\n  ' +
+                             '\n  '.join(report.lines()))
+        load_checkpoint(model, path, map_location='cpu', logger='current')
     model = revert_sync_batchnorm(model)
     return model.to(device).eval()
 

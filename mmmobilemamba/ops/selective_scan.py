@@ -40,7 +40,7 @@ __all__ = ['selective_scan', 'selective_scan_reference', 'selective_scan_channel
 
 _SEQUENTIAL_MAX = 16  # up to this length one sequential pass; beyond, two levels of chunks
 _BACKENDS = ('auto', 'torch', 'cuda', 'reference')
-_CHANNELS_LAST_BACKENDS = ('auto', 'torch', 'reference')
+_CHANNELS_LAST_BACKENDS = ('auto', 'torch', 'export', 'reference')
 
 
 def _scan(a: torch.Tensor, b: torch.Tensor, reverse: bool = False,
@@ -88,6 +88,42 @@ def _scan(a: torch.Tensor, b: torch.Tensor, reverse: bool = False,
             state[:, 1:].addcmul_(decay[:, 1:], carry[:, :-1, None])
     h = state.view(rows, num_chunks * chunk, inner)
     return h[:, :length] if pad else h
+
+
+def _scan_out_of_place(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """:func:`_scan`'s chunked recurrence written with out-of-place ops only.
+
+    A tracer (``torch.onnx.export``) records it as ``2 sqrt(L)`` steps of a few elementwise ops
+    over ``rows * chunks * inner`` values: the steps inside the chunks, all chunks at once, then
+    the recurrence over the chunk ends. Only products of decays in ``(0, 1]`` are formed, as in
+    :func:`_scan`. About half the speed of :func:`_scan` in eager PyTorch (it allocates what
+    :func:`_scan` updates in place).
+    """
+    if reverse:
+        return _scan_out_of_place(a.flip(1), b.flip(1)).flip(1)
+    rows, length, inner = a.shape
+    chunk = length if length <= _SEQUENTIAL_MAX else math.ceil(math.sqrt(length))
+    num_chunks = -(-length // chunk)
+    pad = num_chunks * chunk - length
+    if pad:  # identity steps at the end: decay 1, input 0
+        a = F.pad(a, (0, 0, 0, pad), value=1.0)
+        b = F.pad(b, (0, 0, 0, pad))
+    # steps as size-1 slices (one Split each when exported, no per-step Gather/Squeeze)
+    decay = a.reshape(rows, num_chunks, chunk, inner).split(1, dim=2)
+    step_in = b.reshape(rows, num_chunks, chunk, inner).split(1, dim=2)
+    states, decays = [step_in[0]], [decay[0]]
+    for t in range(1, chunk):  # every chunk from a zero state; decay since the chunk's start
+        states.append(decay[t] * states[-1] + step_in[t])
+        decays.append(decay[t] * decays[-1])
+    h = torch.cat(states, dim=2)                                     # (rows, chunks, chunk, inner)
+    if num_chunks > 1:  # the state each chunk starts from, scaled by its decay so far
+        end_decay = decays[-1].split(1, dim=1)
+        end_state = states[-1].split(1, dim=1)
+        entering = [torch.zeros_like(end_state[0]), end_state[0]]
+        for k in range(1, num_chunks - 1):
+            entering.append(end_decay[k] * entering[-1] + end_state[k])
+        h = h + torch.cat(decays, dim=2) * torch.cat(entering, dim=1)
+    return h.reshape(rows, num_chunks * chunk, inner)[:, :length]
 
 
 def _shift(x: torch.Tensor, towards_end: bool) -> torch.Tensor:
@@ -201,8 +237,9 @@ def selective_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.
         delta_softplus (bool): apply softplus to ``delta``. Default: True.
         reverse (bool): scan from the last token to the first (``h_t`` depends on ``h_{t+1}``),
             i.e. the scan of the flipped sequence, flipped back. Default: False.
-        backend (str): 'auto' or 'torch' (the chunked PyTorch scan), or 'reference' (the
-            sequential twin). Default: 'auto'.
+        backend (str): 'auto' or 'torch' (the chunked PyTorch scan), 'export' (the same
+            recurrence with out-of-place ops only: what ONNX export traces, ``2 sqrt(L)``
+            steps) or 'reference' (the sequential twin). Default: 'auto'.
 
     Returns:
         Tensor: (batch, L, D) in the dtype of ``u``; arithmetic is float32 throughout.
@@ -215,6 +252,9 @@ def selective_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.
                                                       delta_softplus, reverse)
     batch, length, channels, n_state = _check_channels_last(
         u, delta, A, B, C, D, delta_bias, 'selective_scan_channels_last')
+    if backend == 'export':
+        return _scan_channels_last_for_export(u, delta, A, B, C, D, delta_bias, delta_softplus,
+                                              reverse)
     tensors = (u, delta, A, B, C, D, delta_bias)
     track = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     u32, A32, B32, C32 = u.float().contiguous(), A.float(), B.float(), C.float()
@@ -244,6 +284,26 @@ def selective_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.
         y = (h.reshape(batch, length, channels, n_state) * C32[:, :, None]).sum(-1)
     if D is not None:
         y = torch.addcmul(y, u32, D.float())
+    return y.to(u.dtype)
+
+
+def _scan_channels_last_for_export(u, delta, A, B, C, D, delta_bias, delta_softplus,
+                                   reverse) -> torch.Tensor:
+    """The token-major scan by :func:`_scan_out_of_place` (autograd through plain ops)."""
+    batch, length, channels = u.shape
+    n_state = A.shape[1]
+    u32, A32, B32, C32 = u.float(), A.float(), B.float(), C.float()
+    delta32 = _step_sizes(delta, delta_bias, delta_softplus)
+    if n_state == 1:
+        h = _scan_out_of_place(torch.exp(delta32 * A32[:, 0]), delta32 * u32 * B32, reverse)
+        y = h * C32
+    else:  # (batch, L, D, N) flattened to (batch, L, D*N)
+        a = torch.exp(delta32[..., None] * A32).flatten(2)
+        b = ((delta32 * u32)[..., None] * B32[:, :, None]).flatten(2)
+        h = _scan_out_of_place(a, b, reverse).view(batch, length, channels, n_state)
+        y = (h * C32[:, :, None]).sum(-1)
+    if D is not None:
+        y = y + u32 * D.float()
     return y.to(u.dtype)
 
 

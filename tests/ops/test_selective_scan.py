@@ -49,19 +49,21 @@ def _grads(fn, inputs, **kwargs):
 def _assert_same(fast, twin, atol=1e-5, grad_atol=1e-4):
     (out, grads), (ref, ref_grads) = fast, twin
     torch.testing.assert_close(out, ref, atol=atol, rtol=1e-4)
-    for name in ref_grads:
-        torch.testing.assert_close(grads[name], ref_grads[name], atol=grad_atol, rtol=1e-4,
-                                   msg=name)
+    for name, ref_grad in ref_grads.items():
+        grad = grads[name] if grads[name] is not None else torch.zeros_like(ref_grad)
+        torch.testing.assert_close(grad, ref_grad, atol=grad_atol, rtol=1e-4,
+                                   msg=lambda text, name=name: f'{name}: {text}')
 
 
 # ------------------------------------------------------- the model's scan and its twin
 @pytest.mark.parametrize('length', [1, 2, 17, 37, 256, 1025])
 @pytest.mark.parametrize('reverse', [False, True])
 @pytest.mark.parametrize('n', [1, 2])
-def test_scan_equals_its_twin(length, reverse, n):
-    """Values and gradients of every input, both directions."""
+@pytest.mark.parametrize('backend', ['torch', 'export'])
+def test_scan_equals_its_twin(length, reverse, n, backend):
+    """Values and gradients of every input, both directions, both fast forms."""
     inputs = _tokens(length=length, n=n, seed=length)
-    _assert_same(_grads(selective_scan_channels_last, inputs, reverse=reverse),
+    _assert_same(_grads(selective_scan_channels_last, inputs, reverse=reverse, backend=backend),
                  _grads(selective_scan_channels_last_reference, inputs, reverse=reverse))
 
 
@@ -94,9 +96,10 @@ def test_scan_grads_equal_its_twin_at_4096():
 
 @pytest.mark.parametrize('delta_scale', [1e-6, 30.0, 1e4])
 @pytest.mark.parametrize('reverse', [False, True])
-def test_extreme_deltas_equal_the_twin_and_stay_finite(delta_scale, reverse):
+@pytest.mark.parametrize('backend', ['torch', 'export'])
+def test_extreme_deltas_equal_the_twin_and_stay_finite(delta_scale, reverse, backend):
     inputs = _tokens(length=300, delta_scale=delta_scale)
-    fast = _grads(selective_scan_channels_last, inputs, reverse=reverse)
+    fast = _grads(selective_scan_channels_last, inputs, reverse=reverse, backend=backend)
     twin = _grads(selective_scan_channels_last_reference, inputs, reverse=reverse)
     for out, grads in (fast, twin):
         assert torch.isfinite(out).all()
@@ -118,10 +121,12 @@ def test_long_sequence_tail_equals_the_twin():
 
 @pytest.mark.parametrize('delta_scale', [1e-6, 1e4])
 @pytest.mark.parametrize('reverse', [False, True])
-def test_long_sequence_with_extreme_deltas_is_finite(delta_scale, reverse):
+@pytest.mark.parametrize('backend', ['torch', 'export'])
+def test_long_sequence_with_extreme_deltas_is_finite(delta_scale, reverse, backend):
     inputs = _tokens(batch=1, length=65536, d=2, delta_scale=delta_scale)
     with torch.no_grad():
-        assert torch.isfinite(selective_scan_channels_last(**inputs, reverse=reverse)).all()
+        assert torch.isfinite(selective_scan_channels_last(**inputs, reverse=reverse,
+                                                           backend=backend)).all()
 
 
 def test_inference_path_equals_autograd_path():

@@ -27,7 +27,9 @@ class SS2D(nn.Module):
         dt_rank (int, optional): rank of the step-size projection; ``ceil(d / 16)`` if None.
         directions (int): scan directions ``K`` (forward and reversed). Default: 2.
         norm_cfg (dict, optional): norm of the in/out projections (BatchNorm by default).
-        scan_backend (str): ``backend`` of :func:`mmmobilemamba.ops.selective_scan`.
+        scan_backend (str): 'auto', 'torch', 'export' (see
+            :func:`mmmobilemamba.ops.selective_scan_channels_last`), 'reference' or 'cuda'
+            (see :func:`mmmobilemamba.ops.selective_scan`).
     """
 
     def __init__(self, channels: int, ssm_ratio: float = 2.0, d_state: int = 1,
@@ -67,14 +69,12 @@ class SS2D(nn.Module):
         self.Ds.fill_(1.0)
 
     def _uses_channels_last_scan(self, u: torch.Tensor) -> bool:
-        """The fast scan runs token-major (reversed recurrence, no flips); 'reference' (the
-        definition: flips and the sequential scan) and mamba_ssm's kernel take the reference
-        layout."""
-        if self.scan_backend == 'torch':
-            return True
-        if self.scan_backend == 'auto':
-            return not (u.is_cuda and _mamba_ssm_scan() is not None)
-        return False
+        """The scan runs token-major (reversed recurrence, no flips: 'auto', 'torch', 'export');
+        'reference' (the definition: flips and the sequential scan) and mamba_ssm's kernel
+        ('cuda') take the reference layout."""
+        if self.scan_backend in ('reference', 'cuda'):
+            return False
+        return not (self.scan_backend == 'auto' and u.is_cuda and _mamba_ssm_scan() is not None)
 
     def _scan_channels_last(self, u: torch.Tensor) -> torch.Tensor:
         """(B, D, H, W) -> (B, L, D): both directions, computed in token order.
@@ -98,7 +98,7 @@ class SS2D(nn.Module):
             delta = torch.addmm(biases[k], dts.reshape(-1, r), self.dt_projs_weight[k].t())
             yk = selective_scan_channels_last(
                 seq, delta.view(b, h * w, d), a_mat[k], bs, cs, ds[k], delta_softplus=True,
-                reverse=k == 1)
+                reverse=k == 1, backend=self.scan_backend)
             y = yk if y is None else (y.add_(yk) if not y.requires_grad else y + yk)
         return y
 

@@ -1,0 +1,199 @@
+"""ONNX export, checked with onnxruntime (the real package, CPU).
+
+Each kind exports and reproduces PyTorch within 1e-4 (relative); the exported quickstart
+models, run through onnxruntime with mmdet's / mmseg's own post-processing, give the metrics
+of the PyTorch models on the built-in data.
+"""
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip('onnxruntime')
+pytest.importorskip('onnxscript')
+pytest.importorskip('mmdet')
+pytest.importorskip('mmseg')
+from mmengine.config import Config  # noqa: E402
+
+from mmmobilemamba.analysis.dummy_batch import make_dummy_batch, preprocess  # noqa: E402
+from mmmobilemamba.apis import build_model  # noqa: E402
+from mmmobilemamba.deploy import OnnxRuntimeModel, export_onnx  # noqa: E402
+from mmmobilemamba.models import MobileMamba  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / 'tests' / 'tools'))
+from tiny_models import TINY_ARCH  # noqa: E402
+from tool_configs import run_tool  # noqa: E402
+
+QUICKSTART = REPO / 'configs' / 'quickstart'
+MAX_REL = 1e-4
+
+
+def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random BatchNorm statistics and affines: no branch an identity (the zero-init ones)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+                m.weight.copy_(0.5 + torch.rand(m.num_features, generator=g))
+                m.bias.copy_(0.1 * torch.randn(m.num_features, generator=g))
+    return model.eval()
+
+
+def _model_and_inputs(config: Path, shape):
+    cfg = Config.fromfile(str(config))
+    model = _randomise(build_model(cfg))
+    scope = 'mmdet' if 'coco' in config.name else 'mmseg'
+    return cfg, model, preprocess(model, make_dummy_batch(scope, shape))['inputs']
+
+
+@pytest.mark.parametrize('name,kind,shape', [
+    ('retinanet_mobilemamba_demo-coco.py', 'detector', (128, 128)),
+    ('fpn_mobilemamba_demo-ade.py', 'segmentor', (96, 128)),
+    pytest.param('mask-rcnn_mobilemamba_demo-coco.py', 'detector', (128, 128),
+                 marks=pytest.mark.slow),
+    pytest.param('ssdlite_mobilemamba_demo-coco.py', 'detector', (128, 128),
+                 marks=pytest.mark.slow),
+    pytest.param('deeplabv3_mobilemamba_demo-ade.py', 'segmentor', (96, 128),
+                 marks=pytest.mark.slow),
+    pytest.param('pspnet_mobilemamba_demo-ade.py', 'segmentor', (96, 128),
+                 marks=pytest.mark.slow),
+])
+def test_detectors_and_segmentors_export_and_verify(tmp_path, name, kind, shape):
+    _, model, inputs = _model_and_inputs(QUICKSTART / name, shape)
+    result = export_onnx(model, kind, inputs, str(tmp_path / 'model.onnx'), verify=True)
+    assert result.max_rel_diff <= MAX_REL and result.max_abs_diff < 1e-3
+    meta = json.loads((tmp_path / 'model.json').read_text())
+    assert meta['kind'] == kind and meta['input_shape'] == list(inputs.shape)
+    assert meta['output_names'] == result.output_names
+    if kind == 'segmentor':
+        assert result.output_names == ['seg_logits']
+    elif 'mask-rcnn' in name:  # features and RPN outputs; the RoI heads run in PyTorch
+        assert result.output_names[0] == 'feat0' and 'rpn_reg4' in result.output_names
+    else:
+        assert result.output_names[0] == 'cls_score0' and 'bbox_pred0' in result.output_names
+
+
+@pytest.mark.parametrize('arch', [TINY_ARCH, pytest.param('t2', marks=pytest.mark.slow)])
+def test_backbone_exports_deploy_folded_and_verifies(tmp_path, arch):
+    backbone = _randomise(MobileMamba(arch))
+    inputs = torch.randn(1, 3, 96, 160)
+    result = export_onnx(backbone, 'backbone', inputs, str(tmp_path / 'backbone.onnx'),
+                         verify=True)
+    assert result.output_names == ['stage0', 'stage1', 'stage2']
+    assert result.max_rel_diff <= MAX_REL
+    assert not getattr(backbone, 'deployed', False)  # the model given is left as it was
+
+
+def test_runtime_model_refuses_another_input_size(tmp_path):
+    _, model, inputs = _model_and_inputs(QUICKSTART / 'fpn_mobilemamba_demo-ade.py', (64, 64))
+    export_onnx(model, 'segmentor', inputs, str(tmp_path / 'seg.onnx'))
+    runtime = OnnxRuntimeModel(model, str(tmp_path / 'seg.onnx'))
+    with pytest.raises(ValueError, match='static shape'):
+        runtime.run(torch.zeros(1, 3, 96, 96))
+
+
+def test_tool_exports_the_backbone_of_a_checkpoint(tmp_path):
+    config = QUICKSTART / 'retinanet_mobilemamba_demo-coco.py'
+    _, model, _ = _model_and_inputs(config, (64, 64))
+    checkpoint = tmp_path / 'detector.pth'
+    torch.save({'state_dict': model.state_dict()}, checkpoint)
+    out = tmp_path / 'backbone.onnx'
+    proc = run_tool('deployment/export_onnx.py', [config, checkpoint, '--backbone-only',
+                                                   '--shape', '64', '96', '--out', out,
+                                                   '--verify'])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'exported backbone (1, 3, 64, 128)' in proc.stdout  # padded to a multiple of 64
+    meta = json.loads(out.with_suffix('.json').read_text())
+    assert meta['checkpoint'] == str(checkpoint) and meta['max_rel_diff'] <= MAX_REL
+    # the weights are the checkpoint's: the exported backbone computes what the model's does
+    import onnxruntime
+    x = torch.randn(1, 3, 64, 128)
+    out_ort = onnxruntime.InferenceSession(str(out)).run(None, {'input': x.numpy()})
+    with torch.no_grad():
+        ref = model.backbone(x)
+    for a, b in zip(out_ort, ref):
+        torch.testing.assert_close(torch.from_numpy(a), b, atol=1e-4, rtol=1e-4)
+
+
+def test_tool_reports_a_checkpoint_that_does_not_fit(tmp_path):
+    checkpoint = tmp_path / 'other.pth'
+    torch.save({'state_dict': {'backbone.x.weight': torch.zeros(1)}}, checkpoint)
+    proc = run_tool('deployment/export_onnx.py', [
+        QUICKSTART / 'fpn_mobilemamba_demo-ade.py', checkpoint, '--out', tmp_path / 'x.onnx'])
+    assert proc.returncode == 2 and 'does not fit the model' in proc.stderr
+
+
+# ------------------------------------------------------- metrics through onnxruntime
+def _train(config: Path, data: Path, work_dir: Path, seg: bool) -> Path:
+    overrides = [f'train_dataloader.dataset.data_root={data}', 'train_dataloader.num_workers=0',
+                 'train_dataloader.persistent_workers=False', 'val_cfg=None',
+                 'val_dataloader=None', 'val_evaluator=None',
+                 'train_cfg.max_iters=40' if seg else 'train_cfg.max_epochs=3']
+    proc = run_tool('train.py', [config, '--work-dir', work_dir, '--cfg-options', *overrides],
+                    timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return work_dir / ('iter_40.pth' if seg else 'epoch_3.pth')
+
+
+def _evaluate(test_step, cfg: Config):
+    """The metrics over the test set, and each image's prediction."""
+    from mmengine.evaluator import Evaluator
+    from mmengine.runner import Runner
+    loader = Runner.build_dataloader(cfg.test_dataloader)
+    evaluator = Evaluator(cfg.test_evaluator)
+    evaluator.dataset_meta = loader.dataset.metainfo
+    predictions = []
+    for batch in loader:
+        samples = test_step(batch)
+        predictions += [s.pred_sem_seg.data if 'pred_sem_seg' in s else s.pred_instances.clone()
+                        for s in samples]
+        evaluator.process(samples, batch)
+    return evaluator.evaluate(len(loader.dataset)), predictions
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name,metric,tolerance', [
+    ('retinanet_mobilemamba_demo-coco.py', 'coco/bbox_mAP', 0.002),
+    ('fpn_mobilemamba_demo-ade.py', 'mIoU', 0.1),
+])
+def test_exported_quickstart_model_gives_the_pytorch_metric(tmp_path, name, metric, tolerance):
+    from mmmobilemamba.datasets.synthetic import generate_ade_shapes, generate_coco_shapes
+    seg = 'ade' in name
+    config = QUICKSTART / name
+    data = tmp_path / 'data'
+    if seg:
+        generate_ade_shapes(data, num_train=16, num_val=8)
+    else:
+        generate_coco_shapes(data, num_train=16, num_val=8)
+    checkpoint = _train(config, data, tmp_path / 'work', seg)
+    cfg = Config.fromfile(str(config))
+    cfg.test_dataloader.dataset.data_root = str(data)
+    cfg.test_dataloader.update(num_workers=0, persistent_workers=False, batch_size=1)
+    if not seg:
+        cfg.test_evaluator.ann_file = str(data / 'annotations' / 'instances_val.json')
+        cfg.model.test_cfg.score_thr = 0.0  # a briefly trained model scores low: keep all
+    model = build_model(cfg, checkpoint)
+    shape = (160, 160) if seg else (384, 384)  # what the test pipeline resizes every image to
+    inputs = preprocess(model, make_dummy_batch('mmseg' if seg else 'mmdet', shape))['inputs']
+    result = export_onnx(copy.deepcopy(model), 'segmentor' if seg else 'detector', inputs,
+                         str(tmp_path / 'model.onnx'), verify=True)
+    assert result.max_rel_diff <= MAX_REL
+    ours, ours_preds = _evaluate(model.test_step, cfg)
+    exported, exported_preds = _evaluate(OnnxRuntimeModel(model, result.onnx_file).test_step,
+                                         cfg)
+    assert abs(exported[metric] - ours[metric]) <= tolerance, (exported, ours)
+    # image by image, the same predictions
+    for a, b in zip(exported_preds, ours_preds):
+        if seg:
+            assert (a == b).float().mean() > 0.999
+        else:
+            assert len(a) == len(b) > 0
+            torch.testing.assert_close(a.scores, b.scores, atol=1e-4, rtol=1e-3)
+            torch.testing.assert_close(a.bboxes, b.bboxes, atol=0.05, rtol=1e-3)
+            assert torch.equal(a.labels, b.labels)
