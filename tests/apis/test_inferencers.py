@@ -54,25 +54,25 @@ def _label_map(config, weights, image):
 
 
 # ------------------------------------------------------------- every config we ship
+def _inferencer_predicts(config: Path, tmp_path: Path) -> None:
+    """The config's inferencer (random weights) predicts on a 96x72 image."""
+    image = _image(tmp_path / 'image.jpg')
+    if _is_seg(config):
+        assert _label_map(config, None, image).shape == (72, 96)
+    else:
+        prediction = _detections(config, None, image)
+        assert len(prediction['labels']) == len(prediction['scores']) == len(prediction['bboxes'])
+
+
 @pytest.mark.parametrize('config', QUICKSTART, ids=lambda p: p.name)
 def test_inferencers_take_the_quickstart_configs(config, tmp_path):
-    image = _image(tmp_path / 'image.jpg')
-    if _is_seg(config):
-        assert _label_map(config, None, image).shape == (72, 96)
-    else:
-        prediction = _detections(config, None, image)
-        assert len(prediction['labels']) == len(prediction['scores']) == len(prediction['bboxes'])
+    _inferencer_predicts(config, tmp_path)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # B1/B4 models at 1333x800 or 2048x512
 @pytest.mark.parametrize('config', SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
 def test_inferencers_take_the_paper_short_and_custom_configs(config, tmp_path):
-    image = _image(tmp_path / 'image.jpg')
-    if _is_seg(config):
-        assert _label_map(config, None, image).shape == (72, 96)
-    else:
-        prediction = _detections(config, None, image)
-        assert len(prediction['labels']) == len(prediction['scores']) == len(prediction['bboxes'])
+    _inferencer_predicts(config, tmp_path)
 
 
 # ---------------------------------------- a trained quickstart model, from its work dir
