@@ -39,8 +39,9 @@ __all__ = ['selective_scan', 'selective_scan_reference', 'selective_scan_channel
            'selective_scan_channels_last_reference']
 
 _SEQUENTIAL_MAX = 16  # up to this length one sequential pass; beyond, two levels of chunks
-_BACKENDS = ('auto', 'torch', 'cuda', 'reference')
-_CHANNELS_LAST_BACKENDS = ('auto', 'torch', 'export', 'reference')
+_BACKENDS = ('auto', 'torch', 'triton', 'cuda', 'reference')
+_CHANNELS_LAST_BACKENDS = ('auto', 'torch', 'triton', 'export', 'reference')
+_AUTO_CHOICES_LOGGED = set()
 
 
 def _scan(a: torch.Tensor, b: torch.Tensor, reverse: bool = False,
@@ -237,9 +238,11 @@ def selective_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.
         delta_softplus (bool): apply softplus to ``delta``. Default: True.
         reverse (bool): scan from the last token to the first (``h_t`` depends on ``h_{t+1}``),
             i.e. the scan of the flipped sequence, flipped back. Default: False.
-        backend (str): 'auto' or 'torch' (the chunked PyTorch scan), 'export' (the same
-            recurrence with out-of-place ops only: what ONNX export traces, ``2 sqrt(L)``
-            steps) or 'reference' (the sequential twin). Default: 'auto'.
+        backend (str): 'torch' (the chunked PyTorch scan), 'triton' (the recurrence as a
+            Triton kernel: CUDA tensors), 'auto' (Triton on CUDA when it imports, else
+            'torch'; see :func:`resolve_backend`), 'export' (the chunked recurrence with
+            out-of-place ops only: what ONNX export traces, ``2 sqrt(L)`` steps) or
+            'reference' (the sequential twin). Default: 'auto'.
 
     Returns:
         Tensor: (batch, L, D) in the dtype of ``u``; arithmetic is float32 throughout.
@@ -247,6 +250,7 @@ def selective_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.
     if backend not in _CHANNELS_LAST_BACKENDS:
         raise ValueError(f'selective_scan_channels_last: unknown backend {backend!r}; choose '
                          f'one of {_CHANNELS_LAST_BACKENDS}')
+    backend = resolve_backend(backend, u.device, mamba_ssm=False)
     if backend == 'reference':
         return selective_scan_channels_last_reference(u, delta, A, B, C, D, delta_bias,
                                                       delta_softplus, reverse)
@@ -255,6 +259,9 @@ def selective_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.
     if backend == 'export':
         return _scan_channels_last_for_export(u, delta, A, B, C, D, delta_bias, delta_softplus,
                                               reverse)
+    if backend == 'triton':
+        return _scan_channels_last_triton(u, delta, A, B, C, D, delta_bias, delta_softplus,
+                                          reverse)
     tensors = (u, delta, A, B, C, D, delta_bias)
     track = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     u32, A32, B32, C32 = u.float().contiguous(), A.float(), B.float(), C.float()
@@ -284,6 +291,26 @@ def selective_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.
         y = (h.reshape(batch, length, channels, n_state) * C32[:, :, None]).sum(-1)
     if D is not None:
         y = torch.addcmul(y, u32, D.float())
+    return y.to(u.dtype)
+
+
+def _scan_channels_last_triton(u, delta, A, B, C, D, delta_bias, delta_softplus,
+                               reverse) -> torch.Tensor:
+    """The token-major scan with the recurrence in Triton (:mod:`.triton_scan`)."""
+    triton_scan = _triton_scan()
+    if triton_scan is None:
+        raise ImportError("selective scan backend 'triton' needs Triton (pip install triton; "
+                          "it comes with torch's CUDA builds); use backend 'torch' instead")
+    batch, length, channels = u.shape
+    n_state = A.shape[1]
+    u32, A32, B32, C32 = u.float(), A.float(), B.float(), C.float()
+    delta32 = _step_sizes(delta, delta_bias, delta_softplus)
+    a = torch.exp(delta32[..., None] * A32).flatten(2)               # (batch, L, D*N)
+    b = ((delta32 * u32)[..., None] * B32[:, :, None]).flatten(2)
+    h = triton_scan.linear_recurrence_triton(a, b, reverse)
+    y = (h.view(batch, length, channels, n_state) * C32[:, :, None]).sum(-1)
+    if D is not None:
+        y = y + u32 * D.float()
     return y.to(u.dtype)
 
 
@@ -368,6 +395,42 @@ def selective_scan_reference(u: torch.Tensor, delta: torch.Tensor, A: torch.Tens
 
 
 @functools.lru_cache(maxsize=None)
+def _triton_scan():
+    """:mod:`mmmobilemamba.ops.triton_scan` if Triton imports, else None (looked up once)."""
+    try:
+        from . import triton_scan
+    except Exception:  # ImportError, or a Triton that does not work with this torch
+        return None
+    return triton_scan
+
+
+def resolve_backend(backend: str, device: torch.device, mamba_ssm: bool = True) -> str:
+    """The backend ``'auto'`` stands for on ``device``; others are returned as they are.
+
+    On CUDA: Triton's kernel when Triton imports, else mamba_ssm's kernel (``'cuda'``, with
+    ``mamba_ssm`` true: it takes the reference layout) when installed, else the PyTorch scan;
+    the choice is logged once per process. Elsewhere: the PyTorch scan.
+    """
+    if backend != 'auto':
+        return backend
+    if torch.device(device).type != 'cuda':
+        return 'torch'
+    if _triton_scan() is not None:
+        chosen = 'triton'
+    elif mamba_ssm and _mamba_ssm_scan() is not None:
+        chosen = 'cuda'
+    else:
+        chosen = 'torch'
+    if chosen not in _AUTO_CHOICES_LOGGED:
+        _AUTO_CHOICES_LOGGED.add(chosen)
+        from mmengine.logging import print_log
+        what = {'triton': "Triton's kernel", 'cuda': "mamba_ssm's CUDA kernel",
+                'torch': 'the PyTorch scan (neither Triton nor mamba_ssm imports)'}[chosen]
+        print_log(f"selective scan on CUDA (backend 'auto'): {what}", logger='current')
+    return chosen
+
+
+@functools.lru_cache(maxsize=None)
 def _mamba_ssm_scan():
     """The fused CUDA kernel of ``mamba_ssm`` if importable, else None.
 
@@ -397,9 +460,10 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         D (Tensor, optional): skip connection, (K*D,).
         delta_bias (Tensor, optional): added to ``delta`` before the softplus, (K*D,).
         delta_softplus (bool): apply softplus to ``delta``. Default: True.
-        backend (str): 'auto' (mamba_ssm's kernel for CUDA tensors if installed, else
-            'torch'), 'torch' (the chunked PyTorch scan, one direction at a time), 'cuda'
-            (mamba_ssm's kernel, an error if missing) or 'reference' (the sequential twin).
+        backend (str): 'auto' (on CUDA Triton's kernel, else mamba_ssm's when installed, else
+            'torch': :func:`resolve_backend`), 'torch' (the chunked PyTorch scan, one
+            direction at a time), 'triton', 'cuda' (mamba_ssm's kernel, an error if missing)
+            or 'reference' (the sequential twin).
 
     Returns:
         Tensor: (batch, K*D, L) in the dtype of ``u``; arithmetic is float32 throughout.
@@ -407,20 +471,20 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     if backend not in _BACKENDS:
         raise ValueError(f'selective_scan: unknown backend {backend!r}; choose one of {_BACKENDS}')
     _check_layout(u, delta, A, B, C, D, delta_bias)
+    backend = resolve_backend(backend, u.device)
     if backend == 'reference':
         return selective_scan_reference(u, delta, A, B, C, D, delta_bias, delta_softplus)
-    if backend in ('auto', 'cuda'):
-        kernel = _mamba_ssm_scan() if u.is_cuda or backend == 'cuda' else None
-        if backend == 'cuda' and (kernel is None or not u.is_cuda):
+    if backend == 'cuda':
+        kernel = _mamba_ssm_scan()
+        if kernel is None or not u.is_cuda:
             raise RuntimeError(
                 "selective_scan(backend='cuda') needs CUDA tensors and the mamba_ssm kernel "
-                "(pip install mamba-ssm); use backend='torch' for the portable scan")
-        if kernel is not None:
-            # the fused kernel takes (batch, K, N, L) B/C as "variable" groups directly
-            out = kernel(u.float(), delta.float(), A.float(), B.float(), C.float(),
-                         None if D is None else D.float(),
-                         delta_bias=None if delta_bias is None else delta_bias.float(),
-                         delta_softplus=delta_softplus)
-            return out.to(u.dtype)
-    return _by_direction(selective_scan_channels_last, u, delta, A, B, C, D, delta_bias,
-                         delta_softplus)
+                "(pip install mamba-ssm); use backend 'triton' or 'torch' instead")
+        # the fused kernel takes (batch, K, N, L) B/C as "variable" groups directly
+        out = kernel(u.float(), delta.float(), A.float(), B.float(), C.float(),
+                     None if D is None else D.float(),
+                     delta_bias=None if delta_bias is None else delta_bias.float(),
+                     delta_softplus=delta_softplus)
+        return out.to(u.dtype)
+    scan = functools.partial(selective_scan_channels_last, backend=backend)
+    return _by_direction(scan, u, delta, A, B, C, D, delta_bias, delta_softplus)

@@ -184,7 +184,7 @@ def test_reference_layout_equals_its_twin(length, n):
 def test_bad_layout_and_backend_raise():
     inputs = _reference_layout()
     with pytest.raises(ValueError, match='backend'):
-        selective_scan(**inputs, backend='triton')
+        selective_scan(**inputs, backend='tpu')
     with pytest.raises(ValueError, match='A must be'):
         selective_scan(**dict(inputs, A=inputs['A'][:3]))
     with pytest.raises(ValueError, match='B must be'):

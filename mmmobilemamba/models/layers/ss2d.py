@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmmobilemamba.ops import memory_format_of, selective_scan, selective_scan_channels_last
-from mmmobilemamba.ops.selective_scan import _mamba_ssm_scan
+from mmmobilemamba.ops.selective_scan import resolve_backend
 from .conv_bn import ConvBN
 from .inference_conv import InferenceConv2d
 
@@ -68,15 +68,14 @@ class SS2D(nn.Module):
         self.A_logs.zero_()
         self.Ds.fill_(1.0)
 
-    def _uses_channels_last_scan(self, u: torch.Tensor) -> bool:
-        """The scan runs token-major (reversed recurrence, no flips: 'auto', 'torch', 'export');
-        'reference' (the definition: flips and the sequential scan) and mamba_ssm's kernel
-        ('cuda') take the reference layout."""
-        if self.scan_backend in ('reference', 'cuda'):
-            return False
-        return not (self.scan_backend == 'auto' and u.is_cuda and _mamba_ssm_scan() is not None)
+    def _uses_channels_last_scan(self, backend: str) -> bool:
+        """The scan runs token-major (reversed recurrence, no flips) but for 'reference' (the
+        definition: flips and the sequential scan) and mamba_ssm's kernel ('cuda'), which take
+        the reference layout. ``backend``: resolved (see
+        :func:`mmmobilemamba.ops.selective_scan.resolve_backend`)."""
+        return backend not in ('reference', 'cuda')
 
-    def _scan_channels_last(self, u: torch.Tensor) -> torch.Tensor:
+    def _scan_channels_last(self, u: torch.Tensor, backend: str = 'torch') -> torch.Tensor:
         """(B, D, H, W) -> (B, L, D): both directions, computed in token order.
 
         The projections act per token, so the scan of the flipped sequence, flipped back, is the
@@ -98,11 +97,11 @@ class SS2D(nn.Module):
             delta = torch.addmm(biases[k], dts.reshape(-1, r), self.dt_projs_weight[k].t())
             yk = selective_scan_channels_last(
                 seq, delta.view(b, h * w, d), a_mat[k], bs, cs, ds[k], delta_softplus=True,
-                reverse=k == 1, backend=self.scan_backend)
+                reverse=k == 1, backend=backend)
             y = yk if y is None else (y.add_(yk) if not y.requires_grad else y + yk)
         return y
 
-    def _scan(self, u: torch.Tensor) -> torch.Tensor:
+    def _scan(self, u: torch.Tensor, backend: str = 'reference') -> torch.Tensor:
         """(B, D, H, W) -> (B, D, H, W): both directions scanned, summed (reference layout)."""
         b, d, h, w = u.shape
         length = h * w
@@ -116,7 +115,7 @@ class SS2D(nn.Module):
             xs.reshape(b, k * d, length), dts.reshape(b, k * d, length),
             -torch.exp(self.A_logs.float()), Bs, Cs, self.Ds,
             delta_bias=self.dt_projs_bias.reshape(-1), delta_softplus=True,
-            backend=self.scan_backend).view(b, k, d, length)
+            backend=backend).view(b, k, d, length)
         return (ys[:, 0] + ys[:, 1].flip(-1)).view(b, d, h, w)
 
     @torch.no_grad()
@@ -132,12 +131,13 @@ class SS2D(nn.Module):
         u, z = self.in_proj(x).chunk(2, dim=1)
         u = self.act(self.conv2d(u))
         b, d, h, w = u.shape
-        if self._uses_channels_last_scan(u):
-            y = self.out_norm(self._scan_channels_last(u))          # LayerNorm over D, as is
+        backend = resolve_backend(self.scan_backend, u.device)
+        if self._uses_channels_last_scan(backend):
+            y = self.out_norm(self._scan_channels_last(u, backend))  # LayerNorm over D, as is
             y = y.view(b, h, w, d).permute(0, 3, 1, 2)                # (B, D, H, W), NHWC memory
         else:
             # LayerNorm over channels, done channels-last
-            y = self.out_norm(self._scan(u).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            y = self.out_norm(self._scan(u, backend).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         # back to the memory format of the input for the convolution
         gate = F.silu(z)
         y = y.mul_(gate) if not y.requires_grad else y * gate

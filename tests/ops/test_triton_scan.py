@@ -1,0 +1,147 @@
+"""The Triton selective scan against its sequential twin, on CPU through Triton's interpreter.
+
+The test sets ``TRITON_INTERPRET=1`` (the package never does) and re-imports the kernel module,
+so that its kernels are built for the interpreter; afterwards the module is restored.
+"""
+import importlib
+import os
+
+import pytest
+import torch
+
+pytest.importorskip('triton')
+from mmmobilemamba.ops import (selective_scan, selective_scan_channels_last,  # noqa: E402
+                              selective_scan_channels_last_reference, selective_scan_reference)
+
+scan_module = importlib.import_module('mmmobilemamba.ops.selective_scan')
+
+
+@pytest.fixture(scope='module', autouse=True)
+def interpreter():
+    from mmmobilemamba.ops import triton_scan
+    before = os.environ.get('TRITON_INTERPRET')
+    os.environ['TRITON_INTERPRET'] = '1'
+    importlib.reload(triton_scan)
+    yield
+    if before is None:
+        del os.environ['TRITON_INTERPRET']
+    else:
+        os.environ['TRITON_INTERPRET'] = before
+    importlib.reload(triton_scan)
+
+
+def _tokens(length, batch=2, d=6, n=1, seed=0, delta_scale=1.0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        u=torch.randn(batch, length, d, generator=g).to(dtype),
+        delta=(delta_scale * torch.randn(batch, length, d, generator=g)).to(dtype),
+        A=(-torch.rand(d, n, generator=g) - 0.05).to(dtype),
+        B=torch.randn(batch, length, n, generator=g).to(dtype),
+        C=torch.randn(batch, length, n, generator=g).to(dtype),
+        D=torch.randn(d, generator=g).to(dtype),
+        delta_bias=(0.1 * torch.randn(d, generator=g)).to(dtype),
+    )
+
+
+def _grads(fn, inputs, **kwargs):
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
+    out = fn(**leaves, **kwargs)
+    (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    return out.detach(), {k: v.grad for k, v in leaves.items()}
+
+
+def _same(fast, twin, atol=1e-5, grad_atol=1e-4):
+    (out, grads), (ref, ref_grads) = fast, twin
+    torch.testing.assert_close(out, ref, atol=atol, rtol=1e-4)
+    for name, ref_grad in ref_grads.items():
+        grad = grads[name] if grads[name] is not None else torch.zeros_like(ref_grad)
+        torch.testing.assert_close(grad, ref_grad, atol=grad_atol, rtol=1e-4,
+                                   msg=lambda text, name=name: f'{name}: {text}')
+
+
+@pytest.mark.parametrize('length', [1, 2, 37, 1030])
+@pytest.mark.parametrize('reverse', [False, True])
+def test_kernel_equals_the_twin(length, reverse):
+    """Values and the gradients of every input, both directions."""
+    inputs = _tokens(length, seed=length)
+    _same(_grads(selective_scan_channels_last, inputs, reverse=reverse, backend='triton'),
+          _grads(selective_scan_channels_last_reference, inputs, reverse=reverse))
+
+
+def test_more_states_than_one():
+    inputs = _tokens(17, n=3)
+    _same(_grads(selective_scan_channels_last, inputs, reverse=True, backend='triton'),
+          _grads(selective_scan_channels_last_reference, inputs, reverse=True))
+
+
+@pytest.mark.parametrize('delta_scale', [1e-6, 30.0, 1e4])
+def test_extreme_deltas(delta_scale):
+    inputs = _tokens(40, delta_scale=delta_scale)
+    fast = _grads(selective_scan_channels_last, inputs, backend='triton')
+    assert torch.isfinite(fast[0]).all() and all(torch.isfinite(g).all()
+                                                 for g in fast[1].values())
+    _same(fast, _grads(selective_scan_channels_last_reference, inputs), atol=1e-3,
+          grad_atol=1e-2)
+
+
+def test_bfloat16_inputs_keep_a_float32_state():
+    inputs = _tokens(37, dtype=torch.bfloat16)
+    out = selective_scan_channels_last(**inputs, backend='triton')
+    assert out.dtype == torch.bfloat16
+    ref = selective_scan_channels_last_reference(**{k: v.float() for k, v in inputs.items()})
+    torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.02)
+    # the same bfloat16 inputs in float32 give the same result up to the output rounding
+    exact = selective_scan_channels_last(**{k: v.float() for k, v in inputs.items()},
+                                         backend='triton')
+    torch.testing.assert_close(out, exact.to(torch.bfloat16), atol=0, rtol=0)
+
+
+def test_reference_layout_with_the_triton_backend():
+    g = torch.Generator().manual_seed(3)
+    inputs = dict(u=torch.randn(2, 8, 21, generator=g), delta=torch.randn(2, 8, 21, generator=g),
+                  A=-torch.rand(8, 1, generator=g), B=torch.randn(2, 2, 1, 21, generator=g),
+                  C=torch.randn(2, 2, 1, 21, generator=g), D=torch.randn(8, generator=g),
+                  delta_bias=torch.randn(8, generator=g))
+    _same(_grads(selective_scan, inputs, backend='triton'),
+          _grads(selective_scan_reference, inputs))
+
+
+def test_ss2d_with_the_triton_backend_equals_the_reference():
+    from mmmobilemamba.models.layers import SS2D
+    fast, slow = SS2D(8, scan_backend='triton').eval(), SS2D(8, scan_backend='reference').eval()
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(1, 8, 5, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), slow(x), atol=1e-5, rtol=1e-4)
+
+
+def test_auto_picks_triton_on_cuda_and_logs_it_once(monkeypatch):
+    from mmengine.logging import MMLogger
+    records = []
+    handler = __import__('logging').Handler()
+    handler.emit = records.append
+    MMLogger.get_current_instance().addHandler(handler)
+    monkeypatch.setattr(scan_module, '_AUTO_CHOICES_LOGGED', set())
+    try:
+        cuda = torch.device('cuda')
+        assert scan_module.resolve_backend('auto', cuda) == 'triton'
+        assert scan_module.resolve_backend('auto', cuda) == 'triton'
+        assert scan_module.resolve_backend('auto', torch.device('cpu')) == 'torch'
+        assert scan_module.resolve_backend('reference', cuda) == 'reference'
+    finally:
+        MMLogger.get_current_instance().removeHandler(handler)
+    messages = [r.getMessage() for r in records if 'selective scan on CUDA' in r.getMessage()]
+    assert messages == ["selective scan on CUDA (backend 'auto'): Triton's kernel"]
+
+
+def test_without_triton_auto_falls_back(monkeypatch):
+    monkeypatch.setattr(scan_module, '_triton_scan', lambda: None)
+    monkeypatch.setattr(scan_module, '_mamba_ssm_scan', lambda: None)
+    monkeypatch.setattr(scan_module, '_AUTO_CHOICES_LOGGED', {'torch'})
+    assert scan_module.resolve_backend('auto', torch.device('cuda')) == 'torch'
+
+
+def test_cpu_tensors_without_the_interpreter_are_a_clear_error(monkeypatch):
+    monkeypatch.delenv('TRITON_INTERPRET')
+    with pytest.raises(RuntimeError, match="'triton' needs CUDA tensors"):
+        selective_scan_channels_last(**_tokens(5), backend='triton')
