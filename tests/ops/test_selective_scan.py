@@ -196,6 +196,7 @@ def test_cuda_backend_without_kernel_is_a_clear_error():
         selective_scan(**_reference_layout(), backend='cuda')
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 def test_torch_backend_on_cuda_matches_cpu():
     inputs = _tokens(length=777)

@@ -3,6 +3,7 @@ import os
 import pickle
 
 import pytest
+from cuda_checks import needs_mmcv_cuda_ops
 from tool_configs import (run_tool, write_coco_dataset, write_det_config,
                           write_seg_config, write_seg_dataset)
 
@@ -131,7 +132,9 @@ def test_amp_without_a_gpu_says_so_and_trains_in_float32(det_setup, tmp_path):
                for r in records)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not __import__('torch').cuda.is_available(), reason='needs CUDA')
+@needs_mmcv_cuda_ops  # the quickstart RetinaNet's focal loss
 def test_amp_on_cuda_trains_the_quickstart_retinanet(tmp_path):
     """tools/train.py --amp on a GPU: a short run of the quickstart RetinaNet, finite losses."""
     from mmmobilemamba.datasets.synthetic import generate_coco_shapes
