@@ -35,7 +35,9 @@ def load_config(config: Union[str, Path, Config], cfg_options: Optional[dict] = 
     """Read a config file (importing its ``custom_imports``), or copy a ``Config``.
 
     Args:
-        config (str | Path | Config): a config file or a loaded config (never modified).
+        config (str | Path | Config): a config file, a config shipped with an installed
+            codebase (``'mmdet::regnet/retinanet_regnetx-800MF_fpn_1x_coco.py'``) or a loaded
+            config (never modified).
         cfg_options (dict, optional): overrides in ``Config.merge_from_dict`` form, e.g.
             ``{'model.backbone.arch': 't2'}`` (what ``--cfg-options`` parses to).
 
@@ -47,6 +49,9 @@ def load_config(config: Union[str, Path, Config], cfg_options: Optional[dict] = 
     """
     if isinstance(config, Config):
         cfg = copy.deepcopy(config)
+    elif isinstance(config, str) and '::' in config:
+        from mmengine.hub import get_config
+        cfg = get_config(config)  # FileNotFoundError names the path it looked at
     else:
         if not Path(config).is_file():
             raise FileNotFoundError(f'config file not found: {config}')
