@@ -53,6 +53,16 @@ def test_packing_follows_input_shape_and_weight_changes():
         torch.testing.assert_close(fast(x), F.relu(conv(x)), atol=1e-5, rtol=1e-5)
 
 
+@needs_onednn
+def test_a_conv_built_under_inference_mode_packs():
+    """Weights created in inference mode are inference tensors, without a version counter."""
+    with torch.inference_mode():
+        conv, fast = _pair('relu', in_channels=8, out_channels=16, kernel_size=3, padding=1)
+        x = _cl(torch.randn(1, 8, 9, 9))
+        torch.testing.assert_close(fast(x), F.relu(conv(x)), atol=1e-5, rtol=1e-5)
+    assert fast._packed is not None
+
+
 def test_fallback_paths_equal_conv_and_keep_gradients():
     conv, fast = _pair('silu', in_channels=6, out_channels=6, kernel_size=3, padding=1)
     x = torch.randn(2, 6, 8, 8)

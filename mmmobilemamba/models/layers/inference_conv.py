@@ -90,7 +90,10 @@ class InferenceConv2d(nn.Conv2d):
         # the weights would be reordered again on every call (slowly). So the packing is for
         # the last input shape, redone when the shape (or the weight) changes.
         weight = self.weight
-        key = (weight.data_ptr(), weight._version, tuple(input_shape))
+        # a model built under torch.inference_mode has inference tensors: no version counter
+        # (and they cannot change outside inference mode)
+        version = None if weight.is_inference() else weight._version
+        key = (weight.data_ptr(), version, tuple(input_shape))
         if self._packed is None or self._packed_key != key:
             with torch.no_grad():
                 self._packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
