@@ -132,26 +132,39 @@ def _shift(x: torch.Tensor, towards_end: bool) -> torch.Tensor:
     return F.pad(x[:, :-1], (0, 0, 1, 0)) if towards_end else F.pad(x[:, 1:], (0, 0, 0, 1))
 
 
-class _LinearRecurrence(torch.autograd.Function):
-    """Autograd wrapper: the adjoint of a linear recurrence is the recurrence run the other way."""
+def adjoint_recurrence_function(
+        recurrence: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]) -> type:
+    """An autograd Function computing ``h = recurrence(a, b, reverse)`` (``h_t = a_t h_{t-1}
+    + b_t`` along dim 1, or reversed), whose backward runs the same ``recurrence`` the other
+    way: the adjoint of a linear recurrence is the reversed recurrence,
+    ``g_t = grad_h_t + a_{t+1} g_{t+1}``, and ``grad_a_t = g_t h_{t-1}``.
 
-    @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor, reverse: bool) -> torch.Tensor:
-        h = _scan(a, b, reverse)
-        ctx.reverse = reverse
-        ctx.save_for_backward(a, h)
-        return h
+    ``recurrence`` must leave its inputs unchanged. Used with the PyTorch scan and the Triton
+    kernel.
+    """
 
-    @staticmethod
-    def backward(ctx, grad_h: torch.Tensor):
-        a, h = ctx.saved_tensors
-        reverse = ctx.reverse
-        # forward recurrence: g_t = grad_h_t + a_{t+1} g_{t+1}, a scan the other way
-        # (and mirrored for a reverse one)
-        a_other = _shift(a, towards_end=reverse)
-        g = _scan(a_other.contiguous(), grad_h.contiguous().clone(), not reverse, inplace=True)
-        grad_a = g * _shift(h, towards_end=not reverse) if ctx.needs_input_grad[0] else None
-        return grad_a, g, None
+    class LinearRecurrence(torch.autograd.Function):
+
+        @staticmethod
+        def forward(ctx, a: torch.Tensor, b: torch.Tensor, reverse: bool) -> torch.Tensor:
+            h = recurrence(a, b, reverse)
+            ctx.reverse = reverse
+            ctx.save_for_backward(a, h)
+            return h
+
+        @staticmethod
+        def backward(ctx, grad_h: torch.Tensor):
+            a, h = ctx.saved_tensors
+            reverse = ctx.reverse
+            g = recurrence(_shift(a, towards_end=reverse).contiguous(), grad_h.contiguous(),
+                           not reverse)
+            grad_a = g * _shift(h, towards_end=not reverse) if ctx.needs_input_grad[0] else None
+            return grad_a, g, None
+
+    return LinearRecurrence
+
+
+_LinearRecurrence = adjoint_recurrence_function(_scan)
 
 
 def _float32_under_autocast(fn: Callable) -> Callable:

@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .selective_scan import adjoint_recurrence_function
+
 __all__ = ['TritonRecurrence', 'linear_recurrence_triton', 'can_run']
 
 _BLOCK = 64
@@ -61,29 +63,8 @@ def _recurrence(a: torch.Tensor, b: torch.Tensor, reverse: bool) -> torch.Tensor
     return h
 
 
-def _shift(x: torch.Tensor, towards_end: bool) -> torch.Tensor:
-    """``x`` moved one step along dim 1, zero filled."""
-    zero = torch.zeros_like(x[:, :1])
-    return torch.cat([zero, x[:, :-1]], 1) if towards_end else torch.cat([x[:, 1:], zero], 1)
-
-
-class TritonRecurrence(torch.autograd.Function):
-    """``h = linear_recurrence(a, b)`` with the Triton kernel forwards and backwards."""
-
-    @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor, reverse: bool) -> torch.Tensor:
-        h = _recurrence(a, b, reverse)
-        ctx.reverse = reverse
-        ctx.save_for_backward(a, h)
-        return h
-
-    @staticmethod
-    def backward(ctx, grad_h: torch.Tensor):
-        a, h = ctx.saved_tensors
-        # g_t = grad_h_t + a_{t+1} g_{t+1}: the recurrence the other way (mirrored for reverse)
-        g = _recurrence(_shift(a, towards_end=ctx.reverse), grad_h, not ctx.reverse)
-        grad_a = g * _shift(h, towards_end=not ctx.reverse) if ctx.needs_input_grad[0] else None
-        return grad_a, g, None
+# forwards and backwards (the reversed recurrence) by the kernel
+TritonRecurrence = adjoint_recurrence_function(_recurrence)
 
 
 def linear_recurrence_triton(a: torch.Tensor, b: torch.Tensor,

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from scan_checks import assert_same_scan, scan_and_grads
 
 from mmmobilemamba.ops import (selective_scan, selective_scan_channels_last,
                               selective_scan_channels_last_reference, selective_scan_reference)
@@ -38,23 +39,6 @@ def _reference_layout(batch=2, k=2, d=3, length=37, n=1, seed=0):
     )
 
 
-def _grads(fn, inputs, **kwargs):
-    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
-    out = fn(**leaves, **kwargs)
-    weight = torch.linspace(-1, 1, out.numel()).view_as(out)
-    (out * weight).sum().backward()
-    return out.detach(), {k: v.grad for k, v in leaves.items()}
-
-
-def _assert_same(fast, twin, atol=1e-5, grad_atol=1e-4):
-    (out, grads), (ref, ref_grads) = fast, twin
-    torch.testing.assert_close(out, ref, atol=atol, rtol=1e-4)
-    for name, ref_grad in ref_grads.items():
-        grad = grads[name] if grads[name] is not None else torch.zeros_like(ref_grad)
-        torch.testing.assert_close(grad, ref_grad, atol=grad_atol, rtol=1e-4,
-                                   msg=lambda text, name=name: f'{name}: {text}')
-
-
 # ------------------------------------------------------- the model's scan and its twin
 @pytest.mark.parametrize('length', [1, 2, 17, 37, 256, 1025])
 @pytest.mark.parametrize('reverse', [False, True])
@@ -63,8 +47,8 @@ def _assert_same(fast, twin, atol=1e-5, grad_atol=1e-4):
 def test_scan_equals_its_twin(length, reverse, n, backend):
     """Values and gradients of every input, both directions, both fast forms."""
     inputs = _tokens(length=length, n=n, seed=length)
-    _assert_same(_grads(selective_scan_channels_last, inputs, reverse=reverse, backend=backend),
-                 _grads(selective_scan_channels_last_reference, inputs, reverse=reverse))
+    assert_same_scan(scan_and_grads(selective_scan_channels_last, inputs, reverse=reverse, backend=backend),
+                 scan_and_grads(selective_scan_channels_last_reference, inputs, reverse=reverse))
 
 
 def test_reverse_is_the_scan_of_the_flipped_sequence():
@@ -90,8 +74,8 @@ def test_scan_equals_its_twin_at_4096():
 def test_scan_grads_equal_its_twin_at_4096():
     inputs = _tokens(batch=1, length=4096, d=2)
     for reverse in (False, True):
-        _assert_same(_grads(selective_scan_channels_last, inputs, reverse=reverse),
-                     _grads(selective_scan_channels_last_reference, inputs, reverse=reverse))
+        assert_same_scan(scan_and_grads(selective_scan_channels_last, inputs, reverse=reverse),
+                     scan_and_grads(selective_scan_channels_last_reference, inputs, reverse=reverse))
 
 
 @pytest.mark.parametrize('delta_scale', [1e-6, 30.0, 1e4])
@@ -99,12 +83,12 @@ def test_scan_grads_equal_its_twin_at_4096():
 @pytest.mark.parametrize('backend', ['torch', 'export'])
 def test_extreme_deltas_equal_the_twin_and_stay_finite(delta_scale, reverse, backend):
     inputs = _tokens(length=300, delta_scale=delta_scale)
-    fast = _grads(selective_scan_channels_last, inputs, reverse=reverse, backend=backend)
-    twin = _grads(selective_scan_channels_last_reference, inputs, reverse=reverse)
+    fast = scan_and_grads(selective_scan_channels_last, inputs, reverse=reverse, backend=backend)
+    twin = scan_and_grads(selective_scan_channels_last_reference, inputs, reverse=reverse)
     for out, grads in (fast, twin):
         assert torch.isfinite(out).all()
         assert all(torch.isfinite(g).all() for g in grads.values())
-    _assert_same(fast, twin, atol=1e-3, grad_atol=1e-2)
+    assert_same_scan(fast, twin, atol=1e-3, grad_atol=1e-2)
 
 
 def test_long_sequence_tail_equals_the_twin():
@@ -133,7 +117,7 @@ def test_inference_path_equals_autograd_path():
     inputs = _tokens(batch=1, length=300, d=8)
     with torch.no_grad():
         fast = selective_scan_channels_last(**inputs, reverse=True)
-    tracked, _ = _grads(selective_scan_channels_last, inputs, reverse=True)
+    tracked, _ = scan_and_grads(selective_scan_channels_last, inputs, reverse=True)
     torch.testing.assert_close(fast, tracked, atol=0, rtol=0)
 
 
@@ -169,7 +153,7 @@ def test_token_layout_errors_name_the_argument():
 def test_matches_reference_fixture():
     fx = torch.load(DATA / 'selective_scan_parity.pt')
     for fn in (selective_scan, selective_scan_reference):
-        out, grads = _grads(fn, fx['inputs'])
+        out, grads = scan_and_grads(fn, fx['inputs'])
         torch.testing.assert_close(out, fx['output'], atol=1e-5, rtol=1e-5)
         for name, grad in grads.items():
             torch.testing.assert_close(grad, fx['grads'][name], atol=2e-5, rtol=1e-4, msg=name)
@@ -178,7 +162,7 @@ def test_matches_reference_fixture():
 @pytest.mark.parametrize('length,n', [(1, 1), (33, 2), (300, 1)])
 def test_reference_layout_equals_its_twin(length, n):
     inputs = _reference_layout(length=length, n=n)
-    _assert_same(_grads(selective_scan, inputs), _grads(selective_scan_reference, inputs))
+    assert_same_scan(scan_and_grads(selective_scan, inputs), scan_and_grads(selective_scan_reference, inputs))
 
 
 def test_bad_layout_and_backend_raise():

@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from scan_checks import assert_same_scan, scan_and_grads
 
 pytest.importorskip('triton')
 from mmmobilemamba.ops import (selective_scan, selective_scan_channels_last,  # noqa: E402
@@ -43,44 +44,28 @@ def _tokens(length, batch=2, d=6, n=1, seed=0, delta_scale=1.0, dtype=torch.floa
     )
 
 
-def _grads(fn, inputs, **kwargs):
-    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
-    out = fn(**leaves, **kwargs)
-    (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-    return out.detach(), {k: v.grad for k, v in leaves.items()}
-
-
-def _same(fast, twin, atol=1e-5, grad_atol=1e-4):
-    (out, grads), (ref, ref_grads) = fast, twin
-    torch.testing.assert_close(out, ref, atol=atol, rtol=1e-4)
-    for name, ref_grad in ref_grads.items():
-        grad = grads[name] if grads[name] is not None else torch.zeros_like(ref_grad)
-        torch.testing.assert_close(grad, ref_grad, atol=grad_atol, rtol=1e-4,
-                                   msg=lambda text, name=name: f'{name}: {text}')
-
-
 @pytest.mark.parametrize('length', [1, 2, 37, 1030])
 @pytest.mark.parametrize('reverse', [False, True])
 def test_kernel_equals_the_twin(length, reverse):
     """Values and the gradients of every input, both directions."""
     inputs = _tokens(length, seed=length)
-    _same(_grads(selective_scan_channels_last, inputs, reverse=reverse, backend='triton'),
-          _grads(selective_scan_channels_last_reference, inputs, reverse=reverse))
+    assert_same_scan(scan_and_grads(selective_scan_channels_last, inputs, reverse=reverse, backend='triton'),
+          scan_and_grads(selective_scan_channels_last_reference, inputs, reverse=reverse))
 
 
 def test_more_states_than_one():
     inputs = _tokens(17, n=3)
-    _same(_grads(selective_scan_channels_last, inputs, reverse=True, backend='triton'),
-          _grads(selective_scan_channels_last_reference, inputs, reverse=True))
+    assert_same_scan(scan_and_grads(selective_scan_channels_last, inputs, reverse=True, backend='triton'),
+          scan_and_grads(selective_scan_channels_last_reference, inputs, reverse=True))
 
 
 @pytest.mark.parametrize('delta_scale', [1e-6, 30.0, 1e4])
 def test_extreme_deltas(delta_scale):
     inputs = _tokens(40, delta_scale=delta_scale)
-    fast = _grads(selective_scan_channels_last, inputs, backend='triton')
+    fast = scan_and_grads(selective_scan_channels_last, inputs, backend='triton')
     assert torch.isfinite(fast[0]).all() and all(torch.isfinite(g).all()
                                                  for g in fast[1].values())
-    _same(fast, _grads(selective_scan_channels_last_reference, inputs), atol=1e-3,
+    assert_same_scan(fast, scan_and_grads(selective_scan_channels_last_reference, inputs), atol=1e-3,
           grad_atol=1e-2)
 
 
@@ -102,8 +87,8 @@ def test_reference_layout_with_the_triton_backend():
                   A=-torch.rand(8, 1, generator=g), B=torch.randn(2, 2, 1, 21, generator=g),
                   C=torch.randn(2, 2, 1, 21, generator=g), D=torch.randn(8, generator=g),
                   delta_bias=torch.randn(8, generator=g))
-    _same(_grads(selective_scan, inputs, backend='triton'),
-          _grads(selective_scan_reference, inputs))
+    assert_same_scan(scan_and_grads(selective_scan, inputs, backend='triton'),
+          scan_and_grads(selective_scan_reference, inputs))
 
 
 def test_ss2d_with_the_triton_backend_equals_the_reference():

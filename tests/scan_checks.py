@@ -1,0 +1,22 @@
+"""Shared by the scan tests: a scan's output and input gradients, and their comparison."""
+import torch
+
+
+def scan_and_grads(fn, inputs, **kwargs):
+    """``fn(**inputs, **kwargs)`` and the gradient of each input under a weighted sum of the
+    output (a weight per element, so that no gradient is a plain sum)."""
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
+    out = fn(**leaves, **kwargs)
+    weight = torch.linspace(-1, 1, out.numel()).view_as(out)
+    (out.float() * weight).sum().backward()
+    return out.detach(), {k: v.grad for k, v in leaves.items()}
+
+
+def assert_same_scan(fast, twin, atol=1e-5, grad_atol=1e-4):
+    """Two :func:`scan_and_grads` results agree (a missing gradient counts as zero)."""
+    (out, grads), (ref, ref_grads) = fast, twin
+    torch.testing.assert_close(out, ref, atol=atol, rtol=1e-4)
+    for name, ref_grad in ref_grads.items():
+        grad = grads[name] if grads[name] is not None else torch.zeros_like(ref_grad)
+        torch.testing.assert_close(grad, ref_grad, atol=grad_atol, rtol=1e-4,
+                                   msg=lambda text, name=name: f'{name}: {text}')
