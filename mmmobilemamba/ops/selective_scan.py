@@ -8,8 +8,10 @@ For each channel ``c`` and state ``n``::
     y_t   = sum_n C[n, t] * h_t + D[c] * u_t
 
 The model's layout is token-major, ``(batch, L, D)``, what a channels-last feature map
-flattens to (step ``t`` is a contiguous block of channels: no transposes), one direction per
-call, forwards or in reverse:
+flattens to (step ``t`` is a contiguous block of channels: no transposes), forwards or in
+reverse. ``B``/``C`` are ``(batch, L, N)``, shared by all channels, or ``(batch, L, G, N)``:
+``G`` groups of ``D / G`` consecutive channels with their own projections (mamba_ssm's
+"groups"), so that several directions run as one scan over their concatenated channels:
 
 * :func:`selective_scan_channels_last`: the fast scan. ``h_t = a_t h_{t-1} + b_t`` is a linear
   first-order recurrence, so it splits into chunks: a vectorised sequential pass inside chunks
@@ -24,8 +26,8 @@ call, forwards or in reverse:
 The reference layout (the authors' release, ``mamba_ssm``: ``u, delta (batch, K*D, L)``,
 ``A (K*D, N)``, ``B, C (batch, K, N, L)`` with one B/C per direction, ``D, delta_bias (K*D,)``)
 is kept for the public API and for ``mamba_ssm``'s fused CUDA kernel (optional, never
-required): :func:`selective_scan` and :func:`selective_scan_reference` scan it one direction
-at a time with the two functions above.
+required): :func:`selective_scan` and :func:`selective_scan_reference` scan it with the two
+functions above, its K directions as K channel groups of one token-major scan.
 """
 import functools
 import math
@@ -213,14 +215,44 @@ def _check_channels_last(u, delta, A, B, C, D, delta_bias, where: str) -> Tuple[
     if A.dim() != 2 or A.shape[0] != channels:
         raise ValueError(f'{where}: A must be (D, N) = ({channels}, N); got {tuple(A.shape)}')
     n_state = A.shape[1]
-    for name, t in (('B', B), ('C', C)):
-        if t.shape != (batch, length, n_state):
-            raise ValueError(f'{where}: {name} must be (batch, L, N) = ({batch}, {length}, '
-                             f'{n_state}); got {tuple(t.shape)}')
+    groups = B.shape[2] if B.dim() == 4 else 1
+    if (B.shape[:2] != (batch, length) or B.shape[-1] != n_state or B.dim() not in (3, 4)
+            or channels % groups):
+        raise ValueError(f'{where}: B must be (batch, L, N) = ({batch}, {length}, {n_state}) or '
+                         f'(batch, L, G, N) with G dividing D = {channels}; got {tuple(B.shape)}')
+    if C.shape != B.shape:
+        raise ValueError(f'{where}: C must be shaped as B {tuple(B.shape)}; got {tuple(C.shape)}')
     for name, t in (('D', D), ('delta_bias', delta_bias)):
         if t is not None and t.shape != (channels,):
             raise ValueError(f'{where}: {name} must be ({channels},); got {tuple(t.shape)}')
     return batch, length, channels, n_state
+
+
+def _grouped(t: torch.Tensor, groups: int) -> torch.Tensor:
+    """``(..., D)`` viewed as ``(..., G, D / G)``: the channels of each B/C group."""
+    return t.view(*t.shape[:-1], groups, t.shape[-1] // groups)
+
+
+def _as_groups(t: torch.Tensor) -> torch.Tensor:
+    """B or C as ``(batch, L, G, N)`` (one group when given ``(batch, L, N)``)."""
+    return t if t.dim() == 4 else t.unsqueeze(2)
+
+
+def _scan_inputs(u32, delta32, A32, B32) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The recurrence's decays and inputs, ``(batch, L, D*N)``: ``exp(delta A)`` and
+    ``delta u B`` (``B32``: ``(batch, L, G, N)``)."""
+    groups = B32.shape[2]
+    a = torch.exp(delta32[..., None] * A32).flatten(2)
+    b = _grouped(delta32 * u32, groups)[..., None] * B32[:, :, :, None]   # (b, L, G, D/G, N)
+    return a, b.flatten(2)
+
+
+def _read_out(h, C32) -> torch.Tensor:
+    """``y_t = sum_n C[n, t] h_t`` from the states ``(batch, L, D*N)`` (``C32``:
+    ``(batch, L, G, N)``)."""
+    batch, length, groups, n_state = C32.shape
+    h = h.reshape(batch, length, groups, -1, n_state)
+    return (h * C32[:, :, :, None]).sum(-1).flatten(2)
 
 
 def _step_sizes(delta: torch.Tensor, delta_bias: Optional[torch.Tensor],
@@ -244,8 +276,9 @@ def selective_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.
         u (Tensor): inputs, (batch, L, D).
         delta (Tensor): step sizes before bias/softplus, (batch, L, D).
         A (Tensor): state matrix (negative), (D, N).
-        B (Tensor): input projections, (batch, L, N).
-        C (Tensor): output projections, (batch, L, N).
+        B (Tensor): input projections, (batch, L, N), or (batch, L, G, N): one per group of
+            D / G consecutive channels.
+        C (Tensor): output projections, shaped as ``B``.
         D (Tensor, optional): skip connection, (D,).
         delta_bias (Tensor, optional): added to ``delta`` before the softplus, (D,).
         delta_softplus (bool): apply softplus to ``delta``. Default: True.
@@ -277,31 +310,26 @@ def selective_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.
                                           reverse)
     tensors = (u, delta, A, B, C, D, delta_bias)
     track = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    u32, A32, B32, C32 = u.float().contiguous(), A.float(), B.float(), C.float()
+    u32, A32 = u.float().contiguous(), A.float()
+    B32, C32 = _as_groups(B.float()), _as_groups(C.float())
+    groups = B32.shape[2]
     delta32 = _step_sizes(delta, delta_bias, delta_softplus).contiguous()
     if not track and n_state == 1:
         # inference: the same arithmetic in place on temporaries (fewer passes over memory)
         a = torch.mul(delta32, A32[:, 0]).exp_()
-        owned = delta32 is not delta
-        b = (delta32.mul_(u32) if owned else delta32 * u32).mul_(B32)
-        y = _scan(a, b, reverse, inplace=True).mul_(C32)
+        b = delta32.mul_(u32) if delta32 is not delta else delta32 * u32
+        _grouped(b, groups).mul_(B32)
+        y = _scan(a, b, reverse, inplace=True)
+        _grouped(y, groups).mul_(C32)
         if D is not None:
             y.addcmul_(u32, D.float())
         return y.to(u.dtype)
-    if n_state == 1:
-        a = torch.exp(delta32 * A32[:, 0])
-        b = delta32 * u32 * B32
-    else:  # (batch, L, D, N) flattened to (batch, L, D*N)
-        a = torch.exp(delta32[..., None] * A32).flatten(2)
-        b = ((delta32 * u32)[..., None] * B32[:, :, None]).flatten(2)
+    a, b = _scan_inputs(u32, delta32, A32, B32)
     if track:
         h = _LinearRecurrence.apply(a, b, reverse)
     else:  # a and b are temporaries: scan them in place
         h = _scan(a, b, reverse, inplace=True)
-    if n_state == 1:
-        y = h * C32
-    else:
-        y = (h.reshape(batch, length, channels, n_state) * C32[:, :, None]).sum(-1)
+    y = _read_out(h, C32)
     if D is not None:
         y = torch.addcmul(y, u32, D.float())
     return y.to(u.dtype)
@@ -314,14 +342,10 @@ def _scan_channels_last_triton(u, delta, A, B, C, D, delta_bias, delta_softplus,
     if triton_scan is None:
         raise ImportError("selective scan backend 'triton' needs Triton (pip install triton; "
                           "it comes with torch's CUDA builds); use backend 'torch' instead")
-    batch, length, channels = u.shape
-    n_state = A.shape[1]
-    u32, A32, B32, C32 = u.float(), A.float(), B.float(), C.float()
+    u32, A32 = u.float(), A.float()
     delta32 = _step_sizes(delta, delta_bias, delta_softplus)
-    a = torch.exp(delta32[..., None] * A32).flatten(2)               # (batch, L, D*N)
-    b = ((delta32 * u32)[..., None] * B32[:, :, None]).flatten(2)
-    h = triton_scan.linear_recurrence_triton(a, b, reverse)
-    y = (h.view(batch, length, channels, n_state) * C32[:, :, None]).sum(-1)
+    a, b = _scan_inputs(u32, delta32, A32, _as_groups(B.float()))
+    y = _read_out(triton_scan.linear_recurrence_triton(a, b, reverse), _as_groups(C.float()))
     if D is not None:
         y = y + u32 * D.float()
     return y.to(u.dtype)
@@ -330,18 +354,10 @@ def _scan_channels_last_triton(u, delta, A, B, C, D, delta_bias, delta_softplus,
 def _scan_channels_last_for_export(u, delta, A, B, C, D, delta_bias, delta_softplus,
                                    reverse) -> torch.Tensor:
     """The token-major scan by :func:`_scan_out_of_place` (autograd through plain ops)."""
-    batch, length, channels = u.shape
-    n_state = A.shape[1]
-    u32, A32, B32, C32 = u.float(), A.float(), B.float(), C.float()
+    u32, A32 = u.float(), A.float()
     delta32 = _step_sizes(delta, delta_bias, delta_softplus)
-    if n_state == 1:
-        h = _scan_out_of_place(torch.exp(delta32 * A32[:, 0]), delta32 * u32 * B32, reverse)
-        y = h * C32
-    else:  # (batch, L, D, N) flattened to (batch, L, D*N)
-        a = torch.exp(delta32[..., None] * A32).flatten(2)
-        b = ((delta32 * u32)[..., None] * B32[:, :, None]).flatten(2)
-        h = _scan_out_of_place(a, b, reverse).view(batch, length, channels, n_state)
-        y = (h * C32[:, :, None]).sum(-1)
+    a, b = _scan_inputs(u32, delta32, A32, _as_groups(B.float()))
+    y = _read_out(_scan_out_of_place(a, b, reverse), _as_groups(C.float()))
     if D is not None:
         y = y + u32 * D.float()
     return y.to(u.dtype)
@@ -361,36 +377,31 @@ def selective_scan_channels_last_reference(u: torch.Tensor, delta: torch.Tensor,
     """
     _check_channels_last(u, delta, A, B, C, D, delta_bias,
                          'selective_scan_channels_last_reference')
-    u32, A32, B32, C32 = u.float(), A.float(), B.float(), C.float()
+    u32, A32 = u.float(), A.float()
+    B32, C32 = _as_groups(B.float()), _as_groups(C.float())
+    # each channel's own projections: its group's, repeated over the group's channels
+    per_channel = u32.shape[2] // B32.shape[2]
+    B32, C32 = (t.repeat_interleave(per_channel, dim=2) for t in (B32, C32))  # (batch, L, D, N)
     delta32 = _step_sizes(delta, delta_bias, delta_softplus)
     h = u32.new_zeros(u32.shape[0], u32.shape[2], A32.shape[1])            # (batch, D, N)
     ys = [None] * u32.shape[1]
     for t in (reversed(range(len(ys))) if reverse else range(len(ys))):
         decay = torch.exp(delta32[:, t, :, None] * A32)
-        h = decay * h + (delta32[:, t] * u32[:, t])[..., None] * B32[:, t, None, :]
-        ys[t] = (h * C32[:, t, None, :]).sum(-1)
+        h = decay * h + (delta32[:, t] * u32[:, t])[..., None] * B32[:, t]
+        ys[t] = (h * C32[:, t]).sum(-1)
     y = torch.stack(ys, dim=1)
     if D is not None:
         y = y + u32 * D.float()
     return y.to(u.dtype)
 
 
-def _by_direction(scan, u, delta, A, B, C, D, delta_bias, delta_softplus) -> torch.Tensor:
-    """The reference layout scanned one direction at a time by a token-major ``scan``."""
-    _, k_dirs, _, _ = _check_layout(u, delta, A, B, C, D, delta_bias)
-    per_dir = u.shape[1] // k_dirs
-
-    def tokens(t: torch.Tensor) -> torch.Tensor:  # (batch, X, L) -> (batch, L, X)
-        return t.transpose(1, 2).contiguous()
-
-    ys = []
-    for k in range(k_dirs):
-        part = slice(k * per_dir, (k + 1) * per_dir)
-        ys.append(tokens(scan(
-            tokens(u[:, part]), tokens(delta[:, part]), A[part], tokens(B[:, k]),
-            tokens(C[:, k]), None if D is None else D[part],
-            None if delta_bias is None else delta_bias[part], delta_softplus)))
-    return torch.cat(ys, dim=1)
+def _as_token_major(scan, u, delta, A, B, C, D, delta_bias, delta_softplus) -> torch.Tensor:
+    """The reference layout scanned by a token-major ``scan``: its K directions are K channel
+    groups with their own B and C."""
+    _check_layout(u, delta, A, B, C, D, delta_bias)
+    y = scan(u.transpose(1, 2), delta.transpose(1, 2), A, B.permute(0, 3, 1, 2),
+             C.permute(0, 3, 1, 2), D, delta_bias, delta_softplus)
+    return y.transpose(1, 2)
 
 
 @_float32_under_autocast
@@ -403,7 +414,7 @@ def selective_scan_reference(u: torch.Tensor, delta: torch.Tensor, A: torch.Tens
     Same arguments as :func:`selective_scan` (``backend`` is accepted and ignored so both share
     one signature): :func:`selective_scan_channels_last_reference` on each direction. Slow.
     """
-    return _by_direction(selective_scan_channels_last_reference, u, delta, A, B, C, D,
+    return _as_token_major(selective_scan_channels_last_reference, u, delta, A, B, C, D,
                          delta_bias, delta_softplus)
 
 
@@ -500,4 +511,4 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
                      delta_softplus=delta_softplus)
         return out.to(u.dtype)
     scan = functools.partial(selective_scan_channels_last, backend=backend)
-    return _by_direction(scan, u, delta, A, B, C, D, delta_bias, delta_softplus)
+    return _as_token_major(scan, u, delta, A, B, C, D, delta_bias, delta_softplus)

@@ -5,6 +5,11 @@ order LL, LH, HL, HH (a stride-2 grouped conv, four 2x2 filters per channel);
 ``inverse_wavelet_transform`` is its exact inverse (a grouped transposed conv with the
 reconstruction filters). Odd ``H``/``W`` are zero-padded on the bottom/right before the
 transform; :func:`inverse_wavelet_transform` takes the size to crop back to.
+
+For two-tap (Haar) filters the transform only mixes the four pixels of each 2x2 block, so a
+depthwise conv between the transform and its inverse, ``IWT(conv(WT(x)))``, is one grouped
+conv on the 2x2 polyphase components of ``x`` (:func:`wavelet_domain_kernel`,
+:func:`to_polyphase`, :func:`from_polyphase`): what a deployed model runs.
 """
 from typing import Optional, Tuple
 
@@ -13,7 +18,8 @@ import torch.nn.functional as F
 
 from .memory_format import channels_innermost
 
-__all__ = ['wavelet_filters', 'wavelet_transform', 'inverse_wavelet_transform']
+__all__ = ['wavelet_filters', 'wavelet_transform', 'inverse_wavelet_transform',
+           'wavelet_domain_kernel', 'to_polyphase', 'from_polyphase']
 
 
 def _outer_bands(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
@@ -117,5 +123,56 @@ def inverse_wavelet_transform(x: torch.Tensor, filters: torch.Tensor,
         out = F.conv_transpose2d(x.reshape(b, 4 * c, h, w), filters.to(x.dtype), stride=2,
                                  padding=pad, groups=c)
     if size is not None and tuple(out.shape[-2:]) != tuple(size):
+        out = out[..., :size[0], :size[1]]
+    return out
+
+
+def wavelet_domain_kernel(dec: torch.Tensor, rec: torch.Tensor,
+                          weight: torch.Tensor) -> torch.Tensor:
+    """``IWT(depthwise_conv(WT(x)))`` for two-tap filters, as the kernel of one grouped conv
+    on the polyphase components of ``x`` (:func:`to_polyphase`).
+
+    Output phase ``o`` of channel ``c`` is ``sum_j rec[c, j, o] * (w[c, j] * (sum_i dec[c, j, i]
+    * phase_i))``: per channel a 4-in, 4-out conv with the depthwise kernel's size.
+
+    Args:
+        dec (Tensor): decomposition filters, (4C, 1, 2, 2) (:func:`wavelet_filters`).
+        rec (Tensor): reconstruction filters, (4C, 1, 2, 2).
+        weight (Tensor): the depthwise conv on the sub-bands, (4C, 1, k, k'), sub-bands of a
+            channel consecutive (LL, LH, HL, HH), as :func:`wavelet_transform` orders them.
+
+    Returns:
+        Tensor: (4C, 4, k, k') for ``conv2d(to_polyphase(x), kernel, groups=C,
+        padding=(k // 2, k' // 2))``, in the dtype of ``weight``.
+    """
+    if dec.shape[-2:] != (2, 2) or rec.shape != dec.shape:
+        raise ValueError(f'wavelet_domain_kernel: needs two-tap filters (4C, 1, 2, 2), got '
+                         f'{tuple(dec.shape)} and {tuple(rec.shape)}')
+    c = dec.shape[0] // 4
+    if weight.dim() != 4 or weight.shape[:2] != (4 * c, 1):
+        raise ValueError(f'wavelet_domain_kernel: weight must be a depthwise kernel '
+                         f'({4 * c}, 1, k, k), got {tuple(weight.shape)}')
+    kh, kw = weight.shape[-2:]
+    # band j of channel c at input phase i (2x2 block position, row-major) / output phase o
+    dec64, rec64 = dec.double().view(c, 4, 4), rec.double().view(c, 4, 4)
+    kernel = torch.einsum('cjo,cjhw,cji->coihw', rec64, weight.double().view(c, 4, kh, kw), dec64)
+    return kernel.reshape(4 * c, 4, kh, kw).to(weight.dtype)
+
+
+def to_polyphase(x: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W) -> (B, 4C, ceil(H/2), ceil(W/2))``: the pixels of every 2x2 block as the
+    four consecutive channels of ``c`` (``pixel_unshuffle``; odd sizes zero-padded on the
+    bottom/right as :func:`wavelet_transform` does)."""
+    h, w = x.shape[-2:]
+    if h % 2 or w % 2:
+        x = F.pad(x, (0, w % 2, 0, h % 2))
+    return F.pixel_unshuffle(x, 2)
+
+
+def from_polyphase(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`to_polyphase`: ``(B, 4C, h, w) -> (B, C, H, W)`` with ``(H, W) =
+    size`` (``pixel_shuffle``, cropped)."""
+    out = F.pixel_shuffle(x, 2)
+    if tuple(out.shape[-2:]) != tuple(size):
         out = out[..., :size[0], :size[1]]
     return out

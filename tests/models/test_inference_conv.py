@@ -43,6 +43,29 @@ def test_packed_path_equals_conv_and_activation(activation, kwargs):
 
 
 @needs_onednn
+@pytest.mark.parametrize('activation', [None, 'relu', 'silu'])
+@pytest.mark.parametrize('kwargs,size,form', [
+    (dict(in_channels=24, out_channels=24, kernel_size=1, groups=24), (13, 10), 'scale'),
+    (dict(in_channels=24, out_channels=24, kernel_size=1, groups=24, bias=False), (5, 5), 'scale'),
+    (dict(in_channels=40, out_channels=10, kernel_size=1), (1, 1), 'linear'),
+    (dict(in_channels=40, out_channels=10, kernel_size=1), (2, 1), None),
+    (dict(in_channels=24, out_channels=24, kernel_size=3, padding=1, groups=24), (1, 1), None),
+])
+def test_small_convs_run_as_elementwise_ops(activation, kwargs, size, form):
+    """A 1x1 depthwise conv is a per-channel multiply-add and a 1x1 conv on a 1x1 map a
+    matrix-vector product: same results as the conv, without a oneDNN call."""
+    conv, fast = _pair(activation, **kwargs)
+    x = _cl(torch.randn(2, kwargs['in_channels'], *size))
+    with torch.no_grad():
+        assert fast._can_pack(x) and fast._elementwise_form(x) == form
+        out = fast(x)
+        ref = ACTS[activation](conv(x))
+    assert (fast._packed is None) == (form is not None)  # oneDNN only when no form applies
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@needs_onednn
 def test_packing_follows_input_shape_and_weight_changes():
     conv, fast = _pair('relu', in_channels=8, out_channels=16, kernel_size=1)
     with torch.no_grad():

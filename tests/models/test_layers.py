@@ -100,19 +100,25 @@ def test_ss2d_scan_sees_the_whole_image():
     assert diff[0, 0] > 0 and diff[2, 3] > 0
 
 
-@pytest.mark.parametrize('size', [(8, 8), (7, 9), (3, 4)])
-def test_wte_mamba_deploy_fold(size):
+@pytest.mark.parametrize('size', [(8, 8), (7, 9), (3, 4), (1, 1)])
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_wte_mamba_deploy_fold(size, channels_last):
+    """Scales folded and the Haar pair folded around the wavelet conv (one polyphase conv)."""
     m = _random_bn(WTEMamba(16, kernel_size=5))
     with torch.no_grad():
         m.ssm_scale.uniform_(0.5, 1.5)
         m.wavelet_scale.uniform_(0.05, 0.3)
+        m.wavelet_conv.weight.normal_()  # a wavelet branch as large as the scan's
     x = torch.randn(2, 16, *size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         ref = m(x)
         for sub in reversed(list(m.modules())):
             if hasattr(sub, 'switch_to_deploy'):
                 sub.switch_to_deploy()
         out = m(x)
+    assert m.polyphase and m.wavelet_conv.weight.shape == (64, 4, 5, 5)
     assert out.shape == x.shape
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
 
@@ -125,8 +131,9 @@ def test_wavelet_filters_are_buffers_not_parameters():
 
 @pytest.mark.parametrize('channels_last', [False, True])
 def test_ss2d_channels_last_scan_equals_reference_layout(channels_last):
-    """The default PyTorch path (token order, reversed recurrence, no flips) against the
-    reference layout with explicit flips (the 'reference' backend): values and gradients."""
+    """The default PyTorch path (token order, both directions as channel groups of one scan)
+    against the reference layout with explicit flips (the 'reference' backend): values and
+    gradients."""
     fast = _random_bn(SS2D(16))
     slow = _random_bn(SS2D(16, scan_backend='reference'))
     slow.load_state_dict(fast.state_dict())

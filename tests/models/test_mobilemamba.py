@@ -253,18 +253,34 @@ def test_channels_last_is_an_internal_choice():
 
 
 def test_deployed_model_runs_every_conv_packed_on_cpu():
+    """Every conv runs through oneDNN with packed weights, or as the elementwise op it is
+    (1x1 depthwise: a per-channel multiply-add; the squeeze-excite on the pooled vector: a
+    matrix-vector product)."""
     from mmmobilemamba.models.layers import InferenceConv2d
     from mmmobilemamba.models.layers.inference_conv import _onednn_available
     if not _onednn_available():
         pytest.skip('needs oneDNN')
     model = MobileMamba(TINY).switch_to_deploy()
-    convs = [m for m in model.modules() if isinstance(m, InferenceConv2d)]
-    # every conv but the squeeze-excite's (timm's, on 1x1 maps) is one
-    others = [m for m in model.modules() if type(m) is nn.Conv2d]
-    assert convs and all('se.' in n for n, m in model.named_modules() if m in others)
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, InferenceConv2d)}
+    assert convs and not any(type(m) is nn.Conv2d for m in model.modules())
+    forms = {}
+
+    def record_form(name):
+        def hook(module, args):
+            forms[name] = module._elementwise_form(args[0])
+        return hook
+
+    hooks = [conv.register_forward_pre_hook(record_form(name)) for name, conv in convs.items()]
     with torch.no_grad():
         model(torch.randn(1, 3, 64, 96))
-    assert all(conv._packed is not None for conv in convs)
+    for hook in hooks:
+        hook.remove()
+    assert forms.keys() == convs.keys()
+    for name, conv in convs.items():
+        expected = ('linear' if '.se.' in name else 'scale' if name.endswith('dw1x1')
+                    else None)
+        assert forms[name] == expected, name
+        assert (conv._packed is not None) == (expected is None), name
     # no stand-alone activation is left next to a conv it could run in
     assert not any(isinstance(m, nn.ReLU) for n, m in model.named_modules()
                    if not n.endswith('mixer.act') and 'se.' not in n)

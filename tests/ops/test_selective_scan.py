@@ -51,6 +51,53 @@ def test_scan_equals_its_twin(length, reverse, n, backend):
                  scan_and_grads(selective_scan_channels_last_reference, inputs, reverse=reverse))
 
 
+def _grouped_tokens(groups=2, batch=2, length=23, d=6, n=1, seed=3):
+    """Token-major inputs whose B/C have one projection per group of D / G channels."""
+    inputs = _tokens(batch=batch, length=length, d=d, n=n, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    inputs['B'] = torch.randn(batch, length, groups, n, generator=g)
+    inputs['C'] = torch.randn(batch, length, groups, n, generator=g)
+    return inputs
+
+
+@pytest.mark.parametrize('length', [1, 23, 300])
+@pytest.mark.parametrize('reverse', [False, True])
+@pytest.mark.parametrize('n', [1, 2])
+@pytest.mark.parametrize('backend', ['torch', 'export'])
+def test_grouped_projections_equal_the_twin(length, reverse, n, backend):
+    """B/C per channel group (several directions in one scan): values and gradients."""
+    inputs = _grouped_tokens(length=length, n=n)
+    assert_same_scan(scan_and_grads(selective_scan_channels_last, inputs, reverse=reverse, backend=backend),
+                     scan_and_grads(selective_scan_channels_last_reference, inputs, reverse=reverse))
+    with torch.no_grad():  # the inference path (in place) too
+        torch.testing.assert_close(
+            selective_scan_channels_last(**inputs, reverse=reverse, backend=backend),
+            selective_scan_channels_last_reference(**inputs, reverse=reverse), atol=1e-5, rtol=1e-4)
+
+
+def test_groups_are_independent_scans_of_their_channels():
+    """The twin's definition of groups: group g's channels scanned alone with B[:, :, g]."""
+    inputs = _grouped_tokens(groups=3, d=6, n=2)
+    with torch.no_grad():
+        whole = selective_scan_channels_last_reference(**inputs)
+        for g in range(3):
+            part = slice(2 * g, 2 * g + 2)
+            alone = selective_scan_channels_last_reference(
+                inputs['u'][..., part], inputs['delta'][..., part], inputs['A'][part],
+                inputs['B'][:, :, g], inputs['C'][:, :, g], inputs['D'][part],
+                inputs['delta_bias'][part])
+            torch.testing.assert_close(whole[..., part], alone, atol=1e-6, rtol=1e-6)
+
+
+def test_groups_must_divide_the_channels():
+    inputs = _grouped_tokens(groups=4, d=6)
+    for fn in (selective_scan_channels_last, selective_scan_channels_last_reference):
+        with pytest.raises(ValueError, match='G dividing D'):
+            fn(**inputs)
+        with pytest.raises(ValueError, match='C must be shaped as B'):
+            fn(**dict(_grouped_tokens(), C=_tokens(length=23)['C']))
+
+
 def test_reverse_is_the_scan_of_the_flipped_sequence():
     inputs = _tokens(length=40)
     flipped = {k: (v.flip(1) if v.dim() == 3 else v) for k, v in inputs.items()}

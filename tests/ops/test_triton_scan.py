@@ -59,6 +59,15 @@ def test_more_states_than_one():
           scan_and_grads(selective_scan_channels_last_reference, inputs, reverse=True))
 
 
+def test_grouped_projections():
+    """B/C per channel group: the layout SS2D scans both directions in."""
+    inputs = _tokens(29, d=8, n=2)
+    g = torch.Generator().manual_seed(5)
+    inputs['B'], inputs['C'] = (torch.randn(2, 29, 2, 2, generator=g) for _ in range(2))
+    assert_same_scan(scan_and_grads(selective_scan_channels_last, inputs, backend='triton'),
+                     scan_and_grads(selective_scan_channels_last_reference, inputs))
+
+
 @pytest.mark.parametrize('delta_scale', [1e-6, 30.0, 1e4])
 def test_extreme_deltas(delta_scale):
     inputs = _tokens(40, delta_scale=delta_scale)

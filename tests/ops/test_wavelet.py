@@ -1,8 +1,10 @@
 """The Haar wavelet transform pair."""
 import pytest
 import torch
+import torch.nn.functional as F
 
-from mmmobilemamba.ops import inverse_wavelet_transform, wavelet_filters, wavelet_transform
+from mmmobilemamba.ops import (from_polyphase, inverse_wavelet_transform, to_polyphase,
+                               wavelet_domain_kernel, wavelet_filters, wavelet_transform)
 
 
 @pytest.mark.parametrize('size', [(8, 8), (7, 9), (1, 1), (33, 45)])
@@ -52,3 +54,31 @@ def test_fast_haar_path_equals_grouped_convolution(size):
     torch.testing.assert_close(bands, conv.view_as(bands), atol=1e-6, rtol=1e-6)
     inv = F.conv_transpose2d(conv, rec, stride=2, groups=3)
     torch.testing.assert_close(inverse_wavelet_transform(bands, rec), inv, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize('size', [(8, 8), (7, 9), (1, 1), (6, 11)])
+@pytest.mark.parametrize('kernel', [(3, 3), (5, 5), (1, 3)])
+def test_conv_between_transform_pair_is_one_polyphase_conv(size, kernel):
+    """IWT(depthwise conv(WT(x))) = from_polyphase(grouped conv(to_polyphase(x)))."""
+    c = 3
+    x = torch.randn(2, c, *size, dtype=torch.float64)
+    dec, rec = wavelet_filters(c, dtype=torch.float64)
+    weight = torch.randn(4 * c, 1, *kernel, dtype=torch.float64)
+    padding = (kernel[0] // 2, kernel[1] // 2)
+    bands = wavelet_transform(x, dec)
+    bands = F.conv2d(bands.flatten(1, 2), weight, padding=padding, groups=4 * c)
+    ref = inverse_wavelet_transform(bands.view(2, c, 4, *bands.shape[-2:]), rec, size)
+    out = from_polyphase(F.conv2d(to_polyphase(x), wavelet_domain_kernel(dec, rec, weight),
+                                  padding=padding, groups=c), size)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+
+
+def test_polyphase_round_trip_and_bad_filters():
+    x = torch.randn(1, 2, 5, 6)
+    torch.testing.assert_close(from_polyphase(to_polyphase(x), (5, 6)), x, atol=0, rtol=0)
+    dec, rec = wavelet_filters(2, 'db2')  # four taps: not a 2x2-block transform
+    with pytest.raises(ValueError, match='two-tap'):
+        wavelet_domain_kernel(dec, rec, torch.randn(8, 1, 3, 3))
+    dec, rec = wavelet_filters(2)
+    with pytest.raises(ValueError, match='depthwise kernel'):
+        wavelet_domain_kernel(dec, rec, torch.randn(8, 4, 3, 3))

@@ -244,6 +244,9 @@ class PatchMerging(nn.Module):
             conv.switch_to_deploy()
         fuse_activation(self.conv1, self, 'act1', 'relu')
         fuse_activation(self.conv2, self, 'act2', 'relu')
+        # the squeeze-excite's 1x1 convs on the pooled vector: matrix-vector products on CPU
+        self.se.fc1 = InferenceConv2d.from_conv(self.se.fc1)
+        self.se.fc2 = InferenceConv2d.from_conv(self.se.fc2)
 
 
 class Downsample(nn.Module):

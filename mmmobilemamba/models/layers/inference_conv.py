@@ -102,14 +102,36 @@ class InferenceConv2d(nn.Conv2d):
             self._packed_key = key
         return self._packed
 
+    def _elementwise_form(self, x: torch.Tensor) -> Optional[str]:
+        """'scale' for a 1x1 depthwise conv (a per-channel multiply-add), 'linear' for a dense
+        1x1 conv on a 1x1 map (a matrix-vector product), else None. Both run faster as the
+        plain ops: a oneDNN call costs ~50 us whatever its size on CPU."""
+        if self.kernel_size != (1, 1) or self.stride != (1, 1) or self.padding != (0, 0):
+            return None
+        if self.groups == self.in_channels == self.out_channels:
+            return 'scale'
+        if self.groups == 1 and x.shape[-2:] == (1, 1):
+            return 'linear'
+        return None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         post_op, eager_act = _ACTIVATIONS[self.activation]
         if self._can_pack(x):
-            x = x.contiguous(memory_format=torch.channels_last)  # a slice: copy, as conv2d would
-            return torch.ops.mkldnn._convolution_pointwise(
-                x, self._packed_weight(x.shape), self.bias, list(self.padding), list(self.stride),
-                list(self.dilation), self.groups, post_op, [], '')
-        out = super().forward(x)
+            form = self._elementwise_form(x)
+            if form is None:
+                x = x.contiguous(memory_format=torch.channels_last)  # a slice: copy, as conv2d
+                return torch.ops.mkldnn._convolution_pointwise(
+                    x, self._packed_weight(x.shape), self.bias, list(self.padding),
+                    list(self.stride), list(self.dilation), self.groups, post_op, [], '')
+            if form == 'scale':
+                scale = self.weight.view(1, -1, 1, 1)
+                out = x * scale if self.bias is None else \
+                    torch.addcmul(self.bias.view(1, -1, 1, 1), x, scale)
+            else:
+                out = F.linear(x.flatten(1), self.weight.flatten(1), self.bias)
+                out = out.view(*out.shape, 1, 1)
+        else:
+            out = super().forward(x)
         return out if eager_act is None else eager_act(out)
 
     def __getstate__(self):

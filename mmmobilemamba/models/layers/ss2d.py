@@ -1,6 +1,6 @@
 """SS2D: the bidirectional 2-D selective scan of MobileMamba (d_state 1, two directions)."""
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -56,6 +56,9 @@ class SS2D(nn.Module):
         self.Ds = nn.Parameter(torch.ones(k * inner))
         self.out_norm = nn.LayerNorm(inner)
         self.out_proj = ConvBN(inner, channels, norm_cfg=norm_cfg)
+        # set by switch_to_deploy; buffers, so that they follow .to() (not saved)
+        self.register_buffer('x_proj_blocks', None, persistent=False)
+        self.register_buffer('dt_proj_blocks', None, persistent=False)
         self.reset_ssm_parameters()
 
     @torch.no_grad()
@@ -69,37 +72,44 @@ class SS2D(nn.Module):
         self.Ds.fill_(1.0)
 
     def _uses_channels_last_scan(self, backend: str) -> bool:
-        """The scan runs token-major (reversed recurrence, no flips) but for 'reference' (the
-        definition: flips and the sequential scan) and mamba_ssm's kernel ('cuda'), which take
-        the reference layout. ``backend``: resolved (see
+        """The scan runs token-major (both directions as one scan, no transposes) but for
+        'reference' (the definition: the reference layout and the sequential scan) and
+        mamba_ssm's kernel ('cuda'), which take the reference layout. ``backend``: resolved (see
         :func:`mmmobilemamba.ops.selective_scan.resolve_backend`)."""
         return backend not in ('reference', 'cuda')
 
     def _scan_channels_last(self, u: torch.Tensor, backend: str = 'torch') -> torch.Tensor:
-        """(B, D, H, W) -> (B, L, D): both directions, computed in token order.
+        """(B, D, H, W) -> (B, L, D): both directions as one token-major scan.
 
-        The projections act per token, so the scan of the flipped sequence, flipped back, is the
-        reversed recurrence on the tokens in their own order: no flips, and with a
-        channels-last ``u`` not a single transpose.
+        The projections act per token, so the reversed direction is the forward scan of the
+        flipped sequence, flipped back; the two directions are the two channel groups of one
+        scan over ``[x, flip(x)]`` (2D channels, each group with its own B/C and weights):
+        half the scan steps and elementwise passes of two scans. With a channels-last ``u``
+        the flattened map is already token-major.
         """
         b, d, h, w = u.shape
-        seq = u.flatten(2).transpose(1, 2).contiguous()            # (B, L, D), free if NHWC
-        r, n = self.dt_rank, self.d_state
-        weight = self.x_proj_weight.reshape(-1, d)                 # (K*(R+2N), D)
-        proj = (seq @ weight.t()).view(b, h * w, self.directions, r + 2 * n)
-        a_mat = -torch.exp(self.A_logs.float()).view(self.directions, d, n)
-        ds = self.Ds.view(self.directions, d)
-        biases = self.dt_projs_bias
-        y = None
-        for k in range(self.directions):
-            dts, bs, cs = proj[:, :, k].split([r, n, n], dim=-1)
-            # delta = dts @ W^T + bias in one product
-            delta = torch.addmm(biases[k], dts.reshape(-1, r), self.dt_projs_weight[k].t())
-            yk = selective_scan_channels_last(
-                seq, delta.view(b, h * w, d), a_mat[k], bs, cs, ds[k], delta_softplus=True,
-                reverse=k == 1, backend=backend)
-            y = yk if y is None else (y.add_(yk) if not y.requires_grad else y + yk)
-        return y
+        k, r, n = self.directions, self.dt_rank, self.d_state
+        seq = u.flatten(2).transpose(1, 2)                               # (B, L, D)
+        both = torch.cat([seq, seq.flip(1)], dim=2)                      # (B, L, K*D)
+        x_proj, dt_proj = self._block_diagonal_weights()
+        proj = (both @ x_proj).view(b, h * w, k, r + 2 * n)
+        dts, bs, cs = proj.split([r, n, n], dim=-1)                      # (B, L, K, *)
+        delta = torch.addmm(self.dt_projs_bias.reshape(-1), dts.reshape(-1, k * r), dt_proj)
+        y = selective_scan_channels_last(
+            both, delta.view(b, h * w, k * d), -torch.exp(self.A_logs.float()), bs, cs,
+            self.Ds, delta_softplus=True, backend=backend).view(b, h * w, k, d)
+        forward, backward = y.unbind(2)
+        return backward.flip(1).add_(forward) if not y.requires_grad \
+            else forward + backward.flip(1)
+
+    def _block_diagonal_weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The per-direction projections (``x_proj``: D -> R+2N, ``dt_projs``: R -> D) as
+        block-diagonal matrices acting on the directions' concatenated channels (built once
+        by :meth:`switch_to_deploy`)."""
+        if self.x_proj_blocks is not None:
+            return self.x_proj_blocks, self.dt_proj_blocks
+        return (torch.block_diag(*self.x_proj_weight.transpose(1, 2)),
+                torch.block_diag(*self.dt_projs_weight.transpose(1, 2)))
 
     def _scan(self, u: torch.Tensor, backend: str = 'reference') -> torch.Tensor:
         """(B, D, H, W) -> (B, D, H, W): both directions scanned, summed (reference layout)."""
@@ -120,7 +130,9 @@ class SS2D(nn.Module):
 
     @torch.no_grad()
     def switch_to_deploy(self) -> None:
-        """Fold the projections' norms; the SiLU runs fused in the depthwise conv."""
+        """Fold the projections' norms; the SiLU runs fused in the depthwise conv; the
+        direction projections' block-diagonal matrices are built once."""
+        self.x_proj_blocks, self.dt_proj_blocks = self._block_diagonal_weights()
         self.in_proj.switch_to_deploy()
         self.out_proj.switch_to_deploy()
         if not isinstance(self.act, nn.Identity):

@@ -4,7 +4,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from mmmobilemamba.ops import inverse_wavelet_transform, wavelet_filters, wavelet_transform
+from mmmobilemamba.ops import (from_polyphase, inverse_wavelet_transform, to_polyphase,
+                               wavelet_domain_kernel, wavelet_filters, wavelet_transform)
 from .inference_conv import InferenceConv2d
 from .ss2d import SS2D
 
@@ -41,12 +42,15 @@ class WTEMamba(nn.Module):
         self.register_buffer('wt_filter', dec, persistent=False)
         self.register_buffer('iwt_filter', rec, persistent=False)
         self.scales_folded = False
+        self.polyphase = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
+        global_out = self.ss2d(x)
+        if self.polyphase:  # deployed, two-tap wavelet: WT, conv, scale and IWT in one conv
+            return global_out + from_polyphase(self.wavelet_conv(to_polyphase(x)), (h, w))
         bands = wavelet_transform(x, self.wt_filter)                  # (B, C, 4, h/2, w/2)
         bands = self.wavelet_conv(bands.reshape(b, 4 * c, *bands.shape[-2:]))
-        global_out = self.ss2d(x)
         if not self.scales_folded:
             bands = bands * self.wavelet_scale
             global_out = global_out * self.ssm_scale
@@ -55,7 +59,10 @@ class WTEMamba(nn.Module):
 
     @torch.no_grad()
     def switch_to_deploy(self) -> None:
-        """Fold both learned scales into the convs before them (after their BN fusion)."""
+        """Fold both learned scales into the convs before them (after their BN fusion); with a
+        two-tap wavelet (Haar) also fold the transform pair around the wavelet-domain conv
+        (:func:`mmmobilemamba.ops.wavelet_domain_kernel`): one grouped conv on the 2x2
+        polyphase components of the input instead of transform, conv, inverse transform."""
         if self.scales_folded:
             return
         self.ss2d.out_proj.switch_to_deploy()
@@ -63,6 +70,14 @@ class WTEMamba(nn.Module):
         scale = self.ssm_scale.view(-1)
         out_conv.weight.mul_(scale.view(-1, 1, 1, 1))
         out_conv.bias.mul_(scale)
-        self.wavelet_conv.weight.mul_(self.wavelet_scale.view(-1, 1, 1, 1))
-        self.wavelet_conv = InferenceConv2d.from_conv(self.wavelet_conv)
+        conv = self.wavelet_conv
+        conv.weight.mul_(self.wavelet_scale.view(-1, 1, 1, 1))
+        if self.wt_filter.shape[-2:] == (2, 2):
+            folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
+                               padding=conv.padding, groups=conv.in_channels // 4, bias=False,
+                               device=conv.weight.device, dtype=conv.weight.dtype)
+            folded.weight.copy_(wavelet_domain_kernel(self.wt_filter, self.iwt_filter,
+                                                      conv.weight))
+            conv, self.polyphase = folded, True
+        self.wavelet_conv = InferenceConv2d.from_conv(conv)
         self.scales_folded = True
