@@ -27,7 +27,7 @@ def _cl(x):
 @needs_onednn
 @pytest.mark.parametrize('activation', [None, 'relu', 'silu'])
 @pytest.mark.parametrize('kwargs', [
-    dict(in_channels=16, out_channels=32, kernel_size=1),
+    dict(in_channels=16, out_channels=32, kernel_size=1, stride=2),  # strided: not a matmul
     dict(in_channels=8, out_channels=12, kernel_size=3, stride=2, padding=1),
     dict(in_channels=24, out_channels=24, kernel_size=5, padding=2, groups=24, bias=False),
 ])
@@ -47,22 +47,35 @@ def test_packed_path_equals_conv_and_activation(activation, kwargs):
 @pytest.mark.parametrize('kwargs,size,form', [
     (dict(in_channels=24, out_channels=24, kernel_size=1, groups=24), (13, 10), 'scale'),
     (dict(in_channels=24, out_channels=24, kernel_size=1, groups=24, bias=False), (5, 5), 'scale'),
-    (dict(in_channels=40, out_channels=10, kernel_size=1), (1, 1), 'linear'),
-    (dict(in_channels=40, out_channels=10, kernel_size=1), (2, 1), None),
+    (dict(in_channels=40, out_channels=10, kernel_size=1), (1, 1), 'matmul'),
+    (dict(in_channels=40, out_channels=10, kernel_size=1, bias=False), (7, 9), 'matmul'),
+    (dict(in_channels=40, out_channels=10, kernel_size=1), (16, 32), None),  # 1024 pixels
     (dict(in_channels=24, out_channels=24, kernel_size=3, padding=1, groups=24), (1, 1), None),
 ])
 def test_small_convs_run_as_elementwise_ops(activation, kwargs, size, form):
-    """A 1x1 depthwise conv is a per-channel multiply-add and a 1x1 conv on a 1x1 map a
-    matrix-vector product: same results as the conv, without a oneDNN call."""
+    """A 1x1 depthwise conv is a per-channel multiply-add and a dense 1x1 conv on a small map
+    one matrix product: same results as the conv (channels-last out), no oneDNN call."""
     conv, fast = _pair(activation, **kwargs)
     x = _cl(torch.randn(2, kwargs['in_channels'], *size))
     with torch.no_grad():
         assert fast._can_pack(x) and fast._elementwise_form(x) == form
         out = fast(x)
         ref = ACTS[activation](conv(x))
-    assert (fast._packed is None) == (form is not None)  # oneDNN only when no form applies
-    assert out.shape == ref.shape
+    onednn = form is None
+    assert (fast._packed_key is not None and fast._packed_key[2][0] == 'onednn') == onednn
+    assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@needs_onednn
+def test_matmul_weight_follows_weight_changes_and_channel_slices():
+    conv, fast = _pair('relu', in_channels=8, out_channels=6, kernel_size=1)
+    nhwc = _cl(torch.randn(1, 12, 5, 5))
+    x = nhwc[:, 2:10]  # a channel slice of an NHWC map, as MRFFI hands its branches
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), F.relu(conv(x)), atol=1e-5, rtol=1e-5)
+        conv.weight.mul_(-2.0)  # shared parameter changed in place: prepared again
+        torch.testing.assert_close(fast(x), F.relu(conv(x)), atol=1e-5, rtol=1e-5)
 
 
 @needs_onednn

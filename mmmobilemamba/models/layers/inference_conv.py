@@ -4,9 +4,11 @@
 into its blocked layout on every call: for a backbone of 16M parameters at batch size 1 that is
 a fixed cost of several milliseconds per image, whatever the image size. :class:`InferenceConv2d`
 keeps the reordered weights (recomputed when the weights or the input shape change) and calls
-oneDNN's convolution with the activation fused into it. This fast path is taken only where it computes exactly the
-same thing: float32 channels-last CPU inputs, no autograd, oneDNN available. Everywhere else
-(CUDA, training, NCHW inputs) it is a plain ``Conv2d`` followed by the activation.
+oneDNN's convolution with the activation fused into it. 1x1 convs where a oneDNN call costs
+more than the arithmetic run as the plain ops instead: a per-channel multiply-add (depthwise)
+or one BLAS matrix product (dense, small maps). This fast path is taken only where it computes
+the same thing: float32 channels-last CPU inputs, no autograd, oneDNN available. Everywhere
+else (CUDA, training, NCHW inputs) it is a plain ``Conv2d`` followed by the activation.
 """
 from typing import Optional
 
@@ -17,6 +19,10 @@ import torch.nn.functional as F
 from mmmobilemamba.ops import channels_innermost
 
 __all__ = ['InferenceConv2d']
+
+# dense 1x1 convs on fewer pixels (batch x height x width) run as one BLAS matrix product,
+# faster than oneDNN there on CPU (measured: docs/benchmarks.md)
+_MATMUL_MAX_ROWS = 1024
 
 # activation name -> (oneDNN post-op name, eager in-place twin)
 _ACTIVATIONS = {
@@ -85,53 +91,62 @@ class InferenceConv2d(nn.Conv2d):
                 and not _is_compiling()
                 and _onednn_available())
 
-    def _packed_weight(self, input_shape: torch.Size) -> torch.Tensor:
-        # oneDNN picks the weight layout for the problem size: packed for another input shape,
-        # the weights would be reordered again on every call (slowly). So the packing is for
-        # the last input shape, redone when the shape (or the weight) changes.
+    def _prepared_weight(self, layout: tuple) -> torch.Tensor:
+        """The weight in ``layout`` (``('onednn', input_shape)`` or ``('matmul',)``), kept
+        until the weight or the layout changes."""
         weight = self.weight
         # a model built under torch.inference_mode has inference tensors: no version counter
         # (and they cannot change outside inference mode)
         version = None if weight.is_inference() else weight._version
-        key = (weight.data_ptr(), version, tuple(input_shape))
+        key = (weight.data_ptr(), version, layout)
         if self._packed is None or self._packed_key != key:
             with torch.no_grad():
-                self._packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                    weight.detach().contiguous().to_mkldnn(), list(self.padding),
-                    list(self.stride), list(self.dilation), self.groups, list(input_shape))
+                if layout[0] == 'matmul':  # (C_in, C_out): what BLAS reads fastest here
+                    self._packed = weight.detach().flatten(1).t().contiguous()
+                else:
+                    # oneDNN picks the weight layout for the problem size: packed for another
+                    # input shape, the weights would be reordered again on every call (slowly)
+                    self._packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                        weight.detach().contiguous().to_mkldnn(), list(self.padding),
+                        list(self.stride), list(self.dilation), self.groups, list(layout[1]))
             self._packed_key = key
         return self._packed
 
     def _elementwise_form(self, x: torch.Tensor) -> Optional[str]:
-        """'scale' for a 1x1 depthwise conv (a per-channel multiply-add), 'linear' for a dense
-        1x1 conv on a 1x1 map (a matrix-vector product), else None. Both run faster as the
-        plain ops: a oneDNN call costs ~50 us whatever its size on CPU."""
+        """How a 1x1 conv runs on CPU without oneDNN: 'scale' for a depthwise one (a
+        per-channel multiply-add), 'matmul' for a dense one on fewer than
+        ``_MATMUL_MAX_ROWS`` pixels (one BLAS product); None: oneDNN. A oneDNN call costs
+        ~50 us on CPU whatever its size, and BLAS is faster on small maps."""
         if self.kernel_size != (1, 1) or self.stride != (1, 1) or self.padding != (0, 0):
             return None
         if self.groups == self.in_channels == self.out_channels:
             return 'scale'
-        if self.groups == 1 and x.shape[-2:] == (1, 1):
-            return 'linear'
+        if self.groups == 1 and x.numel() // self.in_channels < _MATMUL_MAX_ROWS:
+            return 'matmul'
         return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         post_op, eager_act = _ACTIVATIONS[self.activation]
-        if self._can_pack(x):
+        if not self._can_pack(x):
+            out = super().forward(x)
+        else:
             form = self._elementwise_form(x)
             if form is None:
                 x = x.contiguous(memory_format=torch.channels_last)  # a slice: copy, as conv2d
                 return torch.ops.mkldnn._convolution_pointwise(
-                    x, self._packed_weight(x.shape), self.bias, list(self.padding),
-                    list(self.stride), list(self.dilation), self.groups, post_op, [], '')
+                    x, self._prepared_weight(('onednn', tuple(x.shape))), self.bias,
+                    list(self.padding), list(self.stride), list(self.dilation), self.groups,
+                    post_op, [], '')
             if form == 'scale':
                 scale = self.weight.view(1, -1, 1, 1)
                 out = x * scale if self.bias is None else \
                     torch.addcmul(self.bias.view(1, -1, 1, 1), x, scale)
-            else:
-                out = F.linear(x.flatten(1), self.weight.flatten(1), self.bias)
-                out = out.view(*out.shape, 1, 1)
-        else:
-            out = super().forward(x)
+            else:  # pixels as rows: NHWC memory is already that matrix (a slice: copied)
+                b, _, h, w = x.shape
+                rows = x.permute(0, 2, 3, 1).reshape(-1, self.in_channels)
+                weight = self._prepared_weight(('matmul',))
+                out = rows @ weight if self.bias is None else torch.addmm(self.bias, rows, weight)
+                out = out.view(b, h, w, self.out_channels).permute(0, 3, 1, 2)
         return out if eager_act is None else eager_act(out)
 
     def __getstate__(self):
