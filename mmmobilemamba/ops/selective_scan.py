@@ -401,7 +401,7 @@ def _as_token_major(scan, u, delta, A, B, C, D, delta_bias, delta_softplus) -> t
     _check_layout(u, delta, A, B, C, D, delta_bias)
     y = scan(u.transpose(1, 2), delta.transpose(1, 2), A, B.permute(0, 3, 1, 2),
              C.permute(0, 3, 1, 2), D, delta_bias, delta_softplus)
-    return y.transpose(1, 2)
+    return y.transpose(1, 2).contiguous()
 
 
 @_float32_under_autocast
@@ -412,7 +412,8 @@ def selective_scan_reference(u: torch.Tensor, delta: torch.Tensor, A: torch.Tens
     """Plain sequential selective scan in the reference layout: the definition.
 
     Same arguments as :func:`selective_scan` (``backend`` is accepted and ignored so both share
-    one signature): :func:`selective_scan_channels_last_reference` on each direction. Slow.
+    one signature): :func:`selective_scan_channels_last_reference` with the K directions as
+    channel groups. Slow.
     """
     return _as_token_major(selective_scan_channels_last_reference, u, delta, A, B, C, D,
                          delta_bias, delta_softplus)
