@@ -277,7 +277,7 @@ def test_deployed_model_runs_every_conv_packed_on_cpu():
         hook.remove()
     assert forms.keys() == convs.keys()
     for name, conv in convs.items():
-        # at this size every dense 1x1 conv has fewer than 1024 pixels: one matrix product
+        # at this size every dense 1x1 conv has fewer than 512 pixels: one matrix product
         expected = ('scale' if name.endswith('dw1x1') else
                     'matmul' if conv.kernel_size == (1, 1) else None)
         assert forms[name] == expected, name

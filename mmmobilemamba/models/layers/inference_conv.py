@@ -22,7 +22,7 @@ __all__ = ['InferenceConv2d']
 
 # dense 1x1 convs on fewer pixels (batch x height x width) run as one BLAS matrix product,
 # faster than oneDNN there on CPU (measured: docs/benchmarks.md)
-_MATMUL_MAX_ROWS = 1024
+_MATMUL_MAX_ROWS = 512
 
 # activation name -> (oneDNN post-op name, eager in-place twin)
 _ACTIVATIONS = {
