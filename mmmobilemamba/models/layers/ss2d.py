@@ -1,6 +1,6 @@
 """SS2D: the bidirectional 2-D selective scan of MobileMamba (d_state 1, two directions)."""
 import math
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -56,9 +56,6 @@ class SS2D(nn.Module):
         self.Ds = nn.Parameter(torch.ones(k * inner))
         self.out_norm = nn.LayerNorm(inner)
         self.out_proj = ConvBN(inner, channels, norm_cfg=norm_cfg)
-        # set by switch_to_deploy; buffers, so that they follow .to() (not saved)
-        self.register_buffer('x_proj_blocks', None, persistent=False)
-        self.register_buffer('dt_proj_blocks', None, persistent=False)
         self.reset_ssm_parameters()
 
     @torch.no_grad()
@@ -89,27 +86,22 @@ class SS2D(nn.Module):
         """
         b, d, h, w = u.shape
         k, r, n = self.directions, self.dt_rank, self.d_state
+        length = h * w
         seq = u.flatten(2).transpose(1, 2)                               # (B, L, D)
         both = torch.cat([seq, seq.flip(1)], dim=2)                      # (B, L, K*D)
-        x_proj, dt_proj = self._block_diagonal_weights()
-        proj = (both @ x_proj).view(b, h * w, k, r + 2 * n)
-        dts, bs, cs = proj.split([r, n, n], dim=-1)                      # (B, L, K, *)
-        delta = torch.addmm(self.dt_projs_bias.reshape(-1), dts.reshape(-1, k * r), dt_proj)
+        # each direction's projections on its own channels (batched over directions)
+        per_direction = both.view(b * length, k, d).transpose(0, 1)      # (K, B*L, D)
+        proj = torch.bmm(per_direction, self.x_proj_weight.transpose(1, 2))  # (K, B*L, R+2N)
+        delta = torch.bmm(proj[..., :r], self.dt_projs_weight.transpose(1, 2))  # (K, B*L, D)
+        delta = delta.transpose(0, 1).reshape(b, length, k * d)
+        bs, cs = proj[..., r:].transpose(0, 1).reshape(b, length, k, 2 * n).split([n, n], -1)
         y = selective_scan_channels_last(
-            both, delta.view(b, h * w, k * d), -torch.exp(self.A_logs.float()), bs, cs,
-            self.Ds, delta_softplus=True, backend=backend).view(b, h * w, k, d)
+            both, delta, -torch.exp(self.A_logs.float()), bs, cs, self.Ds,
+            delta_bias=self.dt_projs_bias.reshape(-1), delta_softplus=True,
+            backend=backend).view(b, length, k, d)
         forward, backward = y.unbind(2)
         return backward.flip(1).add_(forward) if not y.requires_grad \
             else forward + backward.flip(1)
-
-    def _block_diagonal_weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The per-direction projections (``x_proj``: D -> R+2N, ``dt_projs``: R -> D) as
-        block-diagonal matrices acting on the directions' concatenated channels (built once
-        by :meth:`switch_to_deploy`)."""
-        if self.x_proj_blocks is not None:
-            return self.x_proj_blocks, self.dt_proj_blocks
-        return (torch.block_diag(*self.x_proj_weight.transpose(1, 2)),
-                torch.block_diag(*self.dt_projs_weight.transpose(1, 2)))
 
     def _scan(self, u: torch.Tensor, backend: str = 'reference') -> torch.Tensor:
         """(B, D, H, W) -> (B, D, H, W): both directions scanned, summed (reference layout)."""
@@ -130,9 +122,7 @@ class SS2D(nn.Module):
 
     @torch.no_grad()
     def switch_to_deploy(self) -> None:
-        """Fold the projections' norms; the SiLU runs fused in the depthwise conv; the
-        direction projections' block-diagonal matrices are built once."""
-        self.x_proj_blocks, self.dt_proj_blocks = self._block_diagonal_weights()
+        """Fold the projections' norms; the SiLU runs fused in the depthwise conv."""
         self.in_proj.switch_to_deploy()
         self.out_proj.switch_to_deploy()
         if not isinstance(self.act, nn.Identity):
