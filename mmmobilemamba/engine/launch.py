@@ -419,6 +419,15 @@ def _checked_runner(args: argparse.Namespace, prepare: Callable[[argparse.Namesp
     return runner
 
 
+def _end_distributed() -> None:
+    """Destroy the process group a distributed run started (mmengine leaves it): left to the
+    interpreter's exit, its communication threads can abort the process (``terminate called
+    without an active exception``, exit -6) after the work is done."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 # ---------------------------------------------------------------------------- entry points
 def train_main(argv: Optional[Sequence[str]] = None) -> int:
     """``tools/train.py``: returns the exit code: 0 done, 2 config error, 1 stopped (a
@@ -435,6 +444,8 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
         runner.train()
     except (NonFiniteLossError, ImageLoadError) as err:
         return _stopped(err)
+    finally:
+        _end_distributed()
     return 0
 
 
@@ -452,5 +463,7 @@ def test_main(argv: Optional[Sequence[str]] = None) -> int:
         metrics = runner.test()
     except ImageLoadError as err:
         return _stopped(err)
+    finally:
+        _end_distributed()
     _report_metrics(metrics)
     return 0

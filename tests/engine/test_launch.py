@@ -213,3 +213,29 @@ def test_train_and_test_stop_on_a_load_from_that_fits_nothing(tmp_path, runners,
                        '--cfg-options', f'load_from={foreign}'])
     assert code == 2 and 'no tensor that fits this model' in capsys.readouterr().err
     assert launch.test_main([config, str(foreign), '--work-dir', str(tmp_path / 'wd')]) == 2
+
+
+@pytest.mark.parametrize('main', ['train', 'test'])
+@pytest.mark.parametrize('error', [None, ImageLoadError('bad.jpg: cannot decode')])
+def test_entry_points_destroy_the_process_group(tmp_path, runners, monkeypatch, main, error):
+    """A distributed run ends with its process group destroyed, also when it stops early
+    (left to the interpreter's exit, gloo's threads can abort the process)."""
+    import torch.distributed as dist
+    path = dump_config(retinanet_cfg(write_empty_coco_dataset(tmp_path)), tmp_path / 'retina.py')
+    monkeypatch.setenv('MASTER_ADDR', '127.0.0.1')
+    monkeypatch.setenv('MASTER_PORT', '29561')
+    dist.init_process_group('gloo', rank=0, world_size=1)
+    try:
+        runners.error = error
+        if main == 'train':
+            code = train_main([path, '--work-dir', str(tmp_path / 'wd')])
+        else:
+            monkeypatch.setattr(launch, 'report_load_from', lambda runner, cfg, training: None)
+            checkpoint = tmp_path / 'model.pth'
+            checkpoint.write_bytes(b'')
+            code = launch.test_main([path, str(checkpoint), '--work-dir', str(tmp_path / 'wd')])
+        assert code == (0 if error is None else 1)
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
