@@ -420,9 +420,10 @@ def _checked_runner(args: argparse.Namespace, prepare: Callable[[argparse.Namesp
 
 
 def _end_distributed() -> None:
-    """Destroy the process group a distributed run started (mmengine leaves it): left to the
-    interpreter's exit, its communication threads can abort the process (``terminate called
-    without an active exception``, exit -6) after the work is done."""
+    """Destroy the process group a distributed run started (mmengine leaves it), as PyTorch
+    asks: left to the interpreter's exit, its communication threads are torn down in no set
+    order (one CI run's ``dist_test.sh`` aborted with ``terminate called without an active
+    exception``, exit -6)."""
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
