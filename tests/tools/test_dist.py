@@ -22,6 +22,15 @@ def _run(script, args, timeout=600):
                           cwd=str(REPO), capture_output=True, text=True, timeout=timeout)
 
 
+def _failure_report(log: str) -> str:
+    """What a failed run printed that matters (warnings fill the tail): its progress, error
+    and traceback lines, then the end of the log."""
+    keys = ('Error', 'error', 'terminate', 'Traceback', 'Evaluation results', 'Iter(',
+            'Signal', 'exitcode')
+    lines = [line for line in log.splitlines() if any(key in line for key in keys)]
+    return '\n'.join(lines[-60:]) + '\n----- end of the log -----\n' + log[-2000:]
+
+
 def test_usage_message_without_arguments():
     proc = _run('dist_train.sh', [])
     assert proc.returncode == 2 and 'usage' in proc.stderr
@@ -37,14 +46,14 @@ def test_two_process_cpu_training_and_testing(tmp_path):
     work_dir = tmp_path / 'work'
     proc = _run('dist_train.sh', [config, 2, '--work-dir', work_dir])
     log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
+    assert proc.returncode == 0, _failure_report(log)
     assert 'Distributed training: True' in log
     assert (work_dir / 'iter_4.pth').is_file()
     assert os.listdir(work_dir).count('last_checkpoint') == 1
 
     proc = _run('dist_test.sh', [config, work_dir / 'iter_4.pth', 2, '--work-dir', work_dir])
     log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
+    assert proc.returncode == 0, _failure_report(log)
     assert 'Evaluation results:' in log and 'mIoU' in log
 
 
@@ -93,6 +102,6 @@ def test_two_process_ssdlite_training_with_the_paper_config(tmp_path):
     work_dir = tmp_path / 'work'
     proc = _run('dist_train.sh', [config, 2, '--work-dir', work_dir], timeout=900)
     log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
+    assert proc.returncode == 0, _failure_report(log)
     assert 'Distributed training: True' in log
     assert (work_dir / 'epoch_2.pth').is_file()  # 2 iterations per epoch, 4 in all
