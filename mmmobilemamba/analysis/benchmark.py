@@ -6,6 +6,7 @@ head and post-processing (NMS, resizing masks or logits back), in eval mode unde
 synthetic (see :mod:`mmmobilemamba.analysis.dummy_batch`), so no data set is needed.
 """
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
@@ -13,7 +14,8 @@ from typing import Callable, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-__all__ = ['BenchmarkResult', 'time_model', 'fuse_for_inference', 'config_benchmark']
+__all__ = ['BenchmarkResult', 'time_model', 'fuse_for_inference', 'config_benchmark',
+           'publish_report']
 
 
 @dataclass
@@ -60,6 +62,15 @@ class BenchmarkResult:
                  f'min {min(self.times_ms):.2f}, max {max(self.times_ms):.2f}',
                  f'FPS (from the median): {self.fps:.2f}']
         return '\n'.join(lines + self.notes)
+
+
+def publish_report(text: str, markdown: Optional[str] = None) -> None:
+    """Print a benchmark tool's ``text``; with ``markdown``, also write it there after the
+    command line that produced it (``sys.argv``), so the figures can be rerun."""
+    print(text)
+    if markdown:
+        with open(markdown, 'w') as f:
+            f.write(f'Command: `python {" ".join(sys.argv)}`\n\n{text}')
 
 
 def _synchronize(device: torch.device) -> None:

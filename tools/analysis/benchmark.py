@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mmengine.config import DictAction
 
-from mmmobilemamba.analysis.benchmark import config_benchmark
+from mmmobilemamba.analysis.benchmark import config_benchmark, publish_report
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -93,9 +93,7 @@ def compare(args: argparse.Namespace) -> int:
     text = (f'torch {torch.__version__}, {device}; latency: test_step, batch 1; train step: '
             f'batch {args.train_batch}, SGD; peak memory: {memory}; ratios to the first peer.'
             f'\n\n{format_comparisons(results)}\n')
-    print(text)
-    if args.markdown:
-        Path(args.markdown).write_text(f'Command: `python {" ".join(sys.argv)}`\n\n{text}')
+    publish_report(text, args.markdown)
     return 0
 
 

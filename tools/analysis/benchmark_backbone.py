@@ -17,6 +17,8 @@ from typing import Callable, Dict, List
 
 import torch
 
+from mmmobilemamba.analysis.benchmark import publish_report
+
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
@@ -126,10 +128,7 @@ def main() -> int:
            f'{"channels-last" if args.channels_last else "NCHW"} input')
     table = format_table(results, reference)
     text = f'Ratios are to {reference} measured in the same run ({env}).\n\n{table}\n'
-    print(text)
-    if args.markdown:
-        with open(args.markdown, 'w') as f:
-            f.write(f'Command: `python {" ".join(sys.argv)}`\n\n{text}')
+    publish_report(text, args.markdown)
     return 0
 
 

@@ -19,6 +19,8 @@ import time
 
 import torch
 
+from mmmobilemamba.analysis.benchmark import publish_report
+
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
@@ -85,10 +87,7 @@ def main() -> int:
            f'median of {args.repeats} interleaved rounds')
     text = (f'Ratios are to RegNetX-800MF in onnxruntime, measured in the same run ({env}).\n\n'
             + '\n'.join(lines) + '\n')
-    print(text)
-    if args.markdown:
-        with open(args.markdown, 'w') as f:
-            f.write(f'Command: `python {" ".join(sys.argv)}`\n\n{text}')
+    publish_report(text, args.markdown)
     return 0
 
 
