@@ -35,7 +35,7 @@ from mmengine.analysis.jit_handles import get_shape
 
 __all__ = [
     'SCAN_FLOPS_PER_STATE', 'selective_scan_flops', 'wavelet_flops', 'SelectiveScanOp',
-    'SelectiveScanChannelsLastOp',
+    'SelectiveScanChannelsLastOp', 'SS2DScanOp',
     'WaveletTransformOp', 'InverseWaveletTransformOp', 'traceable_custom_ops',
     'CUSTOM_FLOP_HANDLES', 'CUSTOM_ACTIVATION_HANDLES'
 ]
@@ -100,6 +100,14 @@ def _channels_last_scan_op_flops(inputs: List[Any], outputs: List[Any]) -> int:
     return selective_scan_flops(batch, channels, n_state, length, with_d)
 
 
+def _ss2d_scan_op_flops(inputs: List[Any], outputs: List[Any]) -> int:
+    """Handle of SS2DScanOp: u (B, d, L), delta (B, K, d, L), A (K*d, N), ...: K scans of d
+    channels with the skip term."""
+    batch, directions, channels, length = get_shape(inputs[1])
+    n_state = get_shape(inputs[2])[1]
+    return selective_scan_flops(batch, directions * channels, n_state, length, with_d=True)
+
+
 def _mamba_ssm_scan_flops(inputs: List[Any], outputs: List[Any]) -> int:
     """Handle of mamba-ssm's SelectiveScanFn (a model calling it directly): u, delta, A...
 
@@ -158,6 +166,10 @@ class SelectiveScanChannelsLastOp(_OpaqueOp):
     """Traced as ``prim::PythonOp.SelectiveScanChannelsLastOp``: one direction, token-major."""
 
 
+class SS2DScanOp(_OpaqueOp):
+    """Traced as ``prim::PythonOp.SS2DScanOp``: both directions of SS2D's scan."""
+
+
 class WaveletTransformOp(_OpaqueOp):
     """Traced as ``prim::PythonOp.WaveletTransformOp``: x, filters."""
 
@@ -173,6 +185,7 @@ def _trace_name(op: type) -> str:
 CUSTOM_FLOP_HANDLES: Dict[str, Callable] = {
     _trace_name(SelectiveScanOp): _scan_op_flops,
     _trace_name(SelectiveScanChannelsLastOp): _channels_last_scan_op_flops,
+    _trace_name(SS2DScanOp): _ss2d_scan_op_flops,
     _trace_name(WaveletTransformOp): _wavelet_op_flops,
     _trace_name(InverseWaveletTransformOp): _inverse_wavelet_op_flops,
     'prim::PythonOp.SelectiveScanFn': _mamba_ssm_scan_flops,
@@ -222,7 +235,8 @@ def _bindings_of(obj: Any, package: str) -> List[Tuple[Any, str]]:
 def traceable_custom_ops(package: str = 'mmmobilemamba') -> Iterator[None]:
     """Within this context our ops called from ``package`` trace as single countable nodes.
 
-    Covers ``selective_scan``, ``selective_scan_channels_last``, ``wavelet_transform`` and
+    Covers ``selective_scan``, ``selective_scan_channels_last``, ``ss2d_scan``,
+    ``wavelet_transform`` and
     ``inverse_wavelet_transform`` of :mod:`mmmobilemamba.ops`. Modules import them by name
     (``from mmmobilemamba.ops import selective_scan``), so each loaded module's binding is
     swapped, and restored on exit.
@@ -237,6 +251,7 @@ def traceable_custom_ops(package: str = 'mmmobilemamba') -> Iterator[None]:
         ops.selective_scan: _as_traced_op(ops.selective_scan, SelectiveScanOp, _scan_tensors),
         ops.selective_scan_channels_last: _as_traced_op(
             ops.selective_scan_channels_last, SelectiveScanChannelsLastOp, _scan_tensors),
+        ops.ss2d_scan: _as_traced_op(ops.ss2d_scan, SS2DScanOp, _leading_tensors),
         ops.wavelet_transform: _as_traced_op(ops.wavelet_transform, WaveletTransformOp,
                                              _leading_tensors),
         ops.inverse_wavelet_transform: _as_traced_op(

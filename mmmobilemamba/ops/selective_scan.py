@@ -16,7 +16,8 @@ reverse. ``B``/``C`` are ``(batch, L, N)``, shared by all channels, or ``(batch,
 * :func:`selective_scan_channels_last`: the fast scan. ``h_t = a_t h_{t-1} + b_t`` is a linear
   first-order recurrence, so it splits into chunks: a vectorised sequential pass inside chunks
   of ~sqrt(L) steps, the same recurrence over the chunk ends, one fix-up multiply-add (pure
-  PyTorch, CPU and GPU, no compilation; see :func:`_scan`). Only products of decays
+  PyTorch, CPU and GPU, no compilation; see
+  :func:`~mmmobilemamba.ops.scan_torch.chunked_recurrence`). Only products of decays
   ``a in (0, 1]`` are formed (never a division by a decay), so it is stable for any ``L`` and
   any ``delta``. Its backward is the adjoint recurrence run the other way, by the same scan,
   so memory stays O(L).
@@ -28,145 +29,27 @@ The reference layout (the authors' release, ``mamba_ssm``: ``u, delta (batch, K*
 is kept for the public API and for ``mamba_ssm``'s fused CUDA kernel (optional, never
 required): :func:`selective_scan` and :func:`selective_scan_reference` scan it with the two
 functions above, its K directions as K channel groups of one token-major scan.
+
+SS2D runs :func:`ss2d_scan`: both directions of its scan as one custom op
+(:mod:`.scan_ops`) reading the projections where they are (no flips, no concatenation), fused
+into one kernel each way on CUDA (:mod:`.triton_scan`), with :func:`ss2d_scan_reference` its
+sequential twin.
 """
 import functools
-import math
 from typing import Callable, Optional, Tuple
-
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ['selective_scan', 'selective_scan_reference', 'selective_scan_channels_last',
-           'selective_scan_channels_last_reference']
+from .scan_ops import linear_recurrence, ss2d_scan_op
+from .scan_torch import (check_ss2d_scan_inputs, chunked_recurrence,
+                         chunked_recurrence_out_of_place)
 
-_SEQUENTIAL_MAX = 16  # up to this length one sequential pass; beyond, two levels of chunks
+__all__ = ['selective_scan', 'selective_scan_reference', 'selective_scan_channels_last',
+           'selective_scan_channels_last_reference', 'ss2d_scan', 'ss2d_scan_reference']
 _BACKENDS = ('auto', 'torch', 'triton', 'cuda', 'reference')
 _CHANNELS_LAST_BACKENDS = ('auto', 'torch', 'triton', 'export', 'reference')
 _AUTO_CHOICES_LOGGED = set()
-
-
-def _scan(a: torch.Tensor, b: torch.Tensor, reverse: bool = False,
-          inplace: bool = False) -> torch.Tensor:
-    """``h_t = a_t h_{t-1} + b_t`` (``reverse``: ``h_t = a_t h_{t+1} + b_t``) along dim 1 of
-    contiguous ``(rows, L, inner)`` tensors, zero initial state; no autograd.
-
-    Chunked two-level scan. Viewed as ``(rows, n, c, inner)`` with ``n`` chunks of
-    ``c ~ sqrt(L)`` steps, step ``t`` of every chunk is one strided view of ``rows * n`` blocks
-    of ``inner`` contiguous values, so the ``c`` sequential steps are each one fused
-    multiply-add over ``rows * n * inner`` values (Python overhead ``O(sqrt(L))``, work
-    ``O(L)``), and no transpose is needed. The state entering each chunk comes from the same
-    recurrence over the chunk ends, one level up, and is added back scaled by the running
-    decay. Only products of decays in ``(0, 1]`` are formed, never a division, so no step can
-    overflow whatever ``delta`` is. ``inplace`` lets it overwrite ``a`` and ``b``.
-    """
-    rows, length, inner = a.shape
-    chunk = length if length <= _SEQUENTIAL_MAX else math.ceil(math.sqrt(length))
-    num_chunks = -(-length // chunk)
-    pad = num_chunks * chunk - length
-    if pad:
-        # identity elements at the end: a = 1, b = 0 with a zero state stay zero going
-        # backwards and do not matter going forwards
-        decay = F.pad(a, (0, 0, 0, pad), value=1.0)
-        state = F.pad(b, (0, 0, 0, pad), value=0.0)
-    elif inplace:
-        decay, state = a, b
-    else:
-        decay, state = a.clone(), b.clone()
-    decay = decay.view(rows, num_chunks, chunk, inner)
-    state = state.view(rows, num_chunks, chunk, inner)
-    step = 1 if reverse else -1   # offset of the step each one depends on
-    decays, states = decay.unbind(2), state.unbind(2)  # views, one per step
-    for t in (range(chunk - 2, -1, -1) if reverse else range(1, chunk)):
-        states[t].addcmul_(decays[t], states[t + step])
-        if num_chunks > 1:
-            decays[t].mul_(decays[t + step])  # decay since the chunk's start
-    if num_chunks > 1:
-        end = 0 if reverse else chunk - 1
-        carry = _scan(decay[:, :, end].contiguous(), state[:, :, end].contiguous(), reverse,
-                      inplace=True)                   # state at the end of every chunk
-        if reverse:  # plus the state entering each chunk from its neighbour
-            state[:, :-1].addcmul_(decay[:, :-1], carry[:, 1:, None])
-        else:
-            state[:, 1:].addcmul_(decay[:, 1:], carry[:, :-1, None])
-    h = state.view(rows, num_chunks * chunk, inner)
-    return h[:, :length] if pad else h
-
-
-def _scan_out_of_place(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> torch.Tensor:
-    """:func:`_scan`'s chunked recurrence written with out-of-place ops only.
-
-    A tracer (``torch.onnx.export``) records it as ``2 sqrt(L)`` steps of a few elementwise ops
-    over ``rows * chunks * inner`` values: the steps inside the chunks, all chunks at once, then
-    the recurrence over the chunk ends. Only products of decays in ``(0, 1]`` are formed, as in
-    :func:`_scan`. About half the speed of :func:`_scan` in eager PyTorch (it allocates what
-    :func:`_scan` updates in place).
-    """
-    if reverse:
-        return _scan_out_of_place(a.flip(1), b.flip(1)).flip(1)
-    rows, length, inner = a.shape
-    chunk = length if length <= _SEQUENTIAL_MAX else math.ceil(math.sqrt(length))
-    num_chunks = -(-length // chunk)
-    pad = num_chunks * chunk - length
-    if pad:  # identity steps at the end: decay 1, input 0
-        a = F.pad(a, (0, 0, 0, pad), value=1.0)
-        b = F.pad(b, (0, 0, 0, pad))
-    # steps as size-1 slices (one Split each when exported, no per-step Gather/Squeeze)
-    decay = a.reshape(rows, num_chunks, chunk, inner).split(1, dim=2)
-    step_in = b.reshape(rows, num_chunks, chunk, inner).split(1, dim=2)
-    states, decays = [step_in[0]], [decay[0]]
-    for t in range(1, chunk):  # every chunk from a zero state; decay since the chunk's start
-        states.append(decay[t] * states[-1] + step_in[t])
-        decays.append(decay[t] * decays[-1])
-    h = torch.cat(states, dim=2)                                     # (rows, chunks, chunk, inner)
-    if num_chunks > 1:  # the state each chunk starts from, scaled by its decay so far
-        end_decay = decays[-1].split(1, dim=1)
-        end_state = states[-1].split(1, dim=1)
-        entering = [torch.zeros_like(end_state[0]), end_state[0]]
-        for k in range(1, num_chunks - 1):
-            entering.append(end_decay[k] * entering[-1] + end_state[k])
-        h = h + torch.cat(decays, dim=2) * torch.cat(entering, dim=1)
-    return h.reshape(rows, num_chunks * chunk, inner)[:, :length]
-
-
-def _shift(x: torch.Tensor, towards_end: bool) -> torch.Tensor:
-    """``x`` moved one step along dim 1 of ``(rows, L, inner)``, zero filled."""
-    return F.pad(x[:, :-1], (0, 0, 1, 0)) if towards_end else F.pad(x[:, 1:], (0, 0, 0, 1))
-
-
-def adjoint_recurrence_function(
-        recurrence: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]) -> type:
-    """An autograd Function computing ``h = recurrence(a, b, reverse)`` (``h_t = a_t h_{t-1}
-    + b_t`` along dim 1, or reversed), whose backward runs the same ``recurrence`` the other
-    way: the adjoint of a linear recurrence is the reversed recurrence,
-    ``g_t = grad_h_t + a_{t+1} g_{t+1}``, and ``grad_a_t = g_t h_{t-1}``.
-
-    ``recurrence`` must leave its inputs unchanged. Used with the PyTorch scan and the Triton
-    kernel.
-    """
-
-    class LinearRecurrence(torch.autograd.Function):
-
-        @staticmethod
-        def forward(ctx, a: torch.Tensor, b: torch.Tensor, reverse: bool) -> torch.Tensor:
-            h = recurrence(a, b, reverse)
-            ctx.reverse = reverse
-            ctx.save_for_backward(a, h)
-            return h
-
-        @staticmethod
-        def backward(ctx, grad_h: torch.Tensor):
-            a, h = ctx.saved_tensors
-            reverse = ctx.reverse
-            g = recurrence(_shift(a, towards_end=reverse).contiguous(), grad_h.contiguous(),
-                           not reverse)
-            grad_a = g * _shift(h, towards_end=not reverse) if ctx.needs_input_grad[0] else None
-            return grad_a, g, None
-
-    return LinearRecurrence
-
-
-_LinearRecurrence = adjoint_recurrence_function(_scan)
 
 
 def _float32_under_autocast(fn: Callable) -> Callable:
@@ -319,16 +202,16 @@ def selective_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.
         a = torch.mul(delta32, A32[:, 0]).exp_()
         b = delta32.mul_(u32) if delta32 is not delta else delta32 * u32
         _grouped(b, groups).mul_(B32)
-        y = _scan(a, b, reverse, inplace=True)
+        y = chunked_recurrence(a, b, reverse, inplace=True)
         _grouped(y, groups).mul_(C32)
         if D is not None:
             y.addcmul_(u32, D.float())
         return y.to(u.dtype)
     a, b = _scan_inputs(u32, delta32, A32, B32)
     if track:
-        h = _LinearRecurrence.apply(a, b, reverse)
+        h = linear_recurrence(a, b, reverse, 'torch')
     else:  # a and b are temporaries: scan them in place
-        h = _scan(a, b, reverse, inplace=True)
+        h = chunked_recurrence(a, b, reverse, inplace=True)
     y = _read_out(h, C32)
     if D is not None:
         y = torch.addcmul(y, u32, D.float())
@@ -338,14 +221,10 @@ def selective_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.
 def _scan_channels_last_triton(u, delta, A, B, C, D, delta_bias, delta_softplus,
                                reverse) -> torch.Tensor:
     """The token-major scan with the recurrence in Triton (:mod:`.triton_scan`)."""
-    triton_scan = _triton_scan()
-    if triton_scan is None:
-        raise ImportError("selective scan backend 'triton' needs Triton (pip install triton; "
-                          "it comes with torch's CUDA builds); use backend 'torch' instead")
     u32, A32 = u.float(), A.float()
     delta32 = _step_sizes(delta, delta_bias, delta_softplus)
     a, b = _scan_inputs(u32, delta32, A32, _as_groups(B.float()))
-    y = _read_out(triton_scan.linear_recurrence_triton(a, b, reverse), _as_groups(C.float()))
+    y = _read_out(linear_recurrence(a, b, reverse, 'triton'), _as_groups(C.float()))
     if D is not None:
         y = y + u32 * D.float()
     return y.to(u.dtype)
@@ -353,11 +232,12 @@ def _scan_channels_last_triton(u, delta, A, B, C, D, delta_bias, delta_softplus,
 
 def _scan_channels_last_for_export(u, delta, A, B, C, D, delta_bias, delta_softplus,
                                    reverse) -> torch.Tensor:
-    """The token-major scan by :func:`_scan_out_of_place` (autograd through plain ops)."""
+    """The token-major scan by :func:`chunked_recurrence_out_of_place` (autograd through plain
+    ops)."""
     u32, A32 = u.float(), A.float()
     delta32 = _step_sizes(delta, delta_bias, delta_softplus)
     a, b = _scan_inputs(u32, delta32, A32, _as_groups(B.float()))
-    y = _read_out(_scan_out_of_place(a, b, reverse), _as_groups(C.float()))
+    y = _read_out(chunked_recurrence_out_of_place(a, b, reverse), _as_groups(C.float()))
     if D is not None:
         y = y + u32 * D.float()
     return y.to(u.dtype)
@@ -419,6 +299,70 @@ def selective_scan_reference(u: torch.Tensor, delta: torch.Tensor, A: torch.Tens
                          delta_bias, delta_softplus)
 
 
+_SS2D_BACKENDS = ('auto', 'torch', 'triton')
+
+
+@_float32_under_autocast
+def ss2d_scan(u: torch.Tensor, delta: torch.Tensor, A_log: torch.Tensor, B: torch.Tensor,
+              C: torch.Tensor, D: torch.Tensor, delta_bias: torch.Tensor,
+              backend: str = 'auto') -> torch.Tensor:
+    """SS2D's selective scan, both directions at once, summed: one op (one kernel on CUDA).
+
+    Direction ``k`` has its own step sizes, projections and parameters; direction 0 scans
+    the tokens forwards, direction 1 backwards (the reversed scan of the authors' flipped
+    sequence, flipped back). For each channel ``c`` and state ``n``, with ``A = -exp(A_log)``
+    (SS2D's parametrisation, kept inside the op: its gradient too)::
+
+        dt_k = softplus(delta[:, k] + delta_bias_k)
+        h_kt = exp(dt_kt A_k[c, n]) h_k,t-+1 + dt_kt u_t B_k[n, t]
+        y_t  = sum_k (sum_n C_k[n, t] h_kt + D_k[c] u_t)
+
+    Inputs may have any strides and dtype (the channel-major views of an NCHW map and of the
+    projections, as SS2D passes them); the arithmetic is float32.
+
+    Args:
+        u (Tensor): inputs, (batch, d, L).
+        delta (Tensor): step sizes before bias/softplus, (batch, K, d, L), K = 1 or 2.
+        A_log (Tensor): log of minus the state matrix, (K*d, N).
+        B (Tensor): input projections, (batch, K, N, L).
+        C (Tensor): output projections, (batch, K, N, L).
+        D (Tensor): skip connection, (K*d,).
+        delta_bias (Tensor): added to ``delta`` before the softplus, (K*d,).
+        backend (str): 'torch' (:mod:`.scan_torch`: the chunked scan, any device), 'triton'
+            (:mod:`.triton_scan`: CUDA) or 'auto' (Triton on CUDA when it imports, else
+            'torch'). Default: 'auto'.
+
+    Returns:
+        Tensor: ``y`` (batch, L, d), token-major, float32; differentiable.
+    """
+    if backend not in _SS2D_BACKENDS:
+        raise ValueError(f'ss2d_scan: unknown backend {backend!r}; choose one of '
+                         f'{_SS2D_BACKENDS}')
+    check_ss2d_scan_inputs(u, delta, A_log, B, C, D, delta_bias)
+    backend = resolve_backend(backend, u.device, mamba_ssm=False)
+    return ss2d_scan_op(u, delta, A_log, B, C, D, delta_bias, backend)
+
+
+@_float32_under_autocast
+def ss2d_scan_reference(u: torch.Tensor, delta: torch.Tensor, A_log: torch.Tensor,
+                        B: torch.Tensor,
+                        C: torch.Tensor, D: torch.Tensor, delta_bias: torch.Tensor,
+                        backend: str = 'reference') -> torch.Tensor:
+    """Sequential twin of :func:`ss2d_scan` (same arguments; ``backend`` is ignored): each
+    direction by :func:`selective_scan_channels_last_reference`. Slow; differentiable by
+    autograd."""
+    _, directions, channels, _, _ = check_ss2d_scan_inputs(u, delta, A_log, B, C, D, delta_bias)
+    A = -torch.exp(A_log.float())
+    u_t = u.transpose(1, 2)
+    y = 0
+    for k in range(directions):
+        part = slice(k * channels, (k + 1) * channels)
+        y = y + selective_scan_channels_last_reference(
+            u_t, delta[:, k].transpose(1, 2), A[part], B[:, k].transpose(1, 2),
+            C[:, k].transpose(1, 2), D[part], delta_bias[part], True, reverse=k == 1)
+    return y.float()
+
+
 @functools.lru_cache(maxsize=None)
 def _triton_scan():
     """:mod:`mmmobilemamba.ops.triton_scan` if Triton imports, else None (looked up once)."""
@@ -438,7 +382,15 @@ def resolve_backend(backend: str, device: torch.device, mamba_ssm: bool = True) 
     """
     if backend != 'auto':
         return backend
-    if torch.device(device).type != 'cuda':
+    return _auto_backend(torch.device(device).type, mamba_ssm)
+
+
+@torch.compiler.assume_constant_result
+def _auto_backend(device_type: str, mamba_ssm: bool) -> str:
+    """:func:`resolve_backend`'s 'auto' on a device type. A constant to ``torch.compile``:
+    Dynamo calls it once while tracing instead of tracing the imports and the log (which would
+    break the graph)."""
+    if device_type != 'cuda':
         return 'torch'
     if _triton_scan() is not None:
         chosen = 'triton'

@@ -19,7 +19,31 @@ import torch.nn.functional as F
 from .memory_format import channels_innermost
 
 __all__ = ['wavelet_filters', 'wavelet_transform', 'inverse_wavelet_transform',
-           'wavelet_domain_kernel', 'to_polyphase', 'from_polyphase']
+           'wavelet_domain_kernel', 'to_polyphase', 'from_polyphase', 'pad_to_even', 'crop']
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def pad_to_even(x: torch.Tensor) -> torch.Tensor:
+    """``x`` zero-padded on the bottom/right to an even height and width.
+
+    Under ``torch.compile`` the pad is always taken (by 0 or 1): a branch on the parity of a
+    symbolic size would be a guard, and each parity a recompilation.
+    """
+    h, w = x.shape[-2:]
+    if _compiling() or h % 2 or w % 2:
+        return F.pad(x, (0, w % 2, 0, h % 2))
+    return x
+
+
+def crop(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """``x[..., :H, :W]`` with ``(H, W) = size`` (a view; under ``torch.compile`` always taken,
+    without a guard on the sizes)."""
+    if _compiling() or tuple(x.shape[-2:]) != tuple(size):
+        return x[..., :size[0], :size[1]]
+    return x
 
 
 def _outer_bands(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
@@ -62,9 +86,10 @@ def wavelet_filters(channels: int, wavelet: str = 'db1',
 def wavelet_transform(x: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
     """Forward transform ``(B, C, H, W) -> (B, C, 4, ceil(H/2), ceil(W/2))``.
 
-    Two-tap filters (Haar) take a fast path: the 2x2 blocks times a per-channel 4x4 matrix,
-    one batched matrix product (a grouped stride-2 conv with 4C tiny filters is slow in the CPU
-    conv backends). Longer filters fall back to the grouped convolution; both compute the same
+    Two-tap filters (Haar) on a channels-last map take a fast path: the 2x2 blocks times a
+    per-channel 4x4 matrix, one batched matrix product (a grouped stride-2 conv with 4C tiny
+    filters is slow in the CPU conv backends). Otherwise (NCHW maps, as on CUDA, or longer
+    filters) it is the grouped convolution, one input channel per group; both compute the same
     transform.
 
     Args:
@@ -75,20 +100,17 @@ def wavelet_transform(x: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
     if filters.shape[0] != 4 * c:
         raise ValueError(f'wavelet_transform: filters are for {filters.shape[0] // 4} channels, '
                          f'input has {c}')
-    if h % 2 or w % 2:
-        x = F.pad(x, (0, w % 2, 0, h % 2))
-    if filters.shape[-2:] == (2, 2):
+    x = pad_to_even(x)
+    if filters.shape[-2:] == (2, 2) and channels_innermost(x):
         # each output pixel of each band is a 2x2 block of the input times that band's taps:
         # one batched (per channel) 4x4 matrix product over all blocks
         taps = filters.to(x.dtype).view(c, 4, 2, 2)
         h2, w2 = x.shape[2] // 2, x.shape[3] // 2
-        if channels_innermost(x):
-            # channels-last memory: stay in it, bands innermost, so that (B, 4C, h, w) is a view
-            blocks = x.permute(0, 2, 3, 1).reshape(b, h2, 2, w2, 2, c)
-            bands = torch.einsum('bhiwjc,ckij->bhwck', blocks, taps).contiguous()
-            return bands.permute(0, 3, 4, 1, 2)
-        blocks = x.reshape(b, c, h2, 2, w2, 2)
-        return torch.einsum('bchiwj,ckij->bckhw', blocks, taps)
+        # channels-last memory: stay in it, bands innermost, so that (B, 4C, h, w) is a view
+        blocks = x.permute(0, 2, 3, 1).reshape(b, h2, 2, w2, 2, c)
+        bands = torch.einsum('bhiwjc,ckij->bhwck', blocks, taps).contiguous()
+        return bands.permute(0, 3, 4, 1, 2)
+    # NCHW: the grouped stride-2 conv, four outputs per channel (one depthwise kernel on CUDA)
     pad = (filters.shape[2] // 2 - 1, filters.shape[3] // 2 - 1)
     out = F.conv2d(x, filters.to(x.dtype), stride=2, padding=pad, groups=c)
     return out.reshape(b, c, 4, out.shape[-2], out.shape[-1])
@@ -122,9 +144,7 @@ def inverse_wavelet_transform(x: torch.Tensor, filters: torch.Tensor,
         pad = (filters.shape[2] // 2 - 1, filters.shape[3] // 2 - 1)
         out = F.conv_transpose2d(x.reshape(b, 4 * c, h, w), filters.to(x.dtype), stride=2,
                                  padding=pad, groups=c)
-    if size is not None and tuple(out.shape[-2:]) != tuple(size):
-        out = out[..., :size[0], :size[1]]
-    return out
+    return out if size is None else crop(out, size)
 
 
 def wavelet_domain_kernel(dec: torch.Tensor, rec: torch.Tensor,
@@ -163,16 +183,10 @@ def to_polyphase(x: torch.Tensor) -> torch.Tensor:
     """``(B, C, H, W) -> (B, 4C, ceil(H/2), ceil(W/2))``: the pixels of every 2x2 block as the
     four consecutive channels of ``c`` (``pixel_unshuffle``; odd sizes zero-padded on the
     bottom/right as :func:`wavelet_transform` does)."""
-    h, w = x.shape[-2:]
-    if h % 2 or w % 2:
-        x = F.pad(x, (0, w % 2, 0, h % 2))
-    return F.pixel_unshuffle(x, 2)
+    return F.pixel_unshuffle(pad_to_even(x), 2)
 
 
 def from_polyphase(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """Inverse of :func:`to_polyphase`: ``(B, 4C, h, w) -> (B, C, H, W)`` with ``(H, W) =
     size`` (``pixel_shuffle``, cropped)."""
-    out = F.pixel_shuffle(x, 2)
-    if tuple(out.shape[-2:]) != tuple(size):
-        out = out[..., :size[0], :size[1]]
-    return out
+    return crop(F.pixel_shuffle(x, 2), size)

@@ -14,6 +14,7 @@ checkpoints load through ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` (
 :mod:`mmmobilemamba.models.checkpoint`).
 """
 import copy
+import inspect
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -362,7 +363,8 @@ class MobileMamba(BaseModule):
         scan_backend (str): selective-scan backend ('auto', 'torch', 'cuda', 'reference').
         channels_last (bool, optional): compute in channels-last (NHWC) memory. None (default)
             does so on CPU, where oneDNN's convolutions are faster in NHWC and the selective
-            scan reads a flattened NHWC map without transposes; False keeps NCHW. An internal
+            scan reads a flattened NHWC map without transposes, but not under
+            ``torch.compile`` or in the CUDA deploy form; False keeps NCHW. An internal
             choice: the results are the same and the returned maps are NCHW-contiguous.
         init_cfg (dict | list[dict], optional): ``dict(type='Pretrained', checkpoint=PATH)``
             loads a released classification checkpoint, a downstream mmdet/mmseg checkpoint
@@ -385,6 +387,7 @@ class MobileMamba(BaseModule):
             raise ValueError(f'MobileMamba: channels_last must be None (on CPU), True or False, '
                              f'got {channels_last!r}')
         self.channels_last = channels_last
+        self.deployed = None  # or the device type of the deploy form (switch_to_deploy)
         settings = _resolve_arch(arch)
         self.arch_settings = settings
         dims = tuple(settings['embed_dims'])
@@ -500,21 +503,48 @@ class MobileMamba(BaseModule):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
-    def switch_to_deploy(self) -> 'MobileMamba':
-        """Fold every conv+BN, residual depthwise identity and learned scale for inference.
+    def switch_to_deploy(self, device: Optional[Union[str, torch.device]] = None) -> 'MobileMamba':
+        """Fold every conv+BN, residual depthwise identity and learned scale for inference, in
+        the form that is fast on ``device``.
 
-        The folded convolutions are :class:`InferenceConv2d`: on CPU their weights are packed
-        for oneDNN once (not on every call) and the ReLU/SiLU after them runs fused.
-        Irreversible; outputs match the unfused model in eval mode. Returns ``self``.
+        * CPU form: the folded convolutions are :class:`InferenceConv2d` (weights packed for
+          oneDNN once, ReLU/SiLU fused) and WTE-Mamba's wavelet pair becomes one grouped conv
+          on the polyphase components of its input.
+        * CUDA form: no grouped conv with more than one input channel per group (cuDNN runs
+          those one group at a time) and no layout round trips: the wavelet transform and its
+          conv are one depthwise conv, the inverse is added by one fused op, SS2D's norm, gate
+          and layout change are one op after its scan (Triton kernels on CUDA, their PyTorch
+          twins elsewhere, so the form also runs and is tested on CPU).
+
+        Both compute what the unfused model computes in eval mode. Irreversible.
+
+        Args:
+            device (str | torch.device, optional): the device type to build the form for
+                ('cpu' or 'cuda'); None takes the device of the model's parameters.
+
+        Returns:
+            MobileMamba: ``self``.
         """
+        if device is None:
+            device = next(self.parameters()).device
+        device_type = torch.device(device).type
+        if device_type not in ('cpu', 'cuda'):
+            raise ValueError(f"MobileMamba.switch_to_deploy: device must be 'cpu' or 'cuda' (the "
+                             f'forms there are), got {device!r}')
+        if self.deployed not in (None, device_type):
+            raise RuntimeError(f'MobileMamba.switch_to_deploy: already deployed for '
+                               f'{self.deployed!r}; build the model again for {device_type!r}')
         self.eval()
         # children before parents: parents fold scales into already-fused convs
         for module in reversed(list(self.modules())):
             if module is not self and hasattr(module, 'switch_to_deploy'):
-                module.switch_to_deploy()
+                if 'device_type' in inspect.signature(module.switch_to_deploy).parameters:
+                    module.switch_to_deploy(device_type=device_type)
+                else:
+                    module.switch_to_deploy()
         for i in range(1, len(self.patch_embed), 2):  # stem: ConvBN, ReLU, ConvBN, ...
             fuse_activation(self.patch_embed[i - 1], self.patch_embed, str(i), 'relu')
-        self.deployed = True
+        self.deployed = device_type
         return self
 
     # ----------------------------------------------------------------- forward
@@ -522,8 +552,9 @@ class MobileMamba(BaseModule):
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f'MobileMamba expects (N, 3, H, W) images, got {tuple(x.shape)}')
         channels_last = self.channels_last
-        if channels_last is None:
-            channels_last = x.device.type == 'cpu'
+        if channels_last is None:  # for oneDNN in eager mode; compiled, inductor picks layouts
+            channels_last = x.device.type == 'cpu' and not torch.compiler.is_compiling() \
+                and self.deployed != 'cuda'
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.patch_embed(x)

@@ -4,8 +4,11 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from mmmobilemamba.ops import (from_polyphase, inverse_wavelet_transform, to_polyphase,
+from mmmobilemamba.ops import (channels_innermost, from_polyphase, inverse_wavelet_transform, to_polyphase,
                                wavelet_domain_kernel, wavelet_filters, wavelet_transform)
+from mmmobilemamba.ops.wavelet import pad_to_even
+from mmmobilemamba.ops.fused_ops import haar_inverse_add
+from mmmobilemamba.ops.selective_scan import resolve_backend
 from .inference_conv import InferenceConv2d
 from .ss2d import SS2D
 
@@ -43,26 +46,46 @@ class WTEMamba(nn.Module):
         self.register_buffer('iwt_filter', rec, persistent=False)
         self.scales_folded = False
         self.polyphase = False
+        self.haar_folded = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         global_out = self.ss2d(x)
         if self.polyphase:  # deployed, two-tap wavelet: WT, conv, scale and IWT in one conv
             return global_out + from_polyphase(self.wavelet_conv(to_polyphase(x)), (h, w))
+        if self.haar_folded:  # CUDA deploy form: WT + conv + scale as one depthwise conv
+            bands = self.wavelet_conv(pad_to_even(x))                     # (B, 4C, h/2, w/2)
+            return haar_inverse_add(bands, global_out, self.iwt_taps,
+                                    resolve_backend('auto', x.device, mamba_ssm=False))
         bands = wavelet_transform(x, self.wt_filter)                  # (B, C, 4, h/2, w/2)
         bands = self.wavelet_conv(bands.reshape(b, 4 * c, *bands.shape[-2:]))
         if not self.scales_folded:
             bands = bands * self.wavelet_scale
             global_out = global_out * self.ssm_scale
+        if self.iwt_filter.shape[-2:] == (2, 2) and not channels_innermost(bands):
+            # NCHW (CUDA, compiled): the inverse and the sum as one differentiable op
+            return haar_inverse_add(bands, global_out, self.iwt_filter[:4, 0],
+                                    resolve_backend('auto', x.device, mamba_ssm=False))
         bands = bands.reshape(b, c, 4, *bands.shape[-2:])
         return global_out + inverse_wavelet_transform(bands, self.iwt_filter, (h, w))
 
     @torch.no_grad()
-    def switch_to_deploy(self) -> None:
-        """Fold both learned scales into the convs before them (after their BN fusion); with a
-        two-tap wavelet (Haar) also fold the transform pair around the wavelet-domain conv
-        (:func:`mmmobilemamba.ops.wavelet_domain_kernel`): one grouped conv on the 2x2
-        polyphase components of the input instead of transform, conv, inverse transform."""
+    def switch_to_deploy(self, device_type: str = 'cpu') -> None:
+        """Fold both learned scales into the convs before them (after their BN fusion).
+
+        With a two-tap wavelet (Haar) the transform pair around the wavelet-domain conv folds
+        too, per device:
+
+        * 'cpu': into one grouped conv on the 2x2 polyphase components of the input
+          (:func:`mmmobilemamba.ops.wavelet_domain_kernel`), fast in oneDNN;
+        * 'cuda': the transform and the conv into one stride-2 depthwise conv with four
+          outputs per channel (a ``2k x 2k`` kernel), and the inverse into the fused
+          ``haar_inverse_add`` op: cuDNN runs a grouped conv with several input channels per
+          group one group at a time, a depthwise one in one kernel.
+
+        Args:
+            device_type (str): 'cpu' or 'cuda': the device the form is fast on. Default: 'cpu'.
+        """
         if self.scales_folded:
             return
         self.ss2d.out_proj.switch_to_deploy()
@@ -72,6 +95,12 @@ class WTEMamba(nn.Module):
         out_conv.bias.mul_(scale)
         conv = self.wavelet_conv
         conv.weight.mul_(self.wavelet_scale.view(-1, 1, 1, 1))
+        if self.wt_filter.shape[-2:] == (2, 2) and device_type == 'cuda':
+            self.wavelet_conv = self._haar_depthwise_conv(conv.weight)
+            # the reconstruction taps, the same for every channel
+            self.register_buffer('iwt_taps', self.iwt_filter[:4, 0].clone(), persistent=False)
+            self.haar_folded = self.scales_folded = True
+            return
         if self.wt_filter.shape[-2:] == (2, 2):
             folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
                                padding=conv.padding, groups=conv.in_channels // 4, bias=False,
@@ -81,3 +110,20 @@ class WTEMamba(nn.Module):
             conv, self.polyphase = folded, True
         self.wavelet_conv = InferenceConv2d.from_conv(conv)
         self.scales_folded = True
+
+    def _haar_depthwise_conv(self, weight: torch.Tensor) -> nn.Conv2d:
+        """``conv(WT(x))`` as one conv on ``x``: stride 2, ``2k x 2k`` kernel, four outputs per
+        input channel (depthwise with multiplier 4).
+
+        Band ``j`` of channel ``c`` at ``p`` is ``sum_q K[q] sum_r T_j[r] x[2(p + q) + r]`` with
+        ``T_j`` the 2x2 Haar taps: a stride-2 conv whose tap ``2q + r`` is ``K[q] T_j[r]``.
+        """
+        channels = weight.shape[0] // 4
+        kh, kw = weight.shape[-2:]
+        taps = self.wt_filter.view(4 * channels, 2, 2).to(weight)
+        kernel = torch.einsum('nab,nij->naibj', weight[:, 0].double(), taps.double())
+        conv = nn.Conv2d(channels, 4 * channels, (2 * kh, 2 * kw), stride=2,
+                         padding=(2 * (kh // 2), 2 * (kw // 2)), groups=channels, bias=False,
+                         device=weight.device, dtype=weight.dtype)
+        conv.weight.copy_(kernel.reshape(4 * channels, 1, 2 * kh, 2 * kw).to(weight.dtype))
+        return conv
