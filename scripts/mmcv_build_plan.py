@@ -390,6 +390,15 @@ def gather_facts(pip_cuda_home: Optional[str] = None,
                  torch_arch_list=torch_arch_list, pip_cuda_home=pip_cuda_home)
 
 
+def facts_from_json(data: Mapping) -> Facts:
+    """:class:`Facts` from ``--json``'s ``facts`` (another machine's, or made up)."""
+    data = dict(data)
+    data['gpus'] = tuple(tuple(cap) for cap in data.get('gpus', ()))
+    data['toolkits'] = tuple(Toolkit(**t) for t in data.get('toolkits', ()))
+    data['torch_arch_list'] = tuple(data.get('torch_arch_list', ()))
+    return Facts(**data)
+
+
 # ------------------------------------------------------------ a CUDA_HOME from PyPI wheels
 def _link_tree(sources: Sequence[str], dest: str) -> None:
     """Make ``dest`` the union of the folders ``sources``: symbolic links to their entries,
@@ -488,6 +497,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--assemble-cuda-home', metavar='DIR',
                         help='lay out the nvidia-* wheels of this Python as a CUDA_HOME in DIR')
     parser.add_argument('--cuda-version', help="with --assemble-cuda-home: torch's CUDA version")
+    parser.add_argument('--facts', metavar='FILE.json',
+                        help="plan for the machine FILE describes (--json's 'facts', e.g. of "
+                        'another machine) instead of this one')
     args = parser.parse_args(argv)
     if args.assemble_cuda_home:
         import site
@@ -503,7 +515,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(err, file=sys.stderr)
             return 1
         return 0
-    facts = gather_facts(args.pip_cuda_home)
+    if args.facts:
+        with open(args.facts) as f:
+            facts = facts_from_json(json.load(f))
+    else:
+        facts = gather_facts(args.pip_cuda_home)
     plan = make_plan(facts, cpu_fallback=args.cpu_fallback)
     if args.json:
         print(json.dumps(dict(facts=asdict(facts), plan=asdict(plan)), indent=2))

@@ -171,7 +171,7 @@ else
     if [ -n "$FALLBACK_OF" ]; then echo "fallback:$FALLBACK_OF" >"$MMCV_STAMP"
     else echo "$MMCV_CACHE_KEY" >"$MMCV_STAMP"; fi
     mmcv_ok || fail mmcv-check "$LOGS/mmcv-install.log" "the mmcv wheel in $WHEEL_DIR has no compiled ops; delete that folder and re-run"
-    if [ -n "$FALLBACK_OF" ]; then say "WARNING: mmcv has CPU ops only. $MMCV_PLAN_FIX"; fi
+    if [ -n "$FALLBACK_OF" ]; then say "WARNING: mmcv has CPU ops only; $MMCV_PLAN_FIX"; fi
 fi
 
 # 4. everything else + this package, skipped when the requirement files did not change
