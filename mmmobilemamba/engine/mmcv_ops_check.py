@@ -115,5 +115,6 @@ def check_mmcv_cuda_ops(cfg: Config) -> List[Problem]:
         ERROR, 'mmcv',
         f'this run uses CUDA, but the installed mmcv {mmcv.__version__} has CPU ops only '
         "(mmcv.ops.get_compiling_cuda_version() is 'not available') and the config needs "
-        f'mmcv ops on the GPU: {listing}; they would fail at the first iteration. '
+        f'mmcv ops on the GPU: {listing}; the run would stop with a CUDA error where one is '
+        'first used (a training or validation iteration). '
         + REBUILD_HINT)]
