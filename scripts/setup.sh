@@ -58,45 +58,122 @@ else
         pip_install -r requirements/torch.txt
 fi
 
-# 3. mmcv with ops (skipped when mmcv's compiled ops already import)
-# Checked from the package metadata: importing mmcv needs mmengine, installed in step 4.
+# 3. mmcv with ops. scripts/mmcv_build_plan.py decides (it needs torch): CUDA ops for the GPUs
+# present when torch sees one, else CPU ops; FORCE_CUDA=1 / FORCE_CUDA=0 override. Without an
+# nvcc of torch's CUDA major version, NVIDIA's compiler wheels come from PyPI into .venv; when
+# CUDA ops cannot be built after all, the CPU ops are built and the fix is printed.
+PIP_CUDA_HOME="$VENV/cuda-toolkit"
+# The cache key of the installed mmcv build ('fallback:KEY': CUDA ops for KEY failed, CPU ops
+# installed instead; only FORCE_CUDA=1 tries again).
+MMCV_STAMP="$VENV/.mmcv-build"
+
+# plan_mmcv [--cpu-fallback]: set MMCV_OPS, MMCV_CACHE_KEY, MMCV_BUILD_ENV (...) from the plan.
+plan_mmcv() {
+    local out
+    out="$("$PY" scripts/mmcv_build_plan.py --shell --pip-cuda-home "$PIP_CUDA_HOME" "$@" 2>"$LOGS/mmcv-plan.log")" \
+        || fail mmcv-plan "$LOGS/mmcv-plan.log" "scripts/mmcv_build_plan.py could not tell how to build mmcv"
+    eval "$out"
+    if [ -n "$MMCV_PLAN_ERROR" ]; then
+        printf '\n[setup] FAILED: mmcv-plan\n[setup] %s\n' "$MMCV_PLAN_ERROR" >&2
+        exit 1
+    fi
+    WHEEL_DIR="$CACHE/wheels/mmcv-$MMCV_VERSION-$MMCV_CACHE_KEY"
+}
+
+# Checked from the package metadata and the compiled file: importing mmcv needs mmengine,
+# installed in step 4. A CUDA plan also needs the installed build to hold CUDA code (nvcc's
+# objects register themselves through __cudaRegisterFatBinary) and, when setup.sh built it, to
+# be that plan's (stamp: same CUDA version and GPU architectures).
 mmcv_ok() {
-    "$PY" - "$MMCV_VERSION" >/dev/null 2>&1 <<'PYEOF'
-import importlib.metadata as md, sys
+    "$PY" - "$MMCV_VERSION" "$MMCV_OPS" "$MMCV_CACHE_KEY" "$MMCV_STAMP" >/dev/null 2>&1 <<'PYEOF'
+import importlib.metadata as md, os, sys
+version, ops, key, stamp = sys.argv[1:]
 dist = md.distribution('mmcv')
-assert dist.version == sys.argv[1]
-assert any(str(f).startswith('mmcv/_ext') for f in dist.files)
+assert dist.version == version
+ext = [f for f in dist.files if str(f).startswith('mmcv/_ext')]
+assert ext
+if ops == 'cuda':
+    # no stamp: built by hand or before the plan existed; any CUDA build is taken then
+    assert not os.path.isfile(stamp) or open(stamp).read().strip() == key
+    with open(dist.locate_file(ext[0]), 'rb') as f:
+        assert b'__cudaRegisterFatBinary' in f.read()
 PYEOF
 }
+
+has_wheel() { ls "$WHEEL_DIR"/mmcv-*.whl >/dev/null 2>&1; }
+
+# build_mmcv: compile the mmcv sdist into $WHEEL_DIR with the plan's environment (status of the
+# build; its output in .venv/setup-logs/mmcv-build.log).
+build_mmcv() {
+    local src rc=0
+    src="$(mktemp -d)"
+    mkdir -p "$WHEEL_DIR"
+    run_step mmcv-download "could not download the mmcv $MMCV_VERSION source distribution from PyPI" \
+        "$PY" -m pip download --disable-pip-version-check --no-deps --no-binary :all: --no-build-isolation \
+        -d "$src" "mmcv==$MMCV_VERSION"
+    tar -xzf "$src/mmcv-$MMCV_VERSION.tar.gz" -C "$src"
+    # torch >= 2.5 headers need C++20; mmcv 2.1.0 asks for C++14/17.
+    sed -i -E 's/-std=c\+\+1[47]/-std=c++20/g' "$src/mmcv-$MMCV_VERSION/setup.py"
+    env "${MMCV_BUILD_ENV[@]}" "$PY" -m pip wheel --disable-pip-version-check --no-deps \
+        --no-build-isolation -w "$WHEEL_DIR" "$src/mmcv-$MMCV_VERSION" >"$LOGS/mmcv-build.log" 2>&1 || rc=$?
+    rm -rf "$src"
+    [ "$rc" -eq 0 ] || rm -rf "$WHEEL_DIR"  # no half-built cache entry
+    return "$rc"
+}
+
+# cuda_failed STEP LOG: CUDA ops cannot be built. FORCE_CUDA=1 stops here; otherwise the plan
+# becomes CPU ops, and the fix is printed now and at the end.
+cuda_failed() {
+    local step="$1" log="$2"
+    if [ "${FORCE_CUDA:-}" = 1 ]; then
+        fail "$step" "$log" "FORCE_CUDA=1 but CUDA ops cannot be built: $MMCV_PLAN_FIX"
+    fi
+    printf '[setup] WARNING: mmcv CUDA ops could not be built (%s; log: %s); building CPU ops instead\n' \
+        "$step" "${log#"$ROOT"/}" >&2
+    FALLBACK_OF="$MMCV_CACHE_KEY"
+    plan_mmcv --cpu-fallback
+}
+
+plan_mmcv
+FALLBACK_OF=""
 if mmcv_ok; then
-    say "mmcv $MMCV_VERSION with ops present"
+    if [ "$MMCV_OPS" = cuda ]; then say "mmcv $MMCV_VERSION with CUDA ops (compute capability $MMCV_ARCH_LIST) present"
+    else say "mmcv $MMCV_VERSION with ops present"; fi
+elif [ "$MMCV_OPS" = cuda ] && [ "${FORCE_CUDA:-}" != 1 ] && MMCV_OPS=cpu mmcv_ok \
+        && [ "$(cat "$MMCV_STAMP" 2>/dev/null)" = "fallback:$MMCV_CACHE_KEY" ]; then
+    say "mmcv $MMCV_VERSION with CPU ops present: its CUDA ops could not be built by an earlier run"
+    say "$MMCV_PLAN_FIX"
 else
     run_step build-tools "could not install the build tools in requirements/build.txt" \
         pip_install -r requirements/build.txt
-    # The wheel depends on the torch it was compiled against: key the cache on it.
-    TORCH_TAG="$("$PY" -c 'import torch; print(torch.__version__.replace("+", "_"))')"
-    WHEEL_DIR="$CACHE/wheels/mmcv-$MMCV_VERSION-torch$TORCH_TAG"
-    mkdir -p "$WHEEL_DIR"
-    if ! ls "$WHEEL_DIR"/mmcv-*.whl >/dev/null 2>&1; then
-        say "building mmcv $MMCV_VERSION with ops from source (about 15 minutes on 2 cores; log: .venv/setup-logs/mmcv-build.log)"
-        SRC="$(mktemp -d)"
-        run_step mmcv-download "could not download the mmcv $MMCV_VERSION source distribution from PyPI" \
-            "$PY" -m pip download --disable-pip-version-check --no-deps --no-binary :all: --no-build-isolation \
-            -d "$SRC" "mmcv==$MMCV_VERSION"
-        tar -xzf "$SRC/mmcv-$MMCV_VERSION.tar.gz" -C "$SRC"
-        # torch >= 2.5 headers need C++20; mmcv 2.1.0 asks for C++14/17.
-        sed -i -E 's/-std=c\+\+1[47]/-std=c++20/g' "$SRC/mmcv-$MMCV_VERSION/setup.py"
-        run_step mmcv-build "mmcv failed to compile; a C++20 compiler (g++ >= 10) and the Python headers (python3-dev) are needed" \
-            env MMCV_WITH_OPS=1 FORCE_CUDA="${FORCE_CUDA:-0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-            "$PY" -m pip wheel --disable-pip-version-check --no-deps --no-build-isolation \
-            -w "$WHEEL_DIR" "$SRC/mmcv-$MMCV_VERSION"
-        rm -rf "$SRC"
-    else
+    if [ "$MMCV_NEEDS_PIP_TOOLKIT" = 1 ] && ! has_wheel; then
+        say "$MMCV_PLAN_MESSAGE"
+        if pip_install "${MMCV_PIP_PACKAGES[@]}" >"$LOGS/cuda-toolkit.log" 2>&1 &&
+            "$PY" scripts/mmcv_build_plan.py --assemble-cuda-home "$PIP_CUDA_HOME" \
+                --cuda-version "$MMCV_CUDA_VERSION" >>"$LOGS/cuda-toolkit.log" 2>&1; then
+            plan_mmcv  # finds the nvcc assembled in $PIP_CUDA_HOME
+        fi
+        if [ "$MMCV_NEEDS_PIP_TOOLKIT" = 1 ]; then
+            cuda_failed cuda-toolkit "$LOGS/cuda-toolkit.log"
+        fi
+    fi
+    if [ "$MMCV_OPS" = cuda ] && ! has_wheel; then
+        say "$MMCV_PLAN_MESSAGE (log: .venv/setup-logs/mmcv-build.log)"
+        build_mmcv || cuda_failed mmcv-build "$LOGS/mmcv-build.log"
+    fi
+    if has_wheel; then
         say "reusing the mmcv wheel cached in $WHEEL_DIR"
+    else  # CPU ops
+        say "$MMCV_PLAN_MESSAGE (log: .venv/setup-logs/mmcv-build.log)"
+        build_mmcv || fail mmcv-build "$LOGS/mmcv-build.log" \
+            "mmcv failed to compile; a C++20 compiler (g++ >= 10) and the Python headers (python3-dev) are needed"
     fi
     run_step mmcv-install "could not install the mmcv wheel from $WHEEL_DIR (delete that folder to rebuild)" \
         pip_install --no-deps --force-reinstall "$WHEEL_DIR"/mmcv-*.whl
+    if [ -n "$FALLBACK_OF" ]; then echo "fallback:$FALLBACK_OF" >"$MMCV_STAMP"
+    else echo "$MMCV_CACHE_KEY" >"$MMCV_STAMP"; fi
     mmcv_ok || fail mmcv-check "$LOGS/mmcv-install.log" "the mmcv wheel in $WHEEL_DIR has no compiled ops; delete that folder and re-run"
+    if [ -n "$FALLBACK_OF" ]; then say "WARNING: mmcv has CPU ops only; $MMCV_PLAN_FIX"; fi
 fi
 
 # 4. everything else + this package, skipped when the requirement files did not change

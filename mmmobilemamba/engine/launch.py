@@ -8,7 +8,8 @@ decides. The steps are mmengine's usual ones (``Config`` + ``--cfg-options`` ->
   listing every problem it finds: class counts of datasets and heads that disagree, dataset
   files and folders that do not exist, unknown or invalid arguments of our modules,
   backbone/neck channels that do not fit, checkpoint files (``load_from``, the backbone's
-  ``init_cfg``) that do not exist;
+  ``init_cfg``) that do not exist, on a GPU an mmcv whose compiled ops are CPU-only while the
+  config needs some (NMS, RoIAlign, sigmoid focal loss: named, with the fix);
 * the config is made safer (:mod:`.config_rewrites`): ``CheckpointHook`` becomes
   :class:`AtomicCheckpointHook` (same arguments), a :class:`FiniteLossGuardHook` is added when
   the config has none, training pipelines skip broken images with a warning naming them (in

@@ -2,8 +2,9 @@
 
 :func:`preflight_problems` gathers, without reading any data or weights: the class counts of
 datasets and heads, the dataset files and folders, the arguments and channel wiring of our
-modules (:mod:`.dataset_check`, :mod:`.model_check`) and, for training, the checkpoint files
-that initialise the model (:func:`check_checkpoint_files`).
+modules (:mod:`.dataset_check`, :mod:`.model_check`), on a GPU the mmcv ops the config needs
+when the installed mmcv has CPU ops only (:mod:`.mmcv_ops_check`) and, for training, the
+checkpoint files that initialise the model (:func:`check_checkpoint_files`).
 """
 import os.path as osp
 import re
@@ -12,6 +13,7 @@ from typing import List, Sequence
 from mmengine.config import Config
 
 from .dataset_check import ERROR, Problem, check_class_counts, check_dataset_paths
+from .mmcv_ops_check import check_mmcv_cuda_ops
 from .model_check import check_model_config
 
 __all__ = ['check_checkpoint_files', 'is_missing_local_file', 'preflight_problems']
@@ -28,6 +30,7 @@ def preflight_problems(cfg: Config, splits: Sequence[str], training: bool) -> Li
     """
     problems = check_class_counts(cfg) + check_dataset_paths(cfg, splits)
     problems += check_model_config(cfg)
+    problems += check_mmcv_cuda_ops(cfg)
     if training:
         problems += check_checkpoint_files(cfg)
     return problems
