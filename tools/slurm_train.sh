@@ -16,26 +16,11 @@ JOB_NAME=$2
 CONFIG=$3
 WORK_DIR=$4
 shift 4
-GPUS=${GPUS:-8}
 # train.py's options all start with "-": a bare number here is the old positional GPUS
 if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then
-    GPUS=$1
+    export GPUS=$1
     shift
 fi
-GPUS_PER_NODE=${GPUS_PER_NODE:-$(( GPUS < 8 ? GPUS : 8 ))}
-CPUS_PER_TASK=${CPUS_PER_TASK:-5}
-SRUN_ARGS=${SRUN_ARGS:-}
-PYTHON=${PYTHON:-python}
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-
-# shellcheck disable=SC2086  # SRUN_ARGS is a list of options
-PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
-exec srun -p "$PARTITION" \
-    --job-name="$JOB_NAME" \
-    --gres=gpu:"$GPUS_PER_NODE" \
-    --ntasks="$GPUS" \
-    --ntasks-per-node="$GPUS_PER_NODE" \
-    --cpus-per-task="$CPUS_PER_TASK" \
-    --kill-on-bad-exit=1 \
-    $SRUN_ARGS \
-    "$PYTHON" -u "$ROOT/tools/train.py" "$CONFIG" --work-dir="$WORK_DIR" --launcher=slurm "$@"
+TOOLS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+exec bash "$TOOLS/slurm_srun.sh" "$PARTITION" "$JOB_NAME" "$TOOLS/train.py" "$CONFIG" \
+    --work-dir="$WORK_DIR" --launcher=slurm "$@"

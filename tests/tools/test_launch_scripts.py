@@ -136,7 +136,9 @@ def test_slurm_test_runs_test_py_on_the_checkpoint(echo):
     assert args[-1].startswith(f'PYTHONPATH={REPO}')
 
 
-@pytest.mark.parametrize('script', ['slurm_train.sh', 'slurm_test.sh'])
-def test_slurm_scripts_print_their_usage(echo, script):
-    proc = _run(echo, script, ['p', 'j', 'cfg.py'])
+@pytest.mark.parametrize('script,args', [('slurm_train.sh', ['p', 'j', 'cfg.py']),
+                                         ('slurm_test.sh', ['p', 'j', 'cfg.py']),
+                                         ('slurm_srun.sh', ['p', 'j'])])
+def test_slurm_scripts_print_their_usage(echo, script, args):
+    proc = _run(echo, script, args)
     assert proc.returncode == 2 and 'usage' in proc.stderr and 'GPUS=N' in proc.stderr
