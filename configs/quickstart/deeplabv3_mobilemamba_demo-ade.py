@@ -12,11 +12,10 @@
 # is the one with a measured result (docs/demo_results.md).
 _base_ = [
     'mmseg::_base_/models/deeplabv3_r50-d8.py',
-    'mmseg::_base_/default_runtime.py',
     './_base_/demo_ade.py',
+    './_base_/demo_ade_runtime.py',  # 1000 iterations, hooks, runtime
     './_base_/mobilemamba_tiny.py',
 ]
-custom_imports = dict(imports=['mmmobilemamba'], allow_failed_imports=False)
 
 pretrained = None  # from scratch (the demo set is easy; this narrow arch has no release)
 
@@ -51,27 +50,4 @@ model = dict(
         norm_cfg=norm_cfg),
     test_cfg=dict(mode='whole'))
 
-max_iters = 1000
-val_interval = 250
-optim_wrapper = dict(
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=2e-3, betas=(0.9, 0.999), weight_decay=0.01),
-    clip_grad=dict(max_norm=5.0))
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
-    dict(type='PolyLR', power=1.0, eta_min=1e-5, begin=50, end=max_iters, by_epoch=False),
-]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=val_interval)
-val_cfg = dict(type='ValLoop')
-test_cfg = dict(type='TestLoop')
-default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=20, log_metric_by_epoch=False),
-    checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval=val_interval,
-                    max_keep_ckpts=2, save_best='mIoU', rule='greater'))
-custom_hooks = [dict(type='FiniteLossGuardHook')]
-env_cfg = dict(
-    cudnn_benchmark=False,
-    mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
-    dist_cfg=dict(backend='gloo'))
-randomness = dict(seed=0)
 work_dir = 'work_dirs/deeplabv3_mobilemamba_demo-ade'

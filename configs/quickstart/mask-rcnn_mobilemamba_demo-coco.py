@@ -9,6 +9,7 @@
 _base_ = [
     'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
     './_base_/demo_coco.py',
+    './_base_/demo_coco_runtime.py',
     './_base_/mobilemamba_tiny.py',
 ]
 work_dir = 'work_dirs/mask-rcnn_mobilemamba_demo-coco'
@@ -80,16 +81,5 @@ test_dataloader = val_dataloader
 val_evaluator = dict(metric=['bbox', 'segm'])
 test_evaluator = val_evaluator
 
-max_epochs = 40
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=max_epochs)
-default_hooks = dict(checkpoint=dict(interval=10))
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
-    dict(type='CosineAnnealingLR', T_max=max_epochs, eta_min=1e-5, by_epoch=True, begin=0,
-         end=max_epochs, convert_to_iter_based=True),
-]
-optim_wrapper = dict(
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05),
-    clip_grad=dict(max_norm=10.0, norm_type=2))
-auto_scale_lr = dict(enable=False, base_batch_size=8)
+# the 40-epoch schedule of _base_/demo_coco_runtime.py, at a lower lr
+optim_wrapper = dict(optimizer=dict(lr=1e-3))

@@ -11,6 +11,7 @@
 _base_ = [
     'mmdet::_base_/models/retinanet_r50_fpn.py',
     './_base_/demo_coco.py',
+    './_base_/demo_coco_runtime.py',
     './_base_/mobilemamba_tiny.py',
 ]
 work_dir = 'work_dirs/retinanet_mobilemamba_demo-coco'
@@ -54,16 +55,13 @@ model = dict(
 
 train_dataloader = dict(batch_size=16)
 
+# _base_/demo_coco_runtime.py's schedule over 60 epochs, at a higher lr for 16 images
 max_epochs = 60
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=max_epochs)
-default_hooks = dict(checkpoint=dict(interval=10))
+train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
     dict(type='CosineAnnealingLR', T_max=max_epochs, eta_min=1e-5, by_epoch=True, begin=0,
          end=max_epochs, convert_to_iter_based=True),
 ]
-optim_wrapper = dict(
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=3e-3, betas=(0.9, 0.999), weight_decay=0.05),
-    clip_grad=dict(max_norm=10.0, norm_type=2))
-auto_scale_lr = dict(enable=False, base_batch_size=16)
+optim_wrapper = dict(optimizer=dict(lr=3e-3))
+auto_scale_lr = dict(base_batch_size=16)

@@ -8,7 +8,9 @@
 #
 #   python tools/misc/generate_demo_data.py --task det
 #   python tools/train.py configs/quickstart/ssdlite_mobilemamba_demo-coco.py
-_base_ = ['./_base_/demo_coco.py', './_base_/mobilemamba_tiny.py']
+_base_ = [
+    './_base_/demo_coco.py', './_base_/demo_coco_runtime.py', './_base_/mobilemamba_tiny.py'
+]
 work_dir = 'work_dirs/ssdlite_mobilemamba_demo-coco'
 pretrained = None  # from scratch (a path here loads MobileMamba weights of the same arch)
 
@@ -83,16 +85,4 @@ model = dict(
 # the backbone's third stage runs but SSDLite does not read it (for DDP)
 find_unused_parameters = True
 
-max_epochs = 40
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=max_epochs)
-default_hooks = dict(checkpoint=dict(interval=10))
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
-    dict(type='CosineAnnealingLR', T_max=max_epochs, eta_min=1e-5, by_epoch=True, begin=0,
-         end=max_epochs, convert_to_iter_based=True),
-]
-optim_wrapper = dict(
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=2e-3, betas=(0.9, 0.999), weight_decay=0.05),
-    clip_grad=dict(max_norm=10.0, norm_type=2))
-auto_scale_lr = dict(enable=False, base_batch_size=8)
+# the schedule (40 epochs, AdamW lr 2e-3) is that of _base_/demo_coco_runtime.py

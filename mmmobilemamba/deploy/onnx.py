@@ -304,7 +304,8 @@ def export_config(config, checkpoint: Optional[str] = None,
             detection, 512x512 for segmentation.
         onnx_file (str): the output file.
         backbone_only (bool): export the backbone alone (deploy-folded), its weights from the
-            checkpoint's ``backbone.`` entries.
+            checkpoint's ``backbone.`` entries, or its bare keys when it holds a backbone alone
+            (every backbone tensor must be there; other keys are ignored).
         verify (bool): compare onnxruntime with PyTorch on the same input.
         cfg_options (dict, optional): config overrides (``--cfg-options``).
 
@@ -318,7 +319,10 @@ def export_config(config, checkpoint: Optional[str] = None,
 
     cfg = load_config(config, cfg_options)
     scope = detect_codebase(cfg)
-    model = build_model(cfg, checkpoint=checkpoint)
+    # With backbone_only the whole model only preprocesses the dummy input and its weights
+    # are not exported: the checkpoint has to fit the backbone alone (loaded below), not the
+    # neck and heads a backbone-only file lacks.
+    model = build_model(cfg, checkpoint=None if backbone_only else checkpoint)
     inputs = preprocess(model, make_dummy_batch(scope, shape or DEFAULT_SHAPES[scope]))['inputs']
     preprocessing = {k: v for k, v in cfg.model.get('data_preprocessor', {}).items()
                      if k != '_scope_'}
@@ -327,7 +331,9 @@ def export_config(config, checkpoint: Optional[str] = None,
                         if k not in ('type', 'init_cfg', '_scope_')}
         network, kind = MobileMamba(**backbone_cfg).eval(), 'backbone'
         if checkpoint is not None:
-            load_backbone_checkpoint(network, str(checkpoint), prefix='backbone.')
+            # the "backbone.*" tensors of a whole model, else a backbone's own keys (ours or
+            # the authors' release); every tensor of the backbone must be there
+            load_backbone_checkpoint(network, str(checkpoint), require_all=True)
     else:
         network, kind = model, 'detector' if scope == 'mmdet' else 'segmentor'
     return export_onnx(network, kind, inputs, onnx_file, verify=verify,

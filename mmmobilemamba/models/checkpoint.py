@@ -445,20 +445,26 @@ def pretrained_path(init_cfg: Any) -> Optional[str]:
 
 
 def load_backbone_checkpoint(model: nn.Module, checkpoint: Union[str, Mapping],
-                             prefix: Optional[str] = None, logger: str = 'current') -> dict:
+                             prefix: Optional[str] = None, logger: str = 'current',
+                             require_all: bool = False) -> dict:
     """Load weights into a MobileMamba backbone with a report.
 
     Args:
         model (nn.Module): the backbone.
         checkpoint (str | Mapping): a file path or a loaded checkpoint.
-        prefix (str, optional): backbone key prefix inside the checkpoint.
+        prefix (str, optional): backbone key prefix inside the checkpoint. By default
+            ``backbone.`` when a key starts with it, else the keys are the backbone's own.
         logger (str): mmengine logger name.
+        require_all (bool): refuse a checkpoint that lacks any of the backbone's tensors
+            (for exports: a tensor left at init would be exported silently). Default: False,
+            missing tensors are reported and kept at init (fine-tuning).
 
     Returns:
         dict: ``loaded``, ``missing`` and ``unexpected`` key lists and the ``source``.
 
     Raises:
-        ValueError: when no tensor would load or any shape differs; the message names them.
+        ValueError: when no tensor would load, any shape differs, or (``require_all``) a
+            tensor is missing; the message names them.
     """
     name = checkpoint if isinstance(checkpoint, str) else '<object>'
     obj = _read(checkpoint)
@@ -474,6 +480,13 @@ def load_backbone_checkpoint(model: nn.Module, checkpoint: Union[str, Mapping],
             f'checkpoint {name} ({source}) has no tensor that this MobileMamba expects: '
             f'checkpoint keys look like {_summarise(list(state), 5)}; model keys look like '
             f'{_summarise(list(model.state_dict()), 5)}')
+    if require_all and report.missing:
+        raise ValueError(
+            f'checkpoint {name} ({source}) lacks {len(report.missing)} of the '
+            f'{len(report.loaded) + len(report.missing)} tensors of this MobileMamba: '
+            f'{_summarise(report.missing, 10)}. Use a checkpoint of the whole model of this '
+            'config or of its backbone alone (keys "backbone.*" or bare), with the arch the '
+            'config names.')
     # strict=False: missing and unexpected keys are reported below, in our words
     model.load_state_dict(state, strict=False)
     print_log(f'MobileMamba: loaded {len(report.loaded)}/{len(model.state_dict())} tensors from '

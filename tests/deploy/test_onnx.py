@@ -98,6 +98,17 @@ def test_runtime_model_refuses_another_input_size(tmp_path):
         runtime.run(torch.zeros(1, 3, 96, 96))
 
 
+def _assert_computes(onnx_file, module: torch.nn.Module, shape) -> None:
+    """onnxruntime on ``onnx_file`` gives ``module``'s outputs on a random image of ``shape``."""
+    import onnxruntime
+    x = torch.randn(1, 3, *shape)
+    out_ort = onnxruntime.InferenceSession(str(onnx_file)).run(None, {'input': x.numpy()})
+    with torch.no_grad():
+        ref = module(x)
+    for a, b in zip(out_ort, ref):
+        torch.testing.assert_close(torch.from_numpy(a), b, atol=1e-4, rtol=1e-4)
+
+
 def test_tool_exports_the_backbone_of_a_checkpoint(tmp_path):
     config = QUICKSTART / 'retinanet_mobilemamba_demo-coco.py'
     _, model, _ = _model_and_inputs(config, (64, 64))
@@ -112,13 +123,42 @@ def test_tool_exports_the_backbone_of_a_checkpoint(tmp_path):
     meta = json.loads(out.with_suffix('.json').read_text())
     assert meta['checkpoint'] == str(checkpoint) and meta['max_rel_diff'] <= MAX_REL
     # the weights are the checkpoint's: the exported backbone computes what the model's does
-    import onnxruntime
-    x = torch.randn(1, 3, 64, 128)
-    out_ort = onnxruntime.InferenceSession(str(out)).run(None, {'input': x.numpy()})
-    with torch.no_grad():
-        ref = model.backbone(x)
-    for a, b in zip(out_ort, ref):
-        torch.testing.assert_close(torch.from_numpy(a), b, atol=1e-4, rtol=1e-4)
+    _assert_computes(out, model.backbone, (64, 128))
+
+
+def _export_backbone_of(tmp_path, keep):
+    """Export the quickstart RetinaNet's backbone with --backbone-only from a checkpoint of
+    the tensors ``keep(model)`` returns; the model, the tool's process and the ONNX file."""
+    config = QUICKSTART / 'retinanet_mobilemamba_demo-coco.py'
+    _, model, _ = _model_and_inputs(config, (64, 64))
+    checkpoint, out = tmp_path / 'weights.pth', tmp_path / 'backbone.onnx'
+    torch.save({'state_dict': keep(model)}, checkpoint)
+    proc = run_tool('deployment/export_onnx.py', [config, checkpoint, '--backbone-only',
+                                                   '--shape', '64', '64', '--out', out])
+    return model, proc, out
+
+
+@pytest.mark.parametrize('prefix', ['backbone.', ''], ids=['backbone-keys', 'bare-keys'])
+def test_tool_exports_a_checkpoint_of_the_backbone_alone(tmp_path, prefix):
+    """--backbone-only needs the backbone's tensors only: a file without the neck and heads
+    (under ``backbone.`` or bare) exports, with its weights."""
+    model, proc, out = _export_backbone_of(
+        tmp_path, lambda m: {prefix + k: v for k, v in m.backbone.state_dict().items()})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'exported backbone (1, 3, 64, 64)' in proc.stdout
+    _assert_computes(out, model.backbone, (64, 64))
+
+
+@pytest.mark.parametrize('drop,message', [
+    ('backbone.', 'has no tensor that this MobileMamba expects'),  # neck and heads only
+    ('backbone.stages.2.', 'lacks'),  # the backbone's last stage missing
+], ids=['no-backbone', 'partial-backbone'])
+def test_tool_refuses_a_checkpoint_without_the_backbone_for_backbone_only(tmp_path, drop,
+                                                                          message):
+    _, proc, out = _export_backbone_of(
+        tmp_path, lambda m: {k: v for k, v in m.state_dict().items() if not k.startswith(drop)})
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert not out.exists()
 
 
 def test_tool_reports_a_checkpoint_that_does_not_fit(tmp_path):

@@ -68,6 +68,19 @@ def test_report_lists_missing_and_unexpected(release):
     assert report['unexpected'] == ['extra.weight']
 
 
+def test_require_all_refuses_a_checkpoint_lacking_backbone_tensors(release):
+    """Exports need every tensor: a partial checkpoint is an error naming what is missing,
+    while one that holds the whole backbone (plus other keys) loads."""
+    arch, official = release
+    partial = {k: v for k, v in official.items() if 'blocks3' not in k}
+    with pytest.raises(ValueError, match=r'lacks \d+ of the \d+ tensors.*stages\.2'):
+        load_backbone_checkpoint(MobileMamba(arch), partial, require_all=True)
+    report = load_backbone_checkpoint(MobileMamba(arch),
+                                      {**official, 'extra.weight': torch.zeros(2)},
+                                      require_all=True)
+    assert not report['missing'] and report['unexpected'] == ['extra.weight']
+
+
 def test_checkpoint_of_another_arch_raises_with_names(tmp_path, release):
     _, official = release
     with pytest.raises(ValueError, match='shape mismatches: patch_embed'):

@@ -1,10 +1,7 @@
-# Shared settings of the quickstart detectors: the built-in synthetic shapes data
+# Data of the quickstart detectors: the built-in synthetic shapes data
 # (python tools/misc/generate_demo_data.py --task det -> data/demo_coco/, 192 px images),
-# pipelines, loaders, COCO evaluation and a chatty, crash-safe runtime.
-# Inherited by configs/quickstart/*_mobilemamba_demo-coco.py.
-_base_ = 'mmdet::_base_/default_runtime.py'
-custom_imports = dict(imports=['mmmobilemamba'], allow_failed_imports=False)
-
+# pipelines, loaders and COCO evaluation. Inherited, with ./demo_coco_runtime.py (schedule,
+# hooks, runtime), by configs/quickstart/*_mobilemamba_demo-coco.py.
 dataset_type = 'CocoDataset'
 data_root = 'data/demo_coco/'
 # mmmobilemamba.datasets.synthetic.DEMO_CLASSES / DEMO_PALETTE, written out (configs cannot
@@ -79,20 +76,3 @@ val_evaluator = dict(
     format_only=False,
     backend_args=backend_args)
 test_evaluator = val_evaluator
-
-val_cfg = dict(type='ValLoop')
-test_cfg = dict(type='TestLoop')
-
-default_hooks = dict(
-    # a progress line (iteration, losses, ETA) every 5 iterations
-    logger=dict(type='LoggerHook', interval=5),
-    # checkpoints are written to a temporary file and renamed: an interrupted run never
-    # leaves a half-written epoch_N.pth behind
-    checkpoint=dict(type='AtomicCheckpointHook', interval=5, max_keep_ckpts=2, save_last=True))
-# stop at the first NaN/Inf loss instead of training on garbage
-custom_hooks = [dict(type='FiniteLossGuardHook')]
-log_processor = dict(type='LogProcessor', window_size=5, by_epoch=True)
-
-randomness = dict(seed=0)
-# these runs train from scratch: no ImageNet weights
-pretrained = None
