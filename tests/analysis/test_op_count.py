@@ -106,7 +106,8 @@ def _tiny_model():
 
 def test_train_step_counts_backward_and_optimizer():
     pytest.importorskip('mmcv')
-    model, x = _tiny_model(), torch.randn(1, 3, 64, 64)
+    # batch 2: a BatchNorm after a global pooling cannot train on one image
+    model, x = _tiny_model(), torch.randn(2, 3, 64, 64)
     forward = count_forward(model, x)
     train_forward = count_forward(model, x, train=True)
     step = count_train_step(model, x)
@@ -116,11 +117,29 @@ def test_train_step_counts_backward_and_optimizer():
     assert forward.syncs == 0 and step.casts == 0
 
 
-def test_train_step_under_bf16_autocast_casts():
+def _autocast_cast_budget(model: nn.Module) -> int:
+    """Casts a bf16 training step needs: each weight and bias of a convolution or linear
+    layer, and SS2D's two projection weights (bmm), cast down once and its gradient cast
+    back; per WTE-Mamba its two fixed wavelet filters cast down; per selective scan its four
+    inputs cast up (u, delta, B, C) and its output down, and as many in the backward."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    weights = sum(1 for m in layers for p in (m.weight, m.bias) if p is not None)
+    ss2d = [m for name, m in model.named_modules() if name.endswith('.ss2d')]
+    weights += 2 * len(ss2d)  # x_proj_weight, dt_projs_weight
+    return 2 * weights + 2 * len(ss2d) + 2 * 5 * len(ss2d)
+
+
+def test_train_step_under_bf16_autocast_casts_within_budget():
     pytest.importorskip('mmcv')
-    model, x = _tiny_model(), torch.randn(1, 3, 64, 64)
+    model, x = _tiny_model(), torch.randn(2, 3, 64, 64)
     step = count_train_step(model, x, amp_dtype=torch.bfloat16)
-    assert step.casts > 0 and step.cast_ops['float32->bfloat16'] > 0
+    assert step.cast_ops['float32->bfloat16'] > 0 and step.cast_ops['bfloat16->float32'] > 0
+    mixers = sum(1 for name, _ in model.named_modules() if name.endswith('.mixer'))
+    # measured: budget 192 + the input image + 39 (13 per mixer). The float32 learned scales
+    # of WTE-Mamba (ssm_scale, wavelet_scale) promote its output to float32, so MRFFI's concat
+    # casts the bf16 parts up and its projection casts them down again (7 of the 13: casting
+    # the scales instead leaves 211 casts, not 232); a bound to tighten as those are removed
+    assert step.casts <= _autocast_cast_budget(model) + 1 + 13 * mixers
 
 
 def test_deployed_tiny_model_counts_fewer():

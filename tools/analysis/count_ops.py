@@ -76,7 +76,10 @@ def measure(name: str, form: str, batch: int, size: int, args) -> Dict[str, Opti
     result = {'eval': count_forward(build_model(name, form).to(device), x), 'train': None}
     if args.train and form == 'eager':
         model = build_model(name).to(device)
-        result['train'] = count_train_step(model, x, amp_dtype=AMP.get(args.amp))
+        try:
+            result['train'] = count_train_step(model, x, amp_dtype=AMP.get(args.amp))
+        except ValueError as error:  # BatchNorm after a global pooling: batch 1 cannot train
+            print(f'  {name} batch {batch}: no training step ({error})', file=sys.stderr)
     return result
 
 
