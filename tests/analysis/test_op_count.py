@@ -106,7 +106,7 @@ def _tiny_model():
 
 def test_train_step_counts_backward_and_optimizer():
     pytest.importorskip('mmcv')
-    # batch 2: a BatchNorm after a global pooling cannot train on one image
+    # batch 2: at 64x64 the last stage is 1x1, and its BatchNorm cannot train on one image
     model, x = _tiny_model(), torch.randn(2, 3, 64, 64)
     forward = count_forward(model, x)
     train_forward = count_forward(model, x, train=True)

@@ -78,7 +78,7 @@ def measure(name: str, form: str, batch: int, size: int, args) -> Dict[str, Opti
         model = build_model(name).to(device)
         try:
             result['train'] = count_train_step(model, x, amp_dtype=AMP.get(args.amp))
-        except ValueError as error:  # BatchNorm after a global pooling: batch 1 cannot train
+        except ValueError as error:  # a BatchNorm on a 1x1 map cannot train on one image
             print(f'  {name} batch {batch}: no training step ({error})', file=sys.stderr)
     return result
 
