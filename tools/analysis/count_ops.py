@@ -1,0 +1,163 @@
+"""Count the operators (a stand-in for CUDA kernel launches) of MobileMamba and reference
+backbones: per eval forward and, with --train, per training step.
+
+    python tools/analysis/count_ops.py [--arch b1 t2] [--form eager deployed deployed-cpu
+        deployed-cuda] [--batch 1 8] [--size 512] [--train] [--amp {bf16,fp16}]
+        [--device cpu] [--references regnetx_800mf resnet18 resnet50 mobilenetv2] [--top 15]
+        [--markdown FILE]
+
+Counted by :mod:`mmmobilemamba.analysis.op_count` on any device: views and allocations launch
+no kernel and are not counted, a custom op counts once. Forms of MobileMamba: 'eager' (as
+built, eval mode), 'deployed' (``switch_to_deploy()``), 'deployed-cpu' / 'deployed-cuda'
+(``switch_to_deploy(device=...)``, the form built for that device, counted on --device).
+Deployed forms are inference only: the training step always runs the eager model in train
+mode. References are mmdet backbones (out_indices as in benchmark_backbone.py); ratios are to
+RegNetX-800MF (MobileMamba-B1's FLOPs) at the same batch and size.
+"""
+import argparse
+import sys
+from typing import Dict, List, Optional
+
+import torch
+
+from mmmobilemamba.analysis.benchmark import publish_report
+from mmmobilemamba.analysis.op_count import OpCount, count_forward, count_train_step
+
+REFERENCES = {
+    'regnetx_800mf': ('RegNetX-800MF',
+                      dict(type='RegNet', arch='regnetx_800mf', out_indices=(0, 1, 2, 3))),
+    'resnet18': ('ResNet-18', dict(type='ResNet', depth=18, out_indices=(0, 1, 2, 3))),
+    'resnet50': ('ResNet-50', dict(type='ResNet', depth=50, out_indices=(0, 1, 2, 3))),
+    'mobilenetv2': ('MobileNetV2', dict(type='MobileNetV2', out_indices=(2, 4, 6))),
+}
+FORMS = ('eager', 'deployed', 'deployed-cpu', 'deployed-cuda')
+AMP = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+REFERENCE = 'RegNetX-800MF'
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--arch', nargs='+', default=['b1'], help='MobileMamba variants')
+    parser.add_argument('--form', nargs='+', default=['eager', 'deployed'], choices=FORMS)
+    parser.add_argument('--batch', nargs='+', type=int, default=[1])
+    parser.add_argument('--size', nargs='+', type=int, default=[224], help='square input sizes')
+    parser.add_argument('--train', action='store_true',
+                        help='also count one training step (eager models, train mode)')
+    parser.add_argument('--amp', choices=sorted(AMP), default=None,
+                        help='autocast dtype of the training step (default: float32)')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--references', nargs='*', default=['regnetx_800mf'],
+                        choices=sorted(REFERENCES))
+    parser.add_argument('--top', type=int, default=0,
+                        help='also list the N most frequent ops of each model')
+    parser.add_argument('--markdown', default=None, help='also write the report to this file')
+    return parser.parse_args()
+
+
+def build_model(name: str, form: str = 'eager') -> torch.nn.Module:
+    """A MobileMamba arch ('b1') in ``form``, or a reference key ('regnetx_800mf'), eval mode."""
+    from mmdet.registry import MODELS
+    if name in REFERENCES:
+        model = MODELS.build(REFERENCES[name][1])
+        model.eval()  # mmdet's train() returns None: do not chain
+        return model
+    model = MODELS.build(dict(type='MobileMamba', arch=name)).eval()
+    if form == 'deployed':
+        model.switch_to_deploy()
+    elif form.startswith('deployed-'):
+        model.switch_to_deploy(device=form[len('deployed-'):])
+    return model
+
+
+def measure(name: str, form: str, batch: int, size: int, args) -> Dict[str, Optional[OpCount]]:
+    """Eval forward counts, and the training step's when asked (eager form only)."""
+    device = torch.device(args.device)
+    x = torch.randn(batch, 3, size, size, device=device)
+    result = {'eval': count_forward(build_model(name, form).to(device), x), 'train': None}
+    if args.train and form == 'eager':
+        model = build_model(name).to(device)
+        try:
+            result['train'] = count_train_step(model, x, amp_dtype=AMP.get(args.amp))
+        except ValueError as error:  # a BatchNorm on a 1x1 map cannot train on one image
+            print(f'  {name} batch {batch}: no training step ({error})', file=sys.stderr)
+    return result
+
+
+def format_table(rows: List[dict], with_train: bool, precision: str) -> str:
+    head = '| model | form | batch | size | ops / eval forward | ratio | syncs'
+    rule = '|---|---|---:|---:|---:|---:|---:'
+    if with_train:
+        head += f' | ops / train step ({precision}) | ratio | casts / train step | syncs'
+        rule += '|---:|---:|---:|---:'
+    lines = [head + ' |', rule + '|']
+    refs = {(r['batch'], r['size']): r for r in rows if r['model'] == REFERENCE}
+
+    def ratio(row, key):
+        ref = refs.get((row['batch'], row['size']))
+        if ref is None or row[key] is None or ref[key] is None or not ref[key].total:
+            return '-'
+        return f'{row[key].total / ref[key].total:.2f}x'
+
+    for row in rows:
+        ev = row['eval']
+        cells = [row['model'], row['form'], str(row['batch']), str(row['size']), str(ev.total),
+                 ratio(row, 'eval'), str(ev.syncs)]
+        if with_train:
+            tr = row['train']
+            cells += ([str(tr.total), ratio(row, 'train'), str(tr.casts), str(tr.syncs)]
+                      if tr is not None else ['-'] * 4)
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def format_top(rows: List[dict], top: int) -> str:
+    blocks = []
+    for row in rows:
+        for key in ('eval', 'train'):
+            count = row[key]
+            if count is None:
+                continue
+            title = (f'{row["model"]} {row["form"]}, batch {row["batch"]}, {row["size"]}x'
+                     f'{row["size"]}, {"eval forward" if key == "eval" else "train step"}')
+            casts = ', '.join(f'{k} {v}' for k, v in count.cast_ops.most_common())
+            blocks.append(f'{title}: {count.summary(top)}' + (f'\n  casts: {casts}' if casts else ''))
+    return '\n\n'.join(blocks)
+
+
+def main() -> int:
+    args = parse_args()
+    import mmmobilemamba  # noqa: F401  registers MobileMamba
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    torch.manual_seed(0)
+    models = [(f'MobileMamba-{arch.upper()}', arch, form) for arch in args.arch
+              for form in args.form]
+    models += [(REFERENCES[key][0], key, 'eager') for key in args.references]
+    rows = []
+    for batch in args.batch:
+        for size in args.size:
+            for label, name, form in models:
+                counts = measure(name, form, batch, size, args)
+                rows.append(dict(model=label, form=form, batch=batch, size=size, **counts))
+                print(f'  {label} {form} b{batch} {size}: {counts["eval"].total} ops/forward',
+                      file=sys.stderr)
+    precision = args.amp or 'fp32'
+    notes = [f'Operators dispatched (views, allocations excluded; a custom op counts once) on '
+             f'{args.device}, torch {torch.__version__}; eval forward under torch.no_grad '
+             f'after one uncounted forward.']
+    if args.train:
+        notes.append(f'Train step ({precision}{" autocast" if args.amp else ""}, eager model '
+                     'in train mode): zero_grad(set_to_none), forward, loss = sum of the output '
+                     'means, backward, SGD(lr=0.01, momentum=0.9, foreach=True).step(), after '
+                     'one uncounted step.')
+    if any(r['model'] == REFERENCE for r in rows):
+        notes.append(f'Ratios are to {REFERENCE} at the same batch and size.')
+    text = ' '.join(notes) + '\n\n' + format_table(rows, args.train, precision) + '\n'
+    if args.top:
+        text += f'\nMost frequent ops (top {args.top}):\n\n' + format_top(rows, args.top) + '\n'
+    publish_report(text, args.markdown)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
