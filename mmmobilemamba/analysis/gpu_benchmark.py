@@ -662,17 +662,14 @@ class GpuBenchmark:
         return {'ms': ms, 'first_call_s': first_s}
 
     def run_eval(self, compiled: bool) -> None:
-        """The eval table without (``compiled=False``) or with only the compiled forms."""
-        for batch, size in self.settings:
-            for dtype in self.dtypes:
-                for key in self.keys:
+        """The eval table without (``compiled=False``) or with only the compiled forms (at
+        ``compile_at`` x ``compile_dtypes``, of ``compile_models``)."""
+        settings = self.compile_at if compiled else self.settings
+        for batch, size in settings:
+            for dtype in (self.compile_dtypes if compiled else self.dtypes):
+                for key in (self.compile_models if compiled else self.keys):
                     for form in self._forms_of(key):
                         if (form == 'compiled') != compiled:
-                            continue
-                        if form == 'compiled' and (
-                                (batch, size) not in self.compile_at
-                                or dtype not in self.compile_dtypes
-                                or key not in self.compile_models):
                             continue
                         if form == 'deployed-cpu-form' and (batch, size) not in self.cpu_form_at:
                             continue
