@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import traceback
 from pathlib import Path
 
 from mmengine.config import DictAction
@@ -91,15 +92,6 @@ def compare(args: argparse.Namespace) -> int:
               "or 'all'", file=sys.stderr)
         return 2
     shapes = {'mmdet': args.det_shape, 'mmseg': args.seg_shape}
-    results = []
-    for task in wanted:
-        figures = run_comparison(
-            known[task], REPO, device=args.device, shapes={k: v for k, v in shapes.items() if v},
-            num_iters=args.num_iters or 10, warmup=2 if args.warmup is None else args.warmup,
-            train_batch=args.train_batch, train_iters=args.train_iters,
-            memory=not args.no_memory, compile_mode=args.compile)
-        results.append(figures)
-        print('\n'.join(format_comparisons([figures]).splitlines()[2:]), file=sys.stderr)
     device = args.device if args.device != 'cpu' else f'cpu, {torch.get_num_threads()} threads'
     memory = ('max_memory_allocated' if args.device.startswith('cuda')
               else 'highest RSS during the steps above RSS before them')
@@ -108,17 +100,34 @@ def compare(args: argparse.Namespace) -> int:
     note = (f'torch {torch.__version__}, {device}; latency: test_step, batch 1; train step: '
             f'batch {args.train_batch}, SGD; peak memory: {memory}{compiled}; ratios to the '
             'first peer.')
+    results, failed = [], []
+    for task in wanted:
+        try:
+            figures = run_comparison(
+                known[task], REPO, device=args.device,
+                shapes={k: v for k, v in shapes.items() if v},
+                num_iters=args.num_iters or 10, warmup=2 if args.warmup is None else args.warmup,
+                train_batch=args.train_batch, train_iters=args.train_iters,
+                memory=not args.no_memory, compile_mode=args.compile)
+        except Exception:  # the other tasks still run; the exit code says it
+            failed.append(known[task].task)
+            traceback.print_exc()
+            continue
+        results.append(figures)
+        print('\n'.join(format_comparisons([figures]).splitlines()[2:]), file=sys.stderr)
+        if args.json:  # after every task: a run cut short keeps what it measured
+            with open(args.json, 'w') as f:
+                json.dump({'note': note, 'figures': [dataclasses.asdict(fig) for figs in results
+                                                     for fig in figs]}, f, indent=1)
     text = f'{note}\n\n{format_comparisons(results)}\n'
     first_calls = [f'{f.task} / {f.label} {f.first_call_ms / 1000:.1f} s' for figures in results
                    for f in figures if f.first_call_ms is not None]
     if first_calls:
         text += f'\nFirst call (compiling): {", ".join(first_calls)}\n'
+    if failed:
+        text += f'\nFailed (traceback above): {", ".join(failed)}\n'
     publish_report(text, args.markdown)
-    if args.json:
-        with open(args.json, 'w') as f:
-            json.dump({'note': note, 'figures': [dataclasses.asdict(fig) for figures in results
-                                                 for fig in figures]}, f, indent=1)
-    return 0
+    return 1 if failed else 0
 
 
 def main() -> int:
