@@ -538,8 +538,8 @@ class GpuBenchmark:
             'environment': environment(self.device),
             'device': str(self.device),
             'settings_text': {
-                'eval': (f'Median of {repeats} after {warmup} warm-up, '
-                         f'`{"torch.cuda.synchronize()" if cuda else "(cpu)"}` around each, '
+                'eval': (f'Median of {repeats} after {warmup} warm-up'
+                         f'{", `torch.cuda.synchronize()` around each" if cuda else ""}, '
                          'under `torch.inference_mode` (compiled: `torch.no_grad`); bf16 = '
                          '`torch.autocast` bfloat16. Compiled: `torch.compile('
                          f'mode={compile_mode!r}, backend={compile_backend!r})` of the '
