@@ -542,7 +542,8 @@ class GpuBenchmark:
                          f'{", `torch.cuda.synchronize()` around each" if cuda else ""}, '
                          'under `torch.inference_mode` (compiled: `torch.no_grad`); bf16 = '
                          '`torch.autocast` bfloat16. Compiled: `torch.compile('
-                         f'mode={compile_mode!r}, backend={compile_backend!r})` of the '
+                         f'mode={compile_mode or "default"!r}, '
+                         f'backend={compile_backend!r})` of the '
                          'deployed MobileMamba / the eager reference.'),
                 'train': (f'Batch {train_setting[0]}, {train_setting[1]}², train mode, SGD '
                           '(momentum 0.9), loss = sum of the output means, eager model; '

@@ -231,7 +231,8 @@ def test_report_with_whole_models_and_notes():
     assert text.startswith('# MobileMamba on the GPU: backbone table and whole models')
     assert '- CUDA tests (pytest -m cuda): 82 passed, 3 skipped' in text
     assert '## Whole models' in text and '| Semantic FPN | MobileMamba-B4 |' in text
-    assert '**FAIL** Semantic FPN B4 training step vs ResNet-50 (target <= 1.3x; first GPU run 2.22x): 2.22x' in text
+    assert ('**FAIL** Semantic FPN B4 training step vs ResNet-50 (target <= 1.3x; first GPU run '
+            '2.22x): 2.22x') in text
     assert '| MobileMamba-B1 | 40.00 | 1.43x | 35.00 | 1.35x | 0.88x | 3.00 / 3.00 |' in text
     # a report renders from nothing, too (a backbone step that died at once)
     assert '**not measured**' in gb.format_report({'environment': 'unreadable'})

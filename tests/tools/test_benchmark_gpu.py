@@ -88,7 +88,8 @@ def test_report_from_saved_runs(tmp_path, capsys):
                     'CUDA tests: 82 passed', '--markdown', md) == 0
     text = md.read_text()
     assert '- CUDA tests: 82 passed' in text and 'torch x, cuda; train step: batch 2' in text
-    assert '**FAIL** Mask R-CNN B1 training step vs RegNetX-800MF (target <= 1.2x; first GPU run 1.63x): 1.63x' in text
+    assert ('**FAIL** Mask R-CNN B1 training step vs RegNetX-800MF (target <= 1.2x; first GPU '
+            'run 1.63x): 1.63x') in text
     # missing inputs still give a report saying so
     assert run_tool(TOOL, '--from-json', tmp_path / 'none.json', '--whole-model-json',
                     tmp_path / 'none2.json', '--markdown', md) == 0
@@ -196,7 +197,8 @@ def test_gpu_check_script_plumbing(tmp_path, probe_rc):
     report = (out / 'gpu_report.md').read_text()
     assert '- CUDA tests (pytest -m cuda): 82 passed, 3 skipped in 96.10s' in report
     assert '**PASS** B1 eval 512²×b32 fp32, deployed vs RegNetX-800MF eager' in report
-    assert '**PASS** Semantic FPN B4 training step vs ResNet-50 (target <= 1.3x; first GPU run 2.22x): 1.14x' in report
+    assert ('**PASS** Semantic FPN B4 training step vs ResNet-50 (target <= 1.3x; first GPU run '
+            '2.22x): 1.14x') in report
     assert '| Semantic FPN | MobileMamba-B4 |' in report
     if probe_rc:
         assert 'Mask R-CNN and RetinaNet skipped' in report
