@@ -39,7 +39,7 @@ from .backbones import REFERENCE, backbone_label, build_backbone, switch_to_depl
 
 __all__ = ['MM_FORMS', 'REF_FORMS', 'COMPILE_MODES', 'GpuBenchmark', 'Target',
            'evaluate_targets', 'format_report', 'parse_setting', 'count_device_kernels',
-           'environment']
+           'environment', 'save_json', 'WHOLE_MODEL_TARGETS']
 
 MM_FORMS = ('eager', 'deployed', 'deployed-cpu-form', 'compiled')
 REF_FORMS = ('eager', 'compiled')
