@@ -14,8 +14,11 @@ from typing import Callable, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-__all__ = ['BenchmarkResult', 'time_model', 'fuse_for_inference', 'config_benchmark',
-           'publish_report']
+__all__ = ['BenchmarkResult', 'time_model', 'fuse_for_inference', 'compile_features',
+           'config_benchmark', 'publish_report', 'COMPILE_MODES']
+
+# torch.compile's modes
+COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 
 
 @dataclass
@@ -29,6 +32,8 @@ class BenchmarkResult:
         warmup (int): untimed iterations run before.
         mode (str): what was timed: 'predict' (the full ``test_step``) or 'tensor'.
         notes (list[str]): extra lines for the summary (e.g. what was fused).
+        first_call_ms (float, optional): the first call of a compiled model (compiling),
+            not among ``times_ms``.
     """
 
     times_ms: List[float]
@@ -37,6 +42,7 @@ class BenchmarkResult:
     warmup: int = 0
     mode: str = 'predict'
     notes: List[str] = field(default_factory=list)
+    first_call_ms: Optional[float] = None
 
     @property
     def median_ms(self) -> float:
@@ -61,6 +67,9 @@ class BenchmarkResult:
                  f'median {self.median_ms:.2f} ms/img, mean {self.mean_ms:.2f} ms/img, '
                  f'min {min(self.times_ms):.2f}, max {max(self.times_ms):.2f}',
                  f'FPS (from the median): {self.fps:.2f}']
+        if self.first_call_ms is not None:
+            lines.append(f'first call (compiling, not timed above): '
+                         f'{self.first_call_ms / 1000:.1f} s')
         return '\n'.join(lines + self.notes)
 
 
@@ -131,10 +140,42 @@ def fuse_for_inference(model: nn.Module) -> List[str]:
     return done + ['fuse_conv_bn']
 
 
+def compile_features(model: nn.Module, mode: str = 'default') -> str:
+    """``torch.compile`` the backbone and neck of a detector/segmentor, in place.
+
+    What is compiled is the model's ``extract_feat`` (backbone + neck in mmdet and mmseg), so
+    pre- and post-processing (NMS, resizing) stay eager. Compiling happens at the first call.
+
+    Args:
+        model (nn.Module): an mmdet detector or mmseg segmentor.
+        mode (str): one of :data:`COMPILE_MODES`. Default: 'default'.
+
+    Returns:
+        str: a note for the report.
+    """
+    if mode not in COMPILE_MODES:
+        raise ValueError(f'compile mode {mode!r}: choose from {COMPILE_MODES}')
+    if not callable(getattr(model, 'extract_feat', None)):
+        raise TypeError(f'{type(model).__name__} has no extract_feat to compile')
+    # an instance attribute shadows the method: predict/loss/_forward all call it
+    model.extract_feat = torch.compile(model.extract_feat, mode=mode)
+    return f'torch.compile(mode={mode!r}) of extract_feat (backbone + neck)'
+
+
+def _first_call_ms(step: Callable[[], object], device: torch.device) -> float:
+    with torch.no_grad():
+        _synchronize(device)
+        start = time.perf_counter()
+        step()
+        _synchronize(device)
+    return (time.perf_counter() - start) * 1000.0
+
+
 def config_benchmark(config, checkpoint=None, shape: Optional[Tuple[int, int]] = None,
                      device: str = 'cpu', num_iters: int = 50, warmup: int = 5,
                      fuse: bool = False, mode: str = 'predict',
-                     cfg_options: Optional[dict] = None) -> BenchmarkResult:
+                     cfg_options: Optional[dict] = None,
+                     compile_mode: Optional[str] = None) -> BenchmarkResult:
     """Latency of the detector/segmentor of a config on a synthetic image.
 
     Args:
@@ -150,6 +191,9 @@ def config_benchmark(config, checkpoint=None, shape: Optional[Tuple[int, int]] =
         mode (str): 'predict' times ``model.test_step`` (preprocessing, network and
             post-processing); 'tensor' times the network alone. Default: 'predict'.
         cfg_options (dict, optional): config overrides (``--cfg-options``).
+        compile_mode (str, optional): ``torch.compile`` the backbone and neck with this mode
+            (:func:`compile_features`); the first call (compiling) is timed on its own,
+            before the warm-up. Default: None (eager).
 
     Returns:
         BenchmarkResult: per-iteration times and their statistics.
@@ -180,6 +224,10 @@ def config_benchmark(config, checkpoint=None, shape: Optional[Tuple[int, int]] =
         def step():
             return model(data['inputs'], data['data_samples'], mode='tensor')
 
+    first_call = None
+    if compile_mode is not None:
+        notes.append(compile_features(model, compile_mode))
+        first_call = _first_call_ms(step, torch_device)
     times = time_model(step, torch_device, num_iters=num_iters, warmup=warmup)
     return BenchmarkResult(times, device=str(torch_device), shape=shape, warmup=warmup,
-                           mode=mode, notes=notes)
+                           mode=mode, notes=notes, first_call_ms=first_call)

@@ -73,6 +73,7 @@ class ModelFigures:
     latency_ms: float
     train_ms: Optional[float] = None
     peak_mib: Optional[float] = None
+    first_call_ms: Optional[float] = None  # compiled: the first inference call (compiling)
 
 
 # an mmseg Cityscapes config made an ADE20K model: 150 classes, 512x512 training crops
@@ -163,7 +164,8 @@ def _shape(comparison: Comparison, scope: str,
 def run_comparison(comparison: Comparison, root: Path, device: str = 'cpu',
                    shapes: Optional[Dict[str, Tuple[int, int]]] = None, num_iters: int = 10,
                    warmup: int = 2, train_batch: int = 2, train_iters: int = 3,
-                   memory: bool = True) -> List[ModelFigures]:
+                   memory: bool = True,
+                   compile_mode: Optional[str] = None) -> List[ModelFigures]:
     """Measure the models of ``comparison`` in interleaved rounds.
 
     Args:
@@ -178,6 +180,10 @@ def run_comparison(comparison: Comparison, root: Path, device: str = 'cpu',
         train_iters (int): timed training rounds. Default: 3.
         memory (bool): measure peak training memory (a fresh process per model).
             Default: True.
+        compile_mode (str, optional): ``torch.compile`` every model's backbone and neck with
+            this mode (:func:`~.benchmark.compile_features`); the first round, compiling, is
+            then never timed (its inference call is kept as ``first_call_ms``). The memory
+            processes run eager. Default: None (eager).
 
     Returns:
         list[ModelFigures]: ours first, then the peers.
@@ -196,6 +202,11 @@ def run_comparison(comparison: Comparison, root: Path, device: str = 'cpu',
     scope = scopes.pop()
     shape = _shape(comparison, scope, shapes)
     models = [model for model, _ in built]
+    if compile_mode is not None:
+        from .benchmark import compile_features
+        for model in models:
+            compile_features(model, compile_mode)
+        warmup = max(1, warmup)  # compiling happens in the first round: never timed
     figures = [ModelFigures(comparison.task, c.label,
                             sum(p.numel() for p in m.parameters()) / 1e6, 0.0)
                for c, m in zip(contenders, models)]
@@ -204,11 +215,13 @@ def run_comparison(comparison: Comparison, root: Path, device: str = 'cpu',
     latencies = [[] for _ in models]
     with torch.no_grad():
         for round_ in range(warmup + num_iters):
-            for model, times in zip(models, latencies):
+            for model, times, fig in zip(models, latencies, figures):
                 _sync(torch_device)
                 ms = _timed(lambda: (model.test_step(batch), _sync(torch_device)))
                 if round_ >= warmup:
                     times.append(ms)
+                elif round_ == 0 and compile_mode is not None:
+                    fig.first_call_ms = ms
     for fig, times in zip(figures, latencies):
         fig.latency_ms = statistics.median(times)
 

@@ -67,3 +67,44 @@ def test_fuse_switches_outermost_once_and_fuses_conv_bn():
     assert done == ['0', 'fuse_conv_bn']
     assert model[0].switched == 1 and model[0].inner.switched == 1
     assert isinstance(model[0].bn, nn.Identity)
+
+
+class WithFeatures(nn.Module):
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def extract_feat(self, x):
+        return self.conv(x)
+
+
+def _recording_compile(monkeypatch):
+    """torch.compile replaced by a recorder returning what it was given (no compiling)."""
+    calls = []
+
+    def record(fn, **kwargs):
+        calls.append(kwargs)
+        return fn
+
+    monkeypatch.setattr(torch, 'compile', record)
+    return calls
+
+
+def test_compile_features_compiles_extract_feat(monkeypatch):
+    from mmmobilemamba.analysis.benchmark import compile_features
+    calls = _recording_compile(monkeypatch)
+    model = WithFeatures()
+    note = compile_features(model, 'max-autotune')
+    assert calls == [{'mode': 'max-autotune'}] and 'extract_feat' in model.__dict__
+    assert 'max-autotune' in note
+    assert model.extract_feat(torch.randn(1, 3, 4, 4)).shape == (1, 4, 4, 4)
+    with pytest.raises(ValueError, match='compile mode'):
+        compile_features(WithFeatures(), 'fastest')
+    with pytest.raises(TypeError, match='no extract_feat'):
+        compile_features(nn.Conv2d(1, 1, 1))
+
+
+def test_result_reports_the_first_call_apart():
+    result = BenchmarkResult([10.0], device='cpu', first_call_ms=45000.0)
+    assert 'first call (compiling, not timed above): 45.0 s' in result.summary()

@@ -17,6 +17,8 @@ from typing import Callable, Dict, List
 
 import torch
 
+from mmmobilemamba.analysis.backbones import (REFERENCE_BACKBONES, backbone_label,
+                                               build_backbone, switch_to_deploy)
 from mmmobilemamba.analysis.benchmark import publish_report
 
 
@@ -39,25 +41,13 @@ def parse_args():
 
 
 def build_models(archs: List[str], with_references: bool, device: str) -> Dict[str, torch.nn.Module]:
-    import mmmobilemamba  # noqa: F401  registers MobileMamba
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-    register_all_modules()
+    keys = list(archs) + (list(REFERENCE_BACKBONES) if with_references else [])
     models = {}
-    for arch in archs:
-        models[f'MobileMamba-{arch.upper()}'] = MODELS.build(
-            dict(type='MobileMamba', arch=arch)).eval().switch_to_deploy()
-    if with_references:
-        refs = {
-            'RegNetX-800MF': dict(type='RegNet', arch='regnetx_800mf', out_indices=(0, 1, 2, 3)),
-            'ResNet-18': dict(type='ResNet', depth=18, out_indices=(0, 1, 2, 3)),
-            'ResNet-50': dict(type='ResNet', depth=50, out_indices=(0, 1, 2, 3)),
-            'MobileNetV2': dict(type='MobileNetV2', out_indices=(2, 4, 6)),
-        }
-        for name, cfg in refs.items():
-            model = MODELS.build(cfg)
-            model.eval()  # mmdet's train() returns None: do not chain
-            models[name] = model
+    for key in keys:
+        model = build_backbone(key)
+        if key in archs:
+            switch_to_deploy(model, device)  # the deploy form for that device
+        models[backbone_label(key)] = model
     return {name: m.to(device) for name, m in models.items()}
 
 
