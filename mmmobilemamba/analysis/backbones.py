@@ -42,12 +42,18 @@ def backbone_label(key: str) -> str:
                    f'or a reference {tuple(REFERENCE_BACKBONES)}')
 
 
-def build_backbone(key: str) -> nn.Module:
+def build_backbone(key: str, **mobilemamba_kwargs) -> nn.Module:
     """A freshly built backbone (random weights) on the CPU, in eval mode.
+
+    MobileMamba is built with ``norm_eval=True`` (frozen BatchNorm statistics in training), the
+    default of mmdet's backbones and what the detection configs set, so that training steps
+    compare like with like.
 
     Args:
         key (str): a MobileMamba arch ('b1', 't2', ...) or a key of
             :data:`REFERENCE_BACKBONES`.
+        **mobilemamba_kwargs: further MobileMamba arguments (e.g. ``channels_last``); ignored
+            for the references.
     """
     import mmmobilemamba  # noqa: F401  registers MobileMamba in mmdet's MODELS
     from mmdet.registry import MODELS
@@ -56,7 +62,7 @@ def build_backbone(key: str) -> nn.Module:
     backbone_label(key)  # a clear error for an unknown key
     key = key.lower()
     cfg = REFERENCE_BACKBONES[key][1] if key in REFERENCE_BACKBONES else dict(
-        type='MobileMamba', arch=key)
+        type='MobileMamba', arch=key, norm_eval=True, **mobilemamba_kwargs)
     model = MODELS.build(cfg)
     model.eval()  # mmdet's train() returns None: do not chain
     return model

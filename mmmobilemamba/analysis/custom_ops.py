@@ -35,7 +35,7 @@ from mmengine.analysis.jit_handles import get_shape
 
 __all__ = [
     'SCAN_FLOPS_PER_STATE', 'selective_scan_flops', 'wavelet_flops', 'SelectiveScanOp',
-    'SelectiveScanChannelsLastOp', 'SS2DScanOp',
+    'SelectiveScanChannelsLastOp', 'SS2DScanOp', 'HaarInverseAddOp',
     'WaveletTransformOp', 'InverseWaveletTransformOp', 'traceable_custom_ops',
     'CUSTOM_FLOP_HANDLES', 'CUSTOM_ACTIVATION_HANDLES'
 ]
@@ -131,6 +131,13 @@ def _inverse_wavelet_op_flops(inputs: List[Any], outputs: List[Any]) -> int:
     return wavelet_flops(batch, channels, height, width, get_shape(inputs[1])[-1])
 
 
+def _haar_inverse_add_op_flops(inputs: List[Any], outputs: List[Any]) -> int:
+    """Handle of HaarInverseAddOp: sub-bands (B, 4C, h, w), base, taps: the inverse transform
+    (the scales and the sum are elementwise, uncounted as for the unfused form)."""
+    batch, bands, height, width = get_shape(inputs[0])
+    return wavelet_flops(batch, bands // 4, height, width, 2)
+
+
 def _output_activations(inputs: List[Any], outputs: List[Any]) -> int:
     return _numel(outputs[0])
 
@@ -170,6 +177,10 @@ class SS2DScanOp(_OpaqueOp):
     """Traced as ``prim::PythonOp.SS2DScanOp``: both directions of SS2D's scan."""
 
 
+class HaarInverseAddOp(_OpaqueOp):
+    """Traced as ``prim::PythonOp.HaarInverseAddOp``: sub-bands, base, taps (scales)."""
+
+
 class WaveletTransformOp(_OpaqueOp):
     """Traced as ``prim::PythonOp.WaveletTransformOp``: x, filters."""
 
@@ -186,6 +197,7 @@ CUSTOM_FLOP_HANDLES: Dict[str, Callable] = {
     _trace_name(SelectiveScanOp): _scan_op_flops,
     _trace_name(SelectiveScanChannelsLastOp): _channels_last_scan_op_flops,
     _trace_name(SS2DScanOp): _ss2d_scan_op_flops,
+    _trace_name(HaarInverseAddOp): _haar_inverse_add_op_flops,
     _trace_name(WaveletTransformOp): _wavelet_op_flops,
     _trace_name(InverseWaveletTransformOp): _inverse_wavelet_op_flops,
     'prim::PythonOp.SelectiveScanFn': _mamba_ssm_scan_flops,
@@ -236,7 +248,7 @@ def traceable_custom_ops(package: str = 'mmmobilemamba') -> Iterator[None]:
     """Within this context our ops called from ``package`` trace as single countable nodes.
 
     Covers ``selective_scan``, ``selective_scan_channels_last``, ``ss2d_scan``,
-    ``wavelet_transform`` and
+    ``haar_inverse_add``, ``wavelet_transform`` and
     ``inverse_wavelet_transform`` of :mod:`mmmobilemamba.ops`. Modules import them by name
     (``from mmmobilemamba.ops import selective_scan``), so each loaded module's binding is
     swapped, and restored on exit.
@@ -246,12 +258,15 @@ def traceable_custom_ops(package: str = 'mmmobilemamba') -> Iterator[None]:
         package (str): top-level package whose modules are patched. Default: 'mmmobilemamba'.
     """
     from mmmobilemamba import ops
+    from mmmobilemamba.ops import fused_ops
 
     wrappers = {
         ops.selective_scan: _as_traced_op(ops.selective_scan, SelectiveScanOp, _scan_tensors),
         ops.selective_scan_channels_last: _as_traced_op(
             ops.selective_scan_channels_last, SelectiveScanChannelsLastOp, _scan_tensors),
         ops.ss2d_scan: _as_traced_op(ops.ss2d_scan, SS2DScanOp, _leading_tensors),
+        fused_ops.haar_inverse_add: _as_traced_op(fused_ops.haar_inverse_add, HaarInverseAddOp,
+                                                  _leading_tensors),
         ops.wavelet_transform: _as_traced_op(ops.wavelet_transform, WaveletTransformOp,
                                              _leading_tensors),
         ops.inverse_wavelet_transform: _as_traced_op(

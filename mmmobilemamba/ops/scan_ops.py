@@ -96,15 +96,16 @@ def _(u, delta, A_log, B, C, D, delta_bias, backend):
     return u.new_empty(batch, length, channels, dtype=torch.float32)
 
 
-def _token_major(shape, device) -> Tensor:
-    """An empty float32 tensor of ``shape`` whose two last dims are transposed in memory: the
-    layout the backward implementations write their per-token gradients in."""
+def _token_major(like: Tensor) -> Tensor:
+    """An empty tensor shaped and typed as ``like`` whose two last dims are transposed in
+    memory: the layout the backward implementations write their per-token gradients in."""
+    shape = tuple(like.shape)
     stride, size = [0] * len(shape), 1
     order = list(range(len(shape) - 2)) + [len(shape) - 1, len(shape) - 2]
     for dim in reversed(order):
         stride[dim] = size
         size *= shape[dim]
-    return torch.empty_strided(shape, stride, device=device, dtype=torch.float32)
+    return torch.empty_strided(shape, stride, device=like.device, dtype=like.dtype)
 
 
 @torch.library.custom_op('mmmobilemamba::ss2d_scan_backward', mutates_args=())
@@ -112,21 +113,19 @@ def ss2d_scan_backward_op(grad_y: Tensor, u: Tensor, delta: Tensor, A_log: Tenso
                           C: Tensor, D: Tensor, delta_bias: Tensor,
                           backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                                                  Tensor]:
-    """The gradients of ``ss2d_scan`` (float32): ``(du, ddelta, dA_log, dB, dC, dD,
-    ddelta_bias)``."""
+    """The gradients of ``ss2d_scan``, ``(du, ddelta, dA_log, dB, dC, dD, ddelta_bias)``, each
+    in its input's dtype (autograd's rule; bfloat16 under autocast)."""
     _check_backend(backend)
     impl = _triton().ss2d_scan_backward if backend == 'triton' \
         else scan_torch.ss2d_scan_backward_torch
-    return impl(grad_y, u, delta, A_log, B, C, D, delta_bias)
+    grads = impl(grad_y, u, delta, A_log, B, C, D, delta_bias)
+    return tuple(g.to(t.dtype) for g, t in zip(grads, (u, delta, A_log, B, C, D, delta_bias)))
 
 
 @ss2d_scan_backward_op.register_fake
 def _(grad_y, u, delta, A_log, B, C, D, delta_bias, backend):
-    f32 = dict(device=u.device, dtype=torch.float32)
-    return (_token_major(tuple(u.shape), u.device), _token_major(tuple(delta.shape), u.device),
-            torch.empty(tuple(A_log.shape), **f32), _token_major(tuple(B.shape), u.device),
-            _token_major(tuple(C.shape), u.device), torch.empty(tuple(D.shape), **f32),
-            torch.empty(tuple(delta_bias.shape), **f32))
+    return (_token_major(u), _token_major(delta), torch.empty_like(A_log), _token_major(B),
+            _token_major(C), torch.empty_like(D), torch.empty_like(delta_bias))
 
 
 def _ss2d_setup(ctx, inputs, output):
@@ -136,10 +135,7 @@ def _ss2d_setup(ctx, inputs, output):
 
 
 def _ss2d_backward(ctx, grad_y):
-    tensors = ctx.saved_tensors
-    grads = ss2d_scan_backward_op(grad_y, *tensors, ctx.backend)
-    # autograd wants each gradient in its input's dtype (bfloat16 under autocast)
-    return tuple(g.to(t.dtype) for g, t in zip(grads, tensors)) + (None,)
+    return tuple(ss2d_scan_backward_op(grad_y, *ctx.saved_tensors, ctx.backend)) + (None,)
 
 
 ss2d_scan_op.register_autograd(_ss2d_backward, setup_context=_ss2d_setup)

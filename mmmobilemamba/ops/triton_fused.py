@@ -1,19 +1,26 @@
-"""Triton kernels of the CUDA deploy form's fused layers (twins in :mod:`.fused_ops`).
+"""Triton kernels of WTE-Mamba's and SS2D's fused layers (twins in :mod:`.fused_ops`).
 
-* :func:`haar_inverse_add`: ``base + IWT(bands)`` for two-tap (Haar) filters, one pass: each
-  output pixel reads its four sub-band values, no transposed convolution, no shuffles.
-* :func:`gated_layer_norm`: LayerNorm over the channels of token-major ``y``, times
-  ``silu(z)``, written channel-major (NCHW) for the convolution after it: the norm, the gate
-  and the layout change in one kernel.
+* ``haar_inverse_add``: ``base * s + IWT(bands * t)`` for two-tap (Haar) filters, one pass:
+  each output pixel reads its four sub-band values (no transposed convolution, no shuffle);
+  its backward is one pass too (the sub-band gradients are the 2x2 blocks of the gradient
+  times the taps, and the scales' gradients are summed per channel).
+* ``gated_layer_norm``: LayerNorm over the channels of token-major ``y`` times ``silu(z)``,
+  written channel-major (NCHW) for the convolution after it: the norm, the gate and the layout
+  change in one kernel, and one for the backward.
 
 Registers nothing (:mod:`.fused_ops` makes the custom ops), so that tests may reload it under
 ``TRITON_INTERPRET=1``.
 """
+from typing import Optional, Tuple
+
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ['haar_inverse_add', 'gated_layer_norm']
+__all__ = ['haar_inverse_add', 'haar_inverse_add_backward', 'gated_layer_norm',
+           'gated_layer_norm_backward']
+
+_BLOCK = 256
 
 
 @triton.jit
@@ -28,79 +35,217 @@ def _sum(x, axis: tl.constexpr):
     return tl.reduce(x, axis, _add)
 
 
+# ------------------------------------------------------------------ Haar inverse + add
 @triton.jit
-def _haar_inverse_add_kernel(bands_ptr, base_ptr, taps_ptr, out_ptr, total, channels, height,
-                             width, band_h, band_w, sb_b, sb_c, sb_h, sb_w, sx_b, sx_c, sx_h,
-                             sx_w, BLOCK: tl.constexpr):
-    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = idx < total
-    col = idx % width
-    rest = idx // width
-    row = rest % height
-    rest = rest // height
-    chan = rest % channels
-    batch = rest // channels
-    pr, pc = row % 2, col % 2  # position in the 2x2 block
-    acc = tl.load(base_ptr + batch * sx_b + chan * sx_c + row * sx_h + col * sx_w, mask=mask,
+def _haar_forward_kernel(bands_ptr, base_ptr, taps_ptr, band_scale_ptr, base_scale_ptr, out_ptr,
+                         channels, height, width, sb_b, sb_c, sb_h, sb_w, sx_b, sx_c, sx_h, sx_w,
+                         SCALED: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)  # (batch, channel)
+    batch, chan = row // channels, row % channels
+    idx = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = idx < height * width
+    r, c = idx // width, idx % width
+    pos = (r % 2) * 2 + c % 2  # position in the 2x2 block
+    acc = tl.load(base_ptr + batch * sx_b + chan * sx_c + r * sx_h + c * sx_w, mask=mask,
                   other=0.0).to(tl.float32)
-    at = batch * sb_b + (4 * chan) * sb_c + (row // 2) * sb_h + (col // 2) * sb_w
+    if SCALED:
+        acc = acc * tl.load(base_scale_ptr + chan)
+    at = batch * sb_b + (4 * chan) * sb_c + (r // 2) * sb_h + (c // 2) * sb_w
     for k in tl.static_range(4):
-        tap = tl.load(taps_ptr + k * 4 + pr * 2 + pc, mask=mask, other=0.0)
-        acc += tap * tl.load(bands_ptr + at + k * sb_c, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + idx, acc, mask=mask)
+        band = tl.load(bands_ptr + at + k * sb_c, mask=mask, other=0.0).to(tl.float32)
+        if SCALED:
+            band = band * tl.load(band_scale_ptr + 4 * chan + k)
+        acc += tl.load(taps_ptr + k * 4 + pos, mask=mask, other=0.0) * band
+    tl.store(out_ptr + row * height * width + idx, acc, mask=mask)
 
 
-def haar_inverse_add(bands: torch.Tensor, base: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
-    """``base + IWT(bands)`` cropped to ``base``'s size: see
-    :func:`mmmobilemamba.ops.fused_ops.haar_inverse_add`."""
+@triton.jit
+def _haar_block_grad(grad_ptr, base_ptr, dbase_ptr, row, batch, chan, i, j, mask, height, width,
+                     base_scale, sx_b, sx_c, sx_h, sx_w, P: tl.constexpr,
+                     SCALED: tl.constexpr):
+    """Gradient at position ``P`` of each 2x2 block: read it, write the base's gradient, and
+    return it with its product with the base (for the base scale's gradient)."""
+    r, c = 2 * i + P // 2, 2 * j + P % 2
+    inside = mask & (r < height) & (c < width)
+    g = tl.load(grad_ptr + (row * height + r) * width + c, mask=inside, other=0.0).to(tl.float32)
+    tl.store(dbase_ptr + (row * height + r) * width + c, g * base_scale, mask=inside)
+    gb = g * 0.0
+    if SCALED:
+        gb = g * tl.load(base_ptr + batch * sx_b + chan * sx_c + r * sx_h + c * sx_w,
+                         mask=inside, other=0.0).to(tl.float32)
+    return g, gb
+
+
+@triton.jit
+def _haar_backward_kernel(grad_ptr, bands_ptr, base_ptr, taps_ptr, band_scale_ptr,
+                          base_scale_ptr, dbands_ptr, dbase_ptr, dband_scale_ptr,
+                          dbase_scale_ptr, channels, height, width, band_h, band_w,
+                          sb_b, sb_c, sb_h, sb_w, sx_b, sx_c, sx_h, sx_w,
+                          SCALED: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)  # (batch, channel)
+    batch, chan = row // channels, row % channels
+    idx = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)  # sub-band pixels
+    mask = idx < band_h * band_w
+    i, j = idx // band_w, idx % band_w
+    base_scale = 1.0
+    if SCALED:
+        base_scale = tl.load(base_scale_ptr + chan)
+    g0, gb0 = _haar_block_grad(grad_ptr, base_ptr, dbase_ptr, row, batch, chan, i, j, mask,
+                               height, width, base_scale, sx_b, sx_c, sx_h, sx_w, 0, SCALED)
+    g1, gb1 = _haar_block_grad(grad_ptr, base_ptr, dbase_ptr, row, batch, chan, i, j, mask,
+                               height, width, base_scale, sx_b, sx_c, sx_h, sx_w, 1, SCALED)
+    g2, gb2 = _haar_block_grad(grad_ptr, base_ptr, dbase_ptr, row, batch, chan, i, j, mask,
+                               height, width, base_scale, sx_b, sx_c, sx_h, sx_w, 2, SCALED)
+    g3, gb3 = _haar_block_grad(grad_ptr, base_ptr, dbase_ptr, row, batch, chan, i, j, mask,
+                               height, width, base_scale, sx_b, sx_c, sx_h, sx_w, 3, SCALED)
+    if SCALED:
+        tl.atomic_add(dbase_scale_ptr + chan, _sum(gb0 + gb1 + gb2 + gb3, 0))
+    at = batch * sb_b + (4 * chan) * sb_c + i * sb_h + j * sb_w
+    for k in tl.static_range(4):
+        wt = (tl.load(taps_ptr + k * 4) * g0 + tl.load(taps_ptr + k * 4 + 1) * g1
+              + tl.load(taps_ptr + k * 4 + 2) * g2 + tl.load(taps_ptr + k * 4 + 3) * g3)
+        out_at = ((batch * channels + chan) * 4 + k) * band_h * band_w + idx
+        if SCALED:
+            band = tl.load(bands_ptr + at + k * sb_c, mask=mask, other=0.0).to(tl.float32)
+            tl.atomic_add(dband_scale_ptr + 4 * chan + k, _sum(wt * band, 0))
+            wt = wt * tl.load(band_scale_ptr + 4 * chan + k)
+        tl.store(dbands_ptr + out_at, wt, mask=mask)
+
+
+def _haar_args(bands, base, taps, band_scale, base_scale):
     b, c, h, w = base.shape
+    scaled = band_scale is not None
+    f32 = taps.float().contiguous()
+    scales = (band_scale.float().contiguous(), base_scale.float().contiguous()) if scaled \
+        else (f32, f32)  # unused pointers
+    return (b, c, h, w), f32, scales, scaled
+
+
+def haar_inverse_add(bands: torch.Tensor, base: torch.Tensor, taps: torch.Tensor,
+                     band_scale: Optional[torch.Tensor] = None,
+                     base_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``base * s + IWT(bands * t)`` cropped to ``base``'s size, NCHW-contiguous in ``base``'s
+    dtype: see :func:`mmmobilemamba.ops.fused_ops.haar_inverse_add`."""
+    (b, c, h, w), taps32, scales, scaled = _haar_args(bands, base, taps, band_scale, base_scale)
     out = torch.empty((b, c, h, w), device=base.device, dtype=base.dtype)
-    total = out.numel()
-    block = 256
-    _haar_inverse_add_kernel[(triton.cdiv(total, block),)](
-        bands, base, taps.float().contiguous(), out, total, c, h, w, bands.shape[2],
-        bands.shape[3], *bands.stride(), *base.stride(), BLOCK=block)
+    _haar_forward_kernel[(b * c, triton.cdiv(h * w, _BLOCK))](
+        bands, base, taps32, *scales, out, c, h, w, *bands.stride(), *base.stride(),
+        SCALED=scaled, BLOCK=_BLOCK)
     return out
 
 
+def haar_inverse_add_backward(grad: torch.Tensor, bands: torch.Tensor, base: torch.Tensor,
+                              taps: torch.Tensor, band_scale: Optional[torch.Tensor] = None,
+                              base_scale: Optional[torch.Tensor] = None
+                              ) -> Tuple[torch.Tensor, ...]:
+    """The gradients of :func:`haar_inverse_add` (float32): bands, base, and the two scales'
+    (empty without scales)."""
+    (b, c, h, w), taps32, scales, scaled = _haar_args(bands, base, taps, band_scale, base_scale)
+    band_h, band_w = bands.shape[-2:]
+    f32 = dict(device=base.device, dtype=torch.float32)
+    dbands = torch.empty((b, 4 * c, band_h, band_w), **f32)
+    dbase = torch.empty((b, c, h, w), **f32)
+    dband_scale = torch.zeros(4 * c if scaled else 0, **f32)
+    dbase_scale = torch.zeros(c if scaled else 0, **f32)
+    _haar_backward_kernel[(b * c, triton.cdiv(band_h * band_w, _BLOCK))](
+        grad.contiguous(), bands, base, taps32, *scales, dbands, dbase, dband_scale,
+        dbase_scale, c, h, w, band_h, band_w, *bands.stride(), *base.stride(), SCALED=scaled,
+        BLOCK=_BLOCK)
+    return dbands, dbase, dband_scale, dbase_scale
+
+
+# ------------------------------------------------------------------ gated LayerNorm
 @triton.jit
-def _gated_layer_norm_kernel(y_ptr, z_ptr, w_ptr, b_ptr, out_ptr, length, channels, eps,
-                             sz_b, sz_c, sz_t, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
-    batch = tl.program_id(0)
-    tokens = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
-    chans = tl.arange(0, BLOCK_C)
-    tmask = tokens < length
-    cmask = chans < channels
-    mask = tmask[:, None] & cmask[None, :]
+def _normalise(y_ptr, batch, tokens, chans, mask, length, channels, eps):
     y = tl.load(y_ptr + (batch * length + tokens)[:, None] * channels + chans[None, :],
                 mask=mask, other=0.0).to(tl.float32)
     mean = _sum(y, 1) / channels
     centred = tl.where(mask, y - mean[:, None], 0.0)
-    var = _sum(centred * centred, 1) / channels
-    normed = centred / tl.sqrt(var + eps)[:, None]
+    rstd = 1.0 / tl.sqrt(_sum(centred * centred, 1) / channels + eps)
+    return centred * rstd[:, None], rstd
+
+
+@triton.jit
+def _gated_ln_forward_kernel(y_ptr, z_ptr, w_ptr, b_ptr, out_ptr, length, channels, eps,
+                             sz_b, sz_c, sz_t, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    batch = tl.program_id(0)
+    tokens = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    chans = tl.arange(0, BLOCK_C)
+    cmask = chans < channels
+    mask = (tokens < length)[:, None] & cmask[None, :]
+    normed, _ = _normalise(y_ptr, batch, tokens, chans, mask, length, channels, eps)
     weight = tl.load(w_ptr + chans, mask=cmask, other=0.0)
     shift = tl.load(b_ptr + chans, mask=cmask, other=0.0)
-    normed = normed * weight[None, :] + shift[None, :]
     z = tl.load(z_ptr + batch * sz_b + chans[None, :] * sz_c + tokens[:, None] * sz_t, mask=mask,
                 other=0.0).to(tl.float32)
-    gated = normed * (z / (1.0 + tl.exp(-z)))
-    out_at = (batch * channels + chans[None, :]) * length + tokens[:, None]
-    tl.store(out_ptr + out_at, gated, mask=mask)
+    gated = (normed * weight[None, :] + shift[None, :]) * (z / (1.0 + tl.exp(-z)))
+    tl.store(out_ptr + (batch * channels + chans[None, :]) * length + tokens[:, None], gated,
+             mask=mask)
+
+
+@triton.jit
+def _gated_ln_backward_kernel(grad_ptr, y_ptr, z_ptr, w_ptr, b_ptr, dy_ptr, dz_ptr, dw_ptr,
+                              db_ptr, length, channels, eps, sz_b, sz_c, sz_t,
+                              BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    batch = tl.program_id(0)
+    tokens = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    chans = tl.arange(0, BLOCK_C)
+    cmask = chans < channels
+    mask = (tokens < length)[:, None] & cmask[None, :]
+    normed, rstd = _normalise(y_ptr, batch, tokens, chans, mask, length, channels, eps)
+    weight = tl.load(w_ptr + chans, mask=cmask, other=0.0)
+    shift = tl.load(b_ptr + chans, mask=cmask, other=0.0)
+    z = tl.load(z_ptr + batch * sz_b + chans[None, :] * sz_c + tokens[:, None] * sz_t, mask=mask,
+                other=0.0).to(tl.float32)
+    nchw = (batch * channels + chans[None, :]) * length + tokens[:, None]
+    grad = tl.load(grad_ptr + nchw, mask=mask, other=0.0).to(tl.float32)
+    e = tl.exp(-tl.abs(z))  # a sigmoid that cannot overflow
+    sig = tl.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    affine = normed * weight[None, :] + shift[None, :]
+    tl.store(dz_ptr + nchw, grad * affine * sig * (1.0 + z * (1.0 - sig)), mask=mask)
+    d_affine = grad * z * sig
+    tl.atomic_add(dw_ptr + chans, _sum(d_affine * normed, 0), mask=cmask)
+    tl.atomic_add(db_ptr + chans, _sum(d_affine, 0), mask=cmask)
+    d_normed = d_affine * weight[None, :]
+    dy = (d_normed - (_sum(d_normed, 1) / channels)[:, None]
+          - normed * (_sum(d_normed * normed, 1) / channels)[:, None]) * rstd[:, None]
+    tl.store(dy_ptr + (batch * length + tokens)[:, None] * channels + chans[None, :], dy,
+             mask=mask)
+
+
+def _gated_ln_args(y, z):
+    b, c, h, w = z.shape
+    length = h * w
+    block_c = triton.next_power_of_2(c)
+    block_t = max(1, min(32, 4096 // block_c))
+    if z.stride(2) != w * z.stride(3):  # the kernel reads z as (B, C, L)
+        z = z.contiguous()
+    return (b, c, length), z, block_t, block_c
 
 
 def gated_layer_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                      eps: float) -> torch.Tensor:
     """``LayerNorm(y) * silu(z)`` as NCHW: see :func:`mmmobilemamba.ops.fused_ops.gated_layer_norm`."""
-    b, c, h, w = z.shape
-    length = h * w
-    out = torch.empty((b, c, h, w), device=z.device, dtype=z.dtype)
-    block_c = triton.next_power_of_2(c)
-    block_t = max(1, min(32, 8192 // block_c))
-    zs = z.stride()
-    if zs[2] != w * zs[3]:
-        z = z.contiguous()
-        zs = z.stride()
-    _gated_layer_norm_kernel[(b, triton.cdiv(length, block_t))](
+    (b, c, length), z, block_t, block_c = _gated_ln_args(y, z)
+    out = torch.empty(z.shape, device=z.device, dtype=z.dtype)
+    _gated_ln_forward_kernel[(b, triton.cdiv(length, block_t))](
         y.contiguous(), z, weight.float().contiguous(), bias.float().contiguous(), out, length,
-        c, eps, zs[0], zs[1], zs[3], BLOCK_T=block_t, BLOCK_C=block_c)
+        c, eps, z.stride(0), z.stride(1), z.stride(3), BLOCK_T=block_t, BLOCK_C=block_c)
     return out
+
+
+def gated_layer_norm_backward(grad: torch.Tensor, y: torch.Tensor, z: torch.Tensor,
+                              weight: torch.Tensor, bias: torch.Tensor,
+                              eps: float) -> Tuple[torch.Tensor, ...]:
+    """The gradients of :func:`gated_layer_norm` (float32): y (token-major), z (NCHW), weight,
+    bias."""
+    (b, c, length), z, block_t, block_c = _gated_ln_args(y, z)
+    f32 = dict(device=z.device, dtype=torch.float32)
+    dy = torch.empty((b, length, c), **f32)
+    dz = torch.empty(z.shape, **f32)
+    dw, db = torch.zeros(c, **f32), torch.zeros(c, **f32)
+    _gated_ln_backward_kernel[(b, triton.cdiv(length, block_t))](
+        grad.contiguous(), y.contiguous(), z, weight.float().contiguous(),
+        bias.float().contiguous(), dy, dz, dw, db, length, c, eps, z.stride(0), z.stride(1),
+        z.stride(3), BLOCK_T=block_t, BLOCK_C=block_c)
+    return dy, dz, dw, db

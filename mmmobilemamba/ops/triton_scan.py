@@ -158,7 +158,8 @@ def _ss2d_backward_kernel(dy_ptr, u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, d_ptr, 
             g = dy[:, None] * c_t[None, :] + carry
             da_a = g * h_prev * decay
             dx = _sum(g * b_t[None, :], axis=1)
-            dz = (dx * u + _sum(da_a * A, axis=1)) / (1.0 + tl.exp(-z))  # softplus'
+            e = tl.exp(-tl.abs(z))  # softplus' = sigmoid, in a form that cannot overflow
+            dz = (dx * u + _sum(da_a * A, axis=1)) * tl.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
             grad_u = dx * dt + dy * skip
             tok = (batch * length + t) * channels + cols
             if k > 0:

@@ -16,7 +16,7 @@ pytest.importorskip('triton')
 from mmmobilemamba.ops import (inverse_wavelet_transform, ss2d_scan,  # noqa: E402
                               ss2d_scan_reference, wavelet_filters, wavelet_transform)
 from mmmobilemamba.ops.fused_ops import (gated_layer_norm, gated_layer_norm_torch,  # noqa: E402
-                                         haar_inverse_add, haar_inverse_add_torch)
+                                         haar_inverse_add)
 
 _KERNEL_MODULES = ('mmmobilemamba.ops.triton_scan', 'mmmobilemamba.ops.triton_fused')
 
@@ -63,35 +63,88 @@ def test_ss2d_kernel_extreme_deltas(delta_scale):
                      grad_atol=1e-2)
 
 
-@pytest.mark.parametrize('size', [(6, 8), (7, 5), (1, 1)])
-def test_haar_inverse_add_kernel_and_twin_equal_the_inverse_transform(size):
+def _haar_case(size, channels=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
     h, w = size
-    channels = 3
-    _, rec = wavelet_filters(channels)
-    x = torch.randn(2, channels, h, w)
-    bands = wavelet_transform(x, wavelet_filters(channels)[0])       # (B, C, 4, h/2, w/2)
-    bands = bands * torch.randn(1, channels, 4, 1, 1)                 # not a plain round trip
-    base = torch.randn(2, channels, h, w)
-    expected = base + inverse_wavelet_transform(bands, rec, (h, w))
-    flat = bands.reshape(2, 4 * channels, *bands.shape[-2:])
-    taps = rec[:4, 0]
-    torch.testing.assert_close(haar_inverse_add_torch(flat, base, taps), expected)
-    torch.testing.assert_close(haar_inverse_add(flat, base, taps, 'triton'), expected)
+    dec, rec = wavelet_filters(channels)
+    bands = wavelet_transform(torch.randn(2, channels, h, w, generator=g), dec)
+    bands = bands.reshape(2, 4 * channels, *bands.shape[-2:])
+    bands = bands * torch.randn(1, 4 * channels, 1, 1, generator=g)  # not a plain round trip
+    return dict(bands=bands, base=torch.randn(2, channels, h, w, generator=g), taps=rec,
+                band_scale=torch.randn(4 * channels, generator=g),
+                base_scale=torch.randn(channels, generator=g))
+
+
+@pytest.mark.parametrize('size', [(6, 8), (7, 5), (1, 1)])
+def test_haar_inverse_add_equals_the_inverse_transform(size):
+    """Twin and kernel: ``base * s + IWT(bands * t)``, also without scales."""
+    case = _haar_case(size)
+    channels = case['base'].shape[1]
+    bands = case['bands'] * case['band_scale'].view(1, -1, 1, 1)
+    expected = case['base'] * case['base_scale'].view(1, -1, 1, 1) + inverse_wavelet_transform(
+        bands.reshape(2, channels, 4, *bands.shape[-2:]), case['taps'], size)
+    for backend in ('torch', 'triton'):
+        torch.testing.assert_close(haar_inverse_add(**case, backend=backend), expected)
+        plain = haar_inverse_add(case['bands'], case['base'], case['taps'], backend=backend)
+        torch.testing.assert_close(plain, case['base'] + inverse_wavelet_transform(
+            case['bands'].reshape(2, channels, 4, *bands.shape[-2:]), case['taps'], size))
+
+
+def _gradients(fn, inputs, **kwargs):
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items()
+              if k != 'taps'}
+    out = fn(**leaves, **{k: v for k, v in inputs.items() if k == 'taps'}, **kwargs)
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    return out.detach(), {k: v.grad for k, v in leaves.items()}
+
+
+@pytest.mark.parametrize('size', [(6, 8), (7, 5)])
+def test_haar_inverse_add_gradients(size):
+    """Backward kernel and twin against autograd through the unfused transform."""
+    case = _haar_case(size, seed=1)
+    channels = case['base'].shape[1]
+
+    def unfused(bands, base, taps, band_scale, base_scale):
+        scaled = bands * band_scale.view(1, -1, 1, 1)
+        return base * base_scale.view(1, -1, 1, 1) + inverse_wavelet_transform(
+            scaled.reshape(2, channels, 4, *bands.shape[-2:]), taps, size)
+
+    expected = _gradients(unfused, case)
+    for backend in ('torch', 'triton'):
+        out, grads = _gradients(haar_inverse_add, case, backend=backend)
+        torch.testing.assert_close(out, expected[0])
+        for name, grad in expected[1].items():
+            torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-4,
+                                       msg=lambda m, name=name: f'{backend} {name}: {m}')
+
+
+def _gated_case(channels_last, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    b, d, h, w = 2, 40, 3, 5
+    z = torch.randn(b, 2 * d, h, w, generator=g)[:, d:]  # a channel slice, as SS2D's gate
+    if channels_last:
+        z = z.contiguous(memory_format=torch.channels_last)
+    return dict(y=torch.randn(b, h * w, d, generator=g), z=z,
+                weight=torch.randn(d, generator=g), bias=torch.randn(d, generator=g))
+
+
+def _gated_unfused(y, z, weight, bias):
+    b, d, h, w = z.shape
+    return (torch.nn.functional.layer_norm(y, (d,), weight, bias, 1e-5)
+            .view(b, h, w, d).permute(0, 3, 1, 2) * torch.nn.functional.silu(z))
 
 
 @pytest.mark.parametrize('channels_last', [False, True])
-def test_gated_layer_norm_kernel_and_twin(channels_last):
-    b, d, h, w = 2, 40, 3, 5
-    y = torch.randn(b, h * w, d)
-    z = torch.randn(b, d, h, w)
-    if channels_last:
-        z = z.contiguous(memory_format=torch.channels_last)
-    weight, bias = torch.randn(d), torch.randn(d)
-    expected = (torch.nn.functional.layer_norm(y, (d,), weight, bias, 1e-5)
-                .view(b, h, w, d).permute(0, 3, 1, 2) * torch.nn.functional.silu(z))
-    twin = gated_layer_norm_torch(y, z, weight, bias, 1e-5)
-    torch.testing.assert_close(twin, expected)
+def test_gated_layer_norm_values_and_gradients(channels_last):
+    case = _gated_case(channels_last)
+    expected = _gradients(_gated_unfused, case)
+    twin = gated_layer_norm_torch(**case, eps=1e-5)
     assert twin.is_contiguous()
-    out = gated_layer_norm(y, z, weight, bias, 1e-5, 'triton')
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-    assert out.is_contiguous()
+    torch.testing.assert_close(twin, expected[0])
+    for backend in ('torch', 'triton'):
+        out, grads = _gradients(gated_layer_norm, case, eps=1e-5, backend=backend)
+        assert out.is_contiguous()
+        torch.testing.assert_close(out, expected[0], atol=1e-5, rtol=1e-5)
+        for name, grad in expected[1].items():
+            torch.testing.assert_close(grads[name], grad, atol=1e-4, rtol=1e-4,
+                                       msg=lambda m, name=name: f'{backend} {name}: {m}')

@@ -11,8 +11,10 @@ no kernel and are not counted, a custom op counts once. Forms of MobileMamba: 'e
 built, eval mode), 'deployed' (``switch_to_deploy()``), 'deployed-cpu' / 'deployed-cuda'
 (``switch_to_deploy(device=...)``, the form built for that device, counted on --device).
 Deployed forms are inference only: the training step always runs the eager model in train
-mode. References are mmdet backbones (out_indices as in benchmark_backbone.py); ratios are to
-RegNetX-800MF (MobileMamba-B1's FLOPs) at the same batch and size.
+mode, with frozen BatchNorm statistics (``norm_eval``) for every backbone, as mmdet's backbones
+and the detection configs have them. References are mmdet backbones
+(:mod:`mmmobilemamba.analysis.backbones`); ratios are to RegNetX-800MF (MobileMamba-B1's FLOPs)
+at the same batch and size.
 """
 import argparse
 import sys
@@ -20,16 +22,11 @@ from typing import Dict, List, Optional
 
 import torch
 
+from mmmobilemamba.analysis.backbones import REFERENCE_BACKBONES as REFERENCES
+from mmmobilemamba.analysis.backbones import build_backbone
 from mmmobilemamba.analysis.benchmark import publish_report
 from mmmobilemamba.analysis.op_count import OpCount, count_forward, count_train_step
 
-REFERENCES = {
-    'regnetx_800mf': ('RegNetX-800MF',
-                      dict(type='RegNet', arch='regnetx_800mf', out_indices=(0, 1, 2, 3))),
-    'resnet18': ('ResNet-18', dict(type='ResNet', depth=18, out_indices=(0, 1, 2, 3))),
-    'resnet50': ('ResNet-50', dict(type='ResNet', depth=50, out_indices=(0, 1, 2, 3))),
-    'mobilenetv2': ('MobileNetV2', dict(type='MobileNetV2', out_indices=(2, 4, 6))),
-}
 FORMS = ('eager', 'deployed', 'deployed-cpu', 'deployed-cuda')
 AMP = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 REFERENCE = 'RegNetX-800MF'
@@ -46,6 +43,10 @@ def parse_args():
     parser.add_argument('--amp', choices=sorted(AMP), default=None,
                         help='autocast dtype of the training step (default: float32)')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--layout', choices=('nchw', 'device'), default='nchw',
+                        help="memory format of the eager MobileMamba: 'nchw' (default) follows "
+                             "CUDA's code path on any device, the stand-in for its kernel count; "
+                             "'device' is the device's own choice (channels-last on CPU)")
     parser.add_argument('--references', nargs='*', default=['regnetx_800mf'],
                         choices=sorted(REFERENCES))
     parser.add_argument('--top', type=int, default=0,
@@ -54,14 +55,13 @@ def parse_args():
     return parser.parse_args()
 
 
-def build_model(name: str, form: str = 'eager') -> torch.nn.Module:
-    """A MobileMamba arch ('b1') in ``form``, or a reference key ('regnetx_800mf'), eval mode."""
-    from mmdet.registry import MODELS
+def build_model(name: str, form: str = 'eager', layout: str = 'nchw') -> torch.nn.Module:
+    """A MobileMamba arch ('b1') in ``form``, or a reference key ('regnetx_800mf'), eval mode;
+    ``layout`` 'nchw' makes an eager MobileMamba compute NCHW (CUDA's code path) anywhere."""
     if name in REFERENCES:
-        model = MODELS.build(REFERENCES[name][1])
-        model.eval()  # mmdet's train() returns None: do not chain
-        return model
-    model = MODELS.build(dict(type='MobileMamba', arch=name)).eval()
+        return build_backbone(name)
+    channels_last = False if layout == 'nchw' and form == 'eager' else None
+    model = build_backbone(name, channels_last=channels_last)
     if form == 'deployed':
         model.switch_to_deploy()
     elif form.startswith('deployed-'):
@@ -73,9 +73,10 @@ def measure(name: str, form: str, batch: int, size: int, args) -> Dict[str, Opti
     """Eval forward counts, and the training step's when asked (eager form only)."""
     device = torch.device(args.device)
     x = torch.randn(batch, 3, size, size, device=device)
-    result = {'eval': count_forward(build_model(name, form).to(device), x), 'train': None}
+    result = {'eval': count_forward(build_model(name, form, args.layout).to(device), x),
+              'train': None}
     if args.train and form == 'eager':
-        model = build_model(name).to(device)
+        model = build_model(name, layout=args.layout).to(device)
         try:
             result['train'] = count_train_step(model, x, amp_dtype=AMP.get(args.amp))
         except ValueError as error:  # a BatchNorm on a 1x1 map cannot train on one image

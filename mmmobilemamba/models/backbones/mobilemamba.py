@@ -512,9 +512,10 @@ class MobileMamba(BaseModule):
           on the polyphase components of its input.
         * CUDA form: no grouped conv with more than one input channel per group (cuDNN runs
           those one group at a time) and no layout round trips: the wavelet transform and its
-          conv are one depthwise conv, the inverse is added by one fused op, SS2D's norm, gate
-          and layout change are one op after its scan (Triton kernels on CUDA, their PyTorch
-          twins elsewhere, so the form also runs and is tested on CPU).
+          conv are one depthwise conv and the inverse is added by one fused op; the model
+          computes NCHW, where SS2D's norm, gate and layout change are one op after its scan
+          (Triton kernels on CUDA, their PyTorch twins elsewhere, so the form also runs and is
+          tested on CPU).
 
         Both compute what the unfused model computes in eval mode. Irreversible.
 

@@ -6,8 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmmobilemamba.ops import (memory_format_of, selective_scan, selective_scan_channels_last,
-                               ss2d_scan)
+from mmmobilemamba.ops import (channels_innermost, memory_format_of, selective_scan,
+                               selective_scan_channels_last, ss2d_scan)
 from mmmobilemamba.ops.fused_ops import gated_layer_norm
 from mmmobilemamba.ops.selective_scan import resolve_backend
 from .conv_bn import ConvBN
@@ -58,7 +58,6 @@ class SS2D(nn.Module):
         self.Ds = nn.Parameter(torch.ones(k * inner))
         self.out_norm = nn.LayerNorm(inner)
         self.out_proj = ConvBN(inner, channels, norm_cfg=norm_cfg)
-        self.fused_norm_gate = False  # the CUDA deploy form's gated_layer_norm op
         self.reset_ssm_parameters()
 
     @torch.no_grad()
@@ -76,22 +75,26 @@ class SS2D(nn.Module):
         (one kernel on CUDA), reading the map and the projections where they are.
 
         The projections act per token, so the reversed direction is the backward scan of the
-        unflipped tokens with their own projections: no flips and no concatenation. They are
-        matrix products over the channels of the (B, D, L) view of the map, whatever its
-        memory format.
+        unflipped tokens with their own projections: no flips and no concatenation. The first
+        projection is a 1x1 conv on an NCHW map (CUDA) and a batched matrix product over the
+        token-major view of a channels-last one (CPU); the low-rank step sizes are batched
+        products per direction.
         """
         b, d, h, w = u.shape
         k, r, n = self.directions, self.dt_rank, self.d_state
         length = h * w
-        seq = u.flatten(2)                                                   # (B, D, L)
-        # batched products (bmm): FLOP counters count them exactly
-        proj = torch.bmm(self.x_proj_weight.view(1, k * (r + 2 * n), d).expand(b, -1, -1), seq)
-        proj = proj.view(b, k, r + 2 * n, length)                           # (B, K, R+2N, L)
+        if channels_innermost(u):
+            proj = torch.bmm(self.x_proj_weight.view(1, k * (r + 2 * n), d).expand(b, -1, -1),
+                             u.flatten(2))
+        else:
+            proj = F.conv2d(u, self.x_proj_weight.view(k * (r + 2 * n), d, 1, 1))
+        dts, bs, cs = proj.view(b, k, r + 2 * n, length).split([r, n, n], dim=2)
+        # per direction (R -> D): batched products, not a grouped conv (which cuDNN would run
+        # group by group)
         delta = torch.bmm(self.dt_projs_weight.expand(b, k, d, r).reshape(b * k, d, r),
-                          proj[:, :, :r].reshape(b * k, r, length)).view(b, k, d, length)
-        return ss2d_scan(seq, delta, self.A_logs, proj[:, :, r:r + n],
-                         proj[:, :, r + n:], self.Ds, self.dt_projs_bias.view(-1),
-                         backend=backend)
+                          dts.reshape(b * k, r, length))
+        return ss2d_scan(u.flatten(2), delta.view(b, k, d, length), self.A_logs, bs, cs,
+                         self.Ds, self.dt_projs_bias.view(-1), backend=backend)
 
     def _scan_channels_last(self, u: torch.Tensor, backend: str = 'torch') -> torch.Tensor:
         """(B, D, H, W) -> (B, L, D): both directions as one token-major scan.
@@ -139,37 +142,25 @@ class SS2D(nn.Module):
         return (ys[:, 0] + ys[:, 1].flip(-1)).view(b, d, h, w)
 
     @torch.no_grad()
-    def switch_to_deploy(self, device_type: str = 'cpu') -> None:
-        """Fold the projections' norms; the SiLU runs fused in the depthwise conv.
-
-        Args:
-            device_type (str): 'cuda' also has the LayerNorm, the gate and the layout change
-                after the scan run as one op (``gated_layer_norm``). Default: 'cpu'.
-        """
+    def switch_to_deploy(self) -> None:
+        """Fold the projections' norms; the SiLU runs fused in the depthwise conv."""
         self.in_proj.switch_to_deploy()
         self.out_proj.switch_to_deploy()
         if not isinstance(self.act, nn.Identity):
             self.conv2d = InferenceConv2d.from_conv(self.conv2d, 'silu')
             self.act = nn.Identity()
-        if device_type == 'cuda':
-            self.fused_norm_gate = True
-
-    def _forward_fused_norm_gate(self, u: torch.Tensor, z: torch.Tensor,
-                                 backend: str) -> torch.Tensor:
-        """The CUDA deploy form after the depthwise conv: scan, then norm x gate in one op."""
-        y = self._scan_fused(u, backend)                                  # (B, L, D) float32
-        kernels = resolve_backend('auto', u.device, mamba_ssm=False)
-        y = gated_layer_norm(y, z, self.out_norm.weight, self.out_norm.bias, self.out_norm.eps,
-                             kernels)
-        return self.out_proj(y)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u, z = self.in_proj(x).chunk(2, dim=1)
         u = self.act(self.conv2d(u))
         b, d, h, w = u.shape
         backend = resolve_backend(self.scan_backend, u.device)
-        if self.fused_norm_gate and backend in ('torch', 'triton'):
-            return self._forward_fused_norm_gate(u, z, backend)
+        if backend in ('torch', 'triton') and not channels_innermost(u):
+            # NCHW (CUDA, compiled): LayerNorm, gate and the layout change as one op
+            y = gated_layer_norm(self._scan_fused(u, backend), z, self.out_norm.weight,
+                                 self.out_norm.bias, self.out_norm.eps,
+                                 resolve_backend('auto', u.device, mamba_ssm=False))
+            return self.out_proj(y)
         if backend in ('torch', 'triton', 'export'):
             if backend == 'export':  # plain ops that a tracer records
                 y = self._scan_channels_last(u, backend)
@@ -187,4 +178,3 @@ class SS2D(nn.Module):
         y = y.mul_(gate) if not y.requires_grad else y * gate
         y = y.contiguous(memory_format=memory_format_of(x))
         return self.out_proj(y)
-

@@ -53,19 +53,20 @@ class WTEMamba(nn.Module):
         global_out = self.ss2d(x)
         if self.polyphase:  # deployed, two-tap wavelet: WT, conv, scale and IWT in one conv
             return global_out + from_polyphase(self.wavelet_conv(to_polyphase(x)), (h, w))
+        kernels = resolve_backend('auto', x.device, mamba_ssm=False)
         if self.haar_folded:  # CUDA deploy form: WT + conv + scale as one depthwise conv
             bands = self.wavelet_conv(pad_to_even(x))                     # (B, 4C, h/2, w/2)
-            return haar_inverse_add(bands, global_out, self.iwt_taps,
-                                    resolve_backend('auto', x.device, mamba_ssm=False))
+            return haar_inverse_add(bands, global_out, self.iwt_filter, backend=kernels)
         bands = wavelet_transform(x, self.wt_filter)                  # (B, C, 4, h/2, w/2)
         bands = self.wavelet_conv(bands.reshape(b, 4 * c, *bands.shape[-2:]))
+        if self.iwt_filter.shape[-2:] == (2, 2) and not channels_innermost(bands):
+            # NCHW (CUDA, compiled): both scales, the inverse and the sum as one op
+            scales = (None, None) if self.scales_folded else \
+                (self.wavelet_scale.view(-1), self.ssm_scale.view(-1))
+            return haar_inverse_add(bands, global_out, self.iwt_filter, *scales, backend=kernels)
         if not self.scales_folded:
             bands = bands * self.wavelet_scale
             global_out = global_out * self.ssm_scale
-        if self.iwt_filter.shape[-2:] == (2, 2) and not channels_innermost(bands):
-            # NCHW (CUDA, compiled): the inverse and the sum as one differentiable op
-            return haar_inverse_add(bands, global_out, self.iwt_filter[:4, 0],
-                                    resolve_backend('auto', x.device, mamba_ssm=False))
         bands = bands.reshape(b, c, 4, *bands.shape[-2:])
         return global_out + inverse_wavelet_transform(bands, self.iwt_filter, (h, w))
 
@@ -97,8 +98,6 @@ class WTEMamba(nn.Module):
         conv.weight.mul_(self.wavelet_scale.view(-1, 1, 1, 1))
         if self.wt_filter.shape[-2:] == (2, 2) and device_type == 'cuda':
             self.wavelet_conv = self._haar_depthwise_conv(conv.weight)
-            # the reconstruction taps, the same for every channel
-            self.register_buffer('iwt_taps', self.iwt_filter[:4, 0].clone(), persistent=False)
             self.haar_folded = self.scales_folded = True
             return
         if self.wt_filter.shape[-2:] == (2, 2):
