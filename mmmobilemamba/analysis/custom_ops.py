@@ -35,7 +35,7 @@ from mmengine.analysis.jit_handles import get_shape
 
 __all__ = [
     'SCAN_FLOPS_PER_STATE', 'selective_scan_flops', 'wavelet_flops', 'SelectiveScanOp',
-    'SelectiveScanChannelsLastOp', 'SS2DScanOp', 'HaarInverseAddOp',
+    'SelectiveScanChannelsLastOp', 'SS2DScanOp', 'HaarInverseAddOp', 'GatedLayerNormOp',
     'WaveletTransformOp', 'InverseWaveletTransformOp', 'traceable_custom_ops',
     'CUSTOM_FLOP_HANDLES', 'CUSTOM_ACTIVATION_HANDLES'
 ]
@@ -138,6 +138,13 @@ def _haar_inverse_add_op_flops(inputs: List[Any], outputs: List[Any]) -> int:
     return wavelet_flops(batch, bands // 4, height, width, 2)
 
 
+def _gated_layer_norm_op_flops(inputs: List[Any], outputs: List[Any]) -> int:
+    """Handle of GatedLayerNormOp: y (B, L, D), z, weight, bias: mmengine's estimate for an
+    affine LayerNorm over ``y`` (5 per element); the gate is elementwise, uncounted as for the
+    unfused form."""
+    return 5 * _numel(inputs[0])
+
+
 def _output_activations(inputs: List[Any], outputs: List[Any]) -> int:
     return _numel(outputs[0])
 
@@ -181,6 +188,10 @@ class HaarInverseAddOp(_OpaqueOp):
     """Traced as ``prim::PythonOp.HaarInverseAddOp``: sub-bands, base, taps (scales)."""
 
 
+class GatedLayerNormOp(_OpaqueOp):
+    """Traced as ``prim::PythonOp.GatedLayerNormOp``: y, z, LayerNorm weight and bias."""
+
+
 class WaveletTransformOp(_OpaqueOp):
     """Traced as ``prim::PythonOp.WaveletTransformOp``: x, filters."""
 
@@ -198,6 +209,7 @@ CUSTOM_FLOP_HANDLES: Dict[str, Callable] = {
     _trace_name(SelectiveScanChannelsLastOp): _channels_last_scan_op_flops,
     _trace_name(SS2DScanOp): _ss2d_scan_op_flops,
     _trace_name(HaarInverseAddOp): _haar_inverse_add_op_flops,
+    _trace_name(GatedLayerNormOp): _gated_layer_norm_op_flops,
     _trace_name(WaveletTransformOp): _wavelet_op_flops,
     _trace_name(InverseWaveletTransformOp): _inverse_wavelet_op_flops,
     'prim::PythonOp.SelectiveScanFn': _mamba_ssm_scan_flops,
@@ -248,7 +260,7 @@ def traceable_custom_ops(package: str = 'mmmobilemamba') -> Iterator[None]:
     """Within this context our ops called from ``package`` trace as single countable nodes.
 
     Covers ``selective_scan``, ``selective_scan_channels_last``, ``ss2d_scan``,
-    ``haar_inverse_add``, ``wavelet_transform`` and
+    ``haar_inverse_add``, ``gated_layer_norm``, ``wavelet_transform`` and
     ``inverse_wavelet_transform`` of :mod:`mmmobilemamba.ops`. Modules import them by name
     (``from mmmobilemamba.ops import selective_scan``), so each loaded module's binding is
     swapped, and restored on exit.
@@ -266,6 +278,8 @@ def traceable_custom_ops(package: str = 'mmmobilemamba') -> Iterator[None]:
             ops.selective_scan_channels_last, SelectiveScanChannelsLastOp, _scan_tensors),
         ops.ss2d_scan: _as_traced_op(ops.ss2d_scan, SS2DScanOp, _leading_tensors),
         fused_ops.haar_inverse_add: _as_traced_op(fused_ops.haar_inverse_add, HaarInverseAddOp,
+                                                  _leading_tensors),
+        fused_ops.gated_layer_norm: _as_traced_op(fused_ops.gated_layer_norm, GatedLayerNormOp,
                                                   _leading_tensors),
         ops.wavelet_transform: _as_traced_op(ops.wavelet_transform, WaveletTransformOp,
                                              _leading_tensors),
