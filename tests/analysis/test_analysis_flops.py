@@ -59,13 +59,16 @@ def test_ss2d_scan_is_counted():
     ss2d = pytest.importorskip('mmmobilemamba.models.layers.ss2d')
     module = ss2d.SS2D(8).eval()
     report = analyze_complexity(module, torch.randn(1, 8, 6, 6))
-    # two directions over the inner width 16, d_state 1, 36 tokens, with D: one ss2d_scan op
-    # for both (channels-last, the default on CPU, and NCHW alike)
-    for memory_format in (torch.channels_last, torch.contiguous_format):
-        x = torch.randn(1, 8, 6, 6).contiguous(memory_format=memory_format)
-        report = analyze_complexity(module, x)
-        assert report.flops_by_operator['PythonOp.SS2DScanOp'] == \
-            selective_scan_flops(1, 2 * module.inner_channels, module.d_state, 36)
+    # two directions over the inner width 16, d_state 1, 36 tokens, with D: one op for both,
+    # the token-major scan on a channels-last map (the default on CPU), the fused ss2d_scan on
+    # an NCHW one (CUDA's path)
+    expected = selective_scan_flops(1, 2 * module.inner_channels, module.d_state, 36)
+    x = torch.randn(1, 8, 6, 6)
+    report = analyze_complexity(module, x.contiguous(memory_format=torch.channels_last))
+    assert report.flops_by_operator['PythonOp.SelectiveScanChannelsLastOp'] == expected
+    assert 'PythonOp.SS2DScanOp' not in report.flops_by_operator
+    report = analyze_complexity(module, x)
+    assert report.flops_by_operator['PythonOp.SS2DScanOp'] == expected
     # the reference layout counts the same
     module.scan_backend = 'reference'
     report = analyze_complexity(module, torch.randn(1, 8, 6, 6))
@@ -118,7 +121,7 @@ def test_backbone_has_no_uncounted_ops_of_ours():
     model = backbones.MobileMamba(arch=TINY_ARCH).eval()
     report = analyze_complexity(model, torch.randn(1, 3, 64, 64), max_depth=2)
     assert report.unsupported_ops == {}
-    assert report.flops_by_operator['PythonOp.SS2DScanOp'] > 0
+    assert report.flops_by_operator['PythonOp.SelectiveScanChannelsLastOp'] > 0
     assert report.flops_by_operator['PythonOp.WaveletTransformOp'] > 0
     assert report.flops_by_operator['PythonOp.InverseWaveletTransformOp'] > 0
     assert report.params == sum(p.numel() for p in model.parameters())

@@ -73,10 +73,38 @@ class _DtypeRecorder(TorchDispatchMode):
 
 
 @pytest.mark.parametrize('dtype', DTYPES, ids=str)
-@pytest.mark.parametrize('channels_last', [True, False])
-def test_the_scan_computes_in_float32_under_autocast(monkeypatch, dtype, channels_last):
-    """SS2D's scan op reads the low-precision projections as they are (no cast before it) and
-    every op inside it yields float32; so does its result, which LayerNorm takes as it is."""
+def test_the_scan_computes_in_float32_under_autocast(monkeypatch, dtype):
+    """CPU path (channels-last): inside SS2D's scan every op yields float32 but the last, which
+    casts the result back."""
+    from mmmobilemamba.models.layers import SS2D, ss2d
+    original = ss2d.selective_scan_channels_last
+    recorded = []
+
+    def recording_scan(u, *args, **kwargs):
+        with _DtypeRecorder() as recorder:
+            out = original(u, *args, **kwargs)
+        recorded.append((u.dtype, out.dtype, recorder.calls))
+        return out
+
+    monkeypatch.setattr(ss2d, 'selective_scan_channels_last', recording_scan)
+    module = SS2D(16).eval()
+    with torch.no_grad(), torch.autocast('cpu', dtype=dtype):
+        module(torch.randn(1, 16, 6, 7).contiguous(memory_format=torch.channels_last))
+    assert len(recorded) == 1  # one scan, both directions
+    for input_dtype, output_dtype, calls in recorded:
+        assert input_dtype == dtype and output_dtype == dtype  # low precision around it
+        ops = [name for name, _ in calls]
+        assert any('exp' in op for op in ops) and any('softplus' in op for op in ops)
+        inside = [d for _, dtypes in calls[:-1] for d in dtypes]
+        assert inside and all(d == torch.float32 for d in inside), calls
+        assert calls[-1][1] == [dtype]  # the result, cast back
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=str)
+def test_the_fused_scan_reads_low_precision_and_computes_float32(monkeypatch, dtype):
+    """CUDA's path (NCHW): SS2D's scan op reads the low-precision projections as they are (no
+    cast before it) and every op inside it yields float32; so does its result, which the
+    gated LayerNorm takes as it is."""
     from mmmobilemamba.models.layers import SS2D
     from mmmobilemamba.ops import scan_torch
     original = scan_torch.ss2d_scan_forward_torch
@@ -90,11 +118,8 @@ def test_the_scan_computes_in_float32_under_autocast(monkeypatch, dtype, channel
 
     monkeypatch.setattr(scan_torch, 'ss2d_scan_forward_torch', recording_scan)
     module = SS2D(16).eval()
-    x = torch.randn(1, 16, 6, 7)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), torch.autocast('cpu', dtype=dtype):
-        module(x)
+        module(torch.randn(1, 16, 6, 7))
     assert len(recorded) == 1  # one scan, both directions
     input_dtype, output_dtype, calls = recorded[0]
     assert input_dtype == dtype and output_dtype == torch.float32

@@ -177,7 +177,7 @@ def test_get_flops_tool(tiny, capsys):
                          '--max-depth', '1', capsys=capsys)
     assert code == 0
     assert 'Flops:' in out and 'Params:' in out and 'backbone' in out and 'neck' in out
-    assert 'PythonOp.SS2DScanOp' in out  # counted, not skipped
+    assert 'PythonOp.SelectiveScanChannelsLastOp' in out  # counted, not skipped
     assert 'no FLOP handle' not in out
 
 

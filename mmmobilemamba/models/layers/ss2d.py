@@ -71,26 +71,19 @@ class SS2D(nn.Module):
         self.Ds.fill_(1.0)
 
     def _scan_fused(self, u: torch.Tensor, backend: str) -> torch.Tensor:
-        """(B, D, H, W) -> (B, L, D) float32: both directions by one :func:`ss2d_scan` op
+        """(B, D, H, W) NCHW -> (B, L, D) float32: both directions by one :func:`ss2d_scan` op
         (one kernel on CUDA), reading the map and the projections where they are.
 
         The projections act per token, so the reversed direction is the backward scan of the
         unflipped tokens with their own projections: no flips and no concatenation. The first
-        projection is a 1x1 conv on an NCHW map (CUDA) and a batched matrix product over the
-        token-major view of a channels-last one (CPU); the low-rank step sizes are batched
-        products per direction.
+        projection is a 1x1 conv; the low-rank step sizes are batched products per direction
+        (not a grouped conv, which cuDNN would run group by group).
         """
         b, d, h, w = u.shape
         k, r, n = self.directions, self.dt_rank, self.d_state
         length = h * w
-        if channels_innermost(u):
-            proj = torch.bmm(self.x_proj_weight.view(1, k * (r + 2 * n), d).expand(b, -1, -1),
-                             u.flatten(2))
-        else:
-            proj = F.conv2d(u, self.x_proj_weight.view(k * (r + 2 * n), d, 1, 1))
+        proj = F.conv2d(u, self.x_proj_weight.view(k * (r + 2 * n), d, 1, 1))
         dts, bs, cs = proj.view(b, k, r + 2 * n, length).split([r, n, n], dim=2)
-        # per direction (R -> D): batched products, not a grouped conv (which cuDNN would run
-        # group by group)
         delta = torch.bmm(self.dt_projs_weight.expand(b, k, d, r).reshape(b * k, d, r),
                           dts.reshape(b * k, r, length))
         return ss2d_scan(u.flatten(2), delta.view(b, k, d, length), self.A_logs, bs, cs,
@@ -156,19 +149,15 @@ class SS2D(nn.Module):
         b, d, h, w = u.shape
         backend = resolve_backend(self.scan_backend, u.device)
         if backend in ('torch', 'triton') and not channels_innermost(u):
-            # NCHW (CUDA, compiled): LayerNorm, gate and the layout change as one op
+            # NCHW (CUDA, compiled): the fused scan, then LayerNorm, gate and the layout change
+            # as one op
             y = gated_layer_norm(self._scan_fused(u, backend), z, self.out_norm.weight,
                                  self.out_norm.bias, self.out_norm.eps,
                                  resolve_backend('auto', u.device, mamba_ssm=False))
             return self.out_proj(y)
         if backend in ('torch', 'triton', 'export'):
-            if backend == 'export':  # plain ops that a tracer records
-                y = self._scan_channels_last(u, backend)
-            else:
-                y = self._scan_fused(u, backend)
-                if not torch.is_autocast_enabled(u.device.type):  # else LayerNorm takes float32
-                    y = y.to(u.dtype)
-            y = self.out_norm(y)                                       # LayerNorm over D, as is
+            # channels-last (CPU): the token-major map is already the scan's layout
+            y = self.out_norm(self._scan_channels_last(u, backend))  # LayerNorm over D, as is
             y = y.view(b, h, w, d).permute(0, 3, 1, 2)                # (B, D, H, W), NHWC memory
         else:
             # LayerNorm over channels, done channels-last
