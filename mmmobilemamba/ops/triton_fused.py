@@ -17,22 +17,12 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_common import sum_along
+
 __all__ = ['haar_inverse_add', 'haar_inverse_add_backward', 'gated_layer_norm',
            'gated_layer_norm_backward']
 
 _BLOCK = 256
-
-
-@triton.jit
-def _add(a, b):
-    return a + b
-
-
-@triton.jit
-def _sum(x, axis: tl.constexpr):
-    # tl.sum is a @jit function of triton.language: not callable in an interpreter enabled
-    # after Triton's import (the tests'); tl.reduce is a builtin
-    return tl.reduce(x, axis, _add)
 
 
 # ------------------------------------------------------------------ Haar inverse + add
@@ -99,7 +89,7 @@ def _haar_backward_kernel(grad_ptr, bands_ptr, base_ptr, taps_ptr, band_scale_pt
     g3, gb3 = _haar_block_grad(grad_ptr, base_ptr, dbase_ptr, row, batch, chan, i, j, mask,
                                height, width, base_scale, sx_b, sx_c, sx_h, sx_w, 3, SCALED)
     if SCALED:
-        tl.atomic_add(dbase_scale_ptr + chan, _sum(gb0 + gb1 + gb2 + gb3, 0))
+        tl.atomic_add(dbase_scale_ptr + chan, sum_along(gb0 + gb1 + gb2 + gb3, 0))
     at = batch * sb_b + (4 * chan) * sb_c + i * sb_h + j * sb_w
     for k in tl.static_range(4):
         wt = (tl.load(taps_ptr + k * 4) * g0 + tl.load(taps_ptr + k * 4 + 1) * g1
@@ -107,7 +97,7 @@ def _haar_backward_kernel(grad_ptr, bands_ptr, base_ptr, taps_ptr, band_scale_pt
         out_at = ((batch * channels + chan) * 4 + k) * band_h * band_w + idx
         if SCALED:
             band = tl.load(bands_ptr + at + k * sb_c, mask=mask, other=0.0).to(tl.float32)
-            tl.atomic_add(dband_scale_ptr + 4 * chan + k, _sum(wt * band, 0))
+            tl.atomic_add(dband_scale_ptr + 4 * chan + k, sum_along(wt * band, 0))
             wt = wt * tl.load(band_scale_ptr + 4 * chan + k)
         tl.store(dbands_ptr + out_at, wt, mask=mask)
 
@@ -159,34 +149,17 @@ def haar_inverse_add_backward(grad: torch.Tensor, bands: torch.Tensor, base: tor
 def _normalise(y_ptr, batch, tokens, chans, mask, length, channels, eps):
     y = tl.load(y_ptr + (batch * length + tokens)[:, None] * channels + chans[None, :],
                 mask=mask, other=0.0).to(tl.float32)
-    mean = _sum(y, 1) / channels
+    mean = sum_along(y, 1) / channels
     centred = tl.where(mask, y - mean[:, None], 0.0)
-    rstd = 1.0 / tl.sqrt(_sum(centred * centred, 1) / channels + eps)
+    rstd = 1.0 / tl.sqrt(sum_along(centred * centred, 1) / channels + eps)
     return centred * rstd[:, None], rstd
 
 
 @triton.jit
-def _gated_ln_forward_kernel(y_ptr, z_ptr, w_ptr, b_ptr, out_ptr, length, channels, eps,
-                             sz_b, sz_c, sz_t, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
-    batch = tl.program_id(0)
-    tokens = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
-    chans = tl.arange(0, BLOCK_C)
-    cmask = chans < channels
-    mask = (tokens < length)[:, None] & cmask[None, :]
-    normed, _ = _normalise(y_ptr, batch, tokens, chans, mask, length, channels, eps)
-    weight = tl.load(w_ptr + chans, mask=cmask, other=0.0)
-    shift = tl.load(b_ptr + chans, mask=cmask, other=0.0)
-    z = tl.load(z_ptr + batch * sz_b + chans[None, :] * sz_c + tokens[:, None] * sz_t, mask=mask,
-                other=0.0).to(tl.float32)
-    gated = (normed * weight[None, :] + shift[None, :]) * (z / (1.0 + tl.exp(-z)))
-    tl.store(out_ptr + (batch * channels + chans[None, :]) * length + tokens[:, None], gated,
-             mask=mask)
-
-
-@triton.jit
-def _gated_ln_backward_kernel(grad_ptr, y_ptr, z_ptr, w_ptr, b_ptr, dy_ptr, dz_ptr, dw_ptr,
-                              db_ptr, length, channels, eps, sz_b, sz_c, sz_t,
-                              BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+def _gate_inputs(y_ptr, z_ptr, w_ptr, b_ptr, length, channels, eps, sz_b, sz_c, sz_t,
+                 BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """A program's tokens: the normalised ``y``, its ``rstd``, the affine ``LN(y)`` and the gate's
+    input ``z``, (BLOCK_T, BLOCK_C) in float32; the mask and the NCHW offsets."""
     batch = tl.program_id(0)
     tokens = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     chans = tl.arange(0, BLOCK_C)
@@ -194,21 +167,39 @@ def _gated_ln_backward_kernel(grad_ptr, y_ptr, z_ptr, w_ptr, b_ptr, dy_ptr, dz_p
     mask = (tokens < length)[:, None] & cmask[None, :]
     normed, rstd = _normalise(y_ptr, batch, tokens, chans, mask, length, channels, eps)
     weight = tl.load(w_ptr + chans, mask=cmask, other=0.0)
-    shift = tl.load(b_ptr + chans, mask=cmask, other=0.0)
+    affine = normed * weight[None, :] + tl.load(b_ptr + chans, mask=cmask, other=0.0)[None, :]
     z = tl.load(z_ptr + batch * sz_b + chans[None, :] * sz_c + tokens[:, None] * sz_t, mask=mask,
                 other=0.0).to(tl.float32)
     nchw = (batch * channels + chans[None, :]) * length + tokens[:, None]
+    return normed, rstd, weight, affine, z, mask, cmask, nchw, batch, tokens, chans
+
+
+@triton.jit
+def _gated_ln_forward_kernel(y_ptr, z_ptr, w_ptr, b_ptr, out_ptr, length, channels, eps,
+                             sz_b, sz_c, sz_t, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    _, _, _, affine, z, mask, _, nchw, _, _, _ = _gate_inputs(
+        y_ptr, z_ptr, w_ptr, b_ptr, length, channels, eps, sz_b, sz_c, sz_t, BLOCK_T, BLOCK_C)
+    e = tl.exp(-tl.abs(z))  # silu(z) = z sigmoid(z), a sigmoid that cannot overflow
+    tl.store(out_ptr + nchw, affine * z * tl.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)),
+             mask=mask)
+
+
+@triton.jit
+def _gated_ln_backward_kernel(grad_ptr, y_ptr, z_ptr, w_ptr, b_ptr, dy_ptr, dz_ptr, dw_ptr,
+                              db_ptr, length, channels, eps, sz_b, sz_c, sz_t,
+                              BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    normed, rstd, weight, affine, z, mask, cmask, nchw, batch, tokens, chans = _gate_inputs(
+        y_ptr, z_ptr, w_ptr, b_ptr, length, channels, eps, sz_b, sz_c, sz_t, BLOCK_T, BLOCK_C)
     grad = tl.load(grad_ptr + nchw, mask=mask, other=0.0).to(tl.float32)
     e = tl.exp(-tl.abs(z))  # a sigmoid that cannot overflow
     sig = tl.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-    affine = normed * weight[None, :] + shift[None, :]
     tl.store(dz_ptr + nchw, grad * affine * sig * (1.0 + z * (1.0 - sig)), mask=mask)
     d_affine = grad * z * sig
-    tl.atomic_add(dw_ptr + chans, _sum(d_affine * normed, 0), mask=cmask)
-    tl.atomic_add(db_ptr + chans, _sum(d_affine, 0), mask=cmask)
+    tl.atomic_add(dw_ptr + chans, sum_along(d_affine * normed, 0), mask=cmask)
+    tl.atomic_add(db_ptr + chans, sum_along(d_affine, 0), mask=cmask)
     d_normed = d_affine * weight[None, :]
-    dy = (d_normed - (_sum(d_normed, 1) / channels)[:, None]
-          - normed * (_sum(d_normed * normed, 1) / channels)[:, None]) * rstd[:, None]
+    dy = (d_normed - (sum_along(d_normed, 1) / channels)[:, None]
+          - normed * (sum_along(d_normed * normed, 1) / channels)[:, None]) * rstd[:, None]
     tl.store(dy_ptr + (batch * length + tokens)[:, None] * channels + chans[None, :], dy,
              mask=mask)
 

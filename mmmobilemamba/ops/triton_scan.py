@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_common import sum_along
+
 __all__ = ['recurrence', 'ss2d_scan_forward', 'ss2d_scan_backward', 'can_run']
 
 _BLOCK = 64
@@ -47,16 +49,43 @@ def _recurrence_kernel(a_ptr, b_ptr, h_ptr, length, inner, REVERSE: tl.constexpr
 
 
 @triton.jit
-def _add(a, b):
-    return a + b
+def _program_block(channels, N: tl.constexpr, NP: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's image and block of channels, the states (padded to NP) and their masks."""
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    cmask = cols < channels
+    states = tl.arange(0, NP)
+    smask = states < N
+    return tl.program_id(0), cols, cmask, states, smask, cmask[:, None] & smask[None, :]
 
 
-# tl.sum and tl.sigmoid are @jit functions of triton.language, made when Triton was first
-# imported: they cannot run in an interpreter enabled later (when a test reloads this module);
-# the builtin tl.reduce with a combine function of this module can.
 @triton.jit
-def _sum(x, axis: tl.constexpr):
-    return tl.reduce(x, axis, _add)
+def _direction_params(a_ptr, d_ptr, bias_ptr, k, cols, cmask, states, mask2, channels,
+                      N: tl.constexpr):
+    """Direction ``k``'s parameters of a block of channels: ``A = -exp(A_log)`` (BLOCK, NP),
+    the skip ``D`` and the step-size bias (BLOCK,)."""
+    param = k * channels + cols
+    A = -tl.exp(tl.load(a_ptr + param[:, None] * N + states[None, :], mask=mask2, other=0.0))
+    skip = tl.load(d_ptr + param, mask=cmask, other=0.0)
+    bias = tl.load(bias_ptr + param, mask=cmask, other=0.0)
+    return A, skip, bias
+
+
+@triton.jit
+def _step_inputs(u_ptr, delta_ptr, b_ptr, c_ptr, batch, k, t, cols, cmask, states, smask, bias,
+                 su_b, su_c, su_t, sd_b, sd_k, sd_c, sd_t, sb_b, sb_k, sb_n, sb_t,
+                 sc_b, sc_k, sc_n, sc_t):
+    """Token ``t`` of direction ``k``, in float32 whatever the inputs' dtype: ``u``, the step
+    size before and after its softplus (``z``, ``dt``), and the projections ``B_t``, ``C_t``."""
+    u = tl.load(u_ptr + batch * su_b + cols * su_c + t * su_t, mask=cmask,
+                other=0.0).to(tl.float32)
+    z = tl.load(delta_ptr + batch * sd_b + k * sd_k + cols * sd_c + t * sd_t, mask=cmask,
+                other=0.0).to(tl.float32) + bias
+    dt = tl.where(z > 20.0, z, tl.log(1.0 + tl.exp(tl.minimum(z, 20.0))))  # F.softplus
+    b_t = tl.load(b_ptr + batch * sb_b + k * sb_k + states * sb_n + t * sb_t, mask=smask,
+                  other=0.0).to(tl.float32)
+    c_t = tl.load(c_ptr + batch * sc_b + k * sc_k + states * sc_n + t * sc_t, mask=smask,
+                  other=0.0).to(tl.float32)
+    return u, z, dt, b_t, c_t
 
 
 @triton.jit
@@ -66,36 +95,22 @@ def _ss2d_forward_kernel(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, d_ptr, bias_ptr,
                          sb_b, sb_k, sb_n, sb_t, sc_b, sc_k, sc_n, sc_t,
                          DIRECTIONS: tl.constexpr, N: tl.constexpr, NP: tl.constexpr,
                          SAVE_STATES: tl.constexpr, BLOCK: tl.constexpr):
-    batch = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    cmask = cols < channels
-    states = tl.arange(0, NP)
-    smask = states < N
-    mask2 = cmask[:, None] & smask[None, :]
+    batch, cols, cmask, states, smask, mask2 = _program_block(channels, N, NP, BLOCK)
     for k in tl.static_range(DIRECTIONS):
-        param = k * channels + cols
-        A = -tl.exp(tl.load(a_ptr + param[:, None] * N + states[None, :], mask=mask2,
-                            other=0.0))  # from A_log
-        skip = tl.load(d_ptr + param, mask=cmask, other=0.0)
-        bias = tl.load(bias_ptr + param, mask=cmask, other=0.0)
+        A, skip, bias = _direction_params(a_ptr, d_ptr, bias_ptr, k, cols, cmask, states, mask2,
+                                          channels, N)
         h = tl.full([BLOCK, NP], 0.0, tl.float32)
         for i in range(0, length):
             if k == 0:
                 t = i
             else:  # the second direction runs from the last token to the first
                 t = length - 1 - i
-            u = tl.load(u_ptr + batch * su_b + cols * su_c + t * su_t, mask=cmask,
-                        other=0.0).to(tl.float32)
-            z = tl.load(delta_ptr + batch * sd_b + k * sd_k + cols * sd_c + t * sd_t,
-                        mask=cmask, other=0.0).to(tl.float32) + bias
-            # softplus as F.softplus (threshold 20)
-            dt = tl.where(z > 20.0, z, tl.log(1.0 + tl.exp(tl.minimum(z, 20.0))))
-            b_t = tl.load(b_ptr + batch * sb_b + k * sb_k + states * sb_n + t * sb_t,
-                          mask=smask, other=0.0).to(tl.float32)
-            c_t = tl.load(c_ptr + batch * sc_b + k * sc_k + states * sc_n + t * sc_t,
-                          mask=smask, other=0.0).to(tl.float32)
+            u, z, dt, b_t, c_t = _step_inputs(
+                u_ptr, delta_ptr, b_ptr, c_ptr, batch, k, t, cols, cmask, states, smask, bias,
+                su_b, su_c, su_t, sd_b, sd_k, sd_c, sd_t, sb_b, sb_k, sb_n, sb_t,
+                sc_b, sc_k, sc_n, sc_t)
             h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * b_t[None, :]
-            out = _sum(h * c_t[None, :], axis=1) + skip * u
+            out = sum_along(h * c_t[None, :], axis=1) + skip * u
             y_at = y_ptr + (batch * length + t) * channels + cols
             if k > 0:  # the same program wrote the first direction here
                 out += tl.load(y_at, mask=cmask, other=0.0)
@@ -113,18 +128,11 @@ def _ss2d_backward_kernel(dy_ptr, u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, d_ptr, 
                           sb_b, sb_k, sb_n, sb_t, sc_b, sc_k, sc_n, sc_t,
                           DIRECTIONS: tl.constexpr, N: tl.constexpr, NP: tl.constexpr,
                           BLOCK: tl.constexpr):
-    batch = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    cmask = cols < channels
-    states = tl.arange(0, NP)
-    smask = states < N
-    mask2 = cmask[:, None] & smask[None, :]
+    batch, cols, cmask, states, smask, mask2 = _program_block(channels, N, NP, BLOCK)
     for k in tl.static_range(DIRECTIONS):
+        A, skip, bias = _direction_params(a_ptr, d_ptr, bias_ptr, k, cols, cmask, states, mask2,
+                                          channels, N)
         param = k * channels + cols
-        A = -tl.exp(tl.load(a_ptr + param[:, None] * N + states[None, :], mask=mask2,
-                            other=0.0))  # from A_log
-        skip = tl.load(d_ptr + param, mask=cmask, other=0.0)
-        bias = tl.load(bias_ptr + param, mask=cmask, other=0.0)
         carry = tl.full([BLOCK, NP], 0.0, tl.float32)  # a_{t+1} g_{t+1}, in scan order
         grad_a = tl.full([BLOCK, NP], 0.0, tl.float32)
         grad_skip = tl.full([BLOCK], 0.0, tl.float32)
@@ -138,15 +146,10 @@ def _ss2d_backward_kernel(dy_ptr, u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, d_ptr, 
                 t = i
                 prev = t + 1
             has_prev = (prev >= 0) & (prev < length)
-            u = tl.load(u_ptr + batch * su_b + cols * su_c + t * su_t, mask=cmask,
-                        other=0.0).to(tl.float32)
-            z = tl.load(delta_ptr + batch * sd_b + k * sd_k + cols * sd_c + t * sd_t,
-                        mask=cmask, other=0.0).to(tl.float32) + bias
-            dt = tl.where(z > 20.0, z, tl.log(1.0 + tl.exp(tl.minimum(z, 20.0))))
-            b_t = tl.load(b_ptr + batch * sb_b + k * sb_k + states * sb_n + t * sb_t,
-                          mask=smask, other=0.0).to(tl.float32)
-            c_t = tl.load(c_ptr + batch * sc_b + k * sc_k + states * sc_n + t * sc_t,
-                          mask=smask, other=0.0).to(tl.float32)
+            u, z, dt, b_t, c_t = _step_inputs(
+                u_ptr, delta_ptr, b_ptr, c_ptr, batch, k, t, cols, cmask, states, smask, bias,
+                su_b, su_c, su_t, sd_b, sd_k, sd_c, sd_t, sb_b, sb_k, sb_n, sb_t,
+                sc_b, sc_k, sc_n, sc_t)
             dy = tl.load(dy_ptr + (batch * length + t) * channels + cols, mask=cmask,
                          other=0.0).to(tl.float32)
             row = (batch * DIRECTIONS + k) * length
@@ -157,9 +160,10 @@ def _ss2d_backward_kernel(dy_ptr, u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, d_ptr, 
             decay = tl.exp(dt[:, None] * A)
             g = dy[:, None] * c_t[None, :] + carry
             da_a = g * h_prev * decay
-            dx = _sum(g * b_t[None, :], axis=1)
+            dx = sum_along(g * b_t[None, :], axis=1)
             e = tl.exp(-tl.abs(z))  # softplus' = sigmoid, in a form that cannot overflow
-            dz = (dx * u + _sum(da_a * A, axis=1)) * tl.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+            sig = tl.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+            dz = (dx * u + sum_along(da_a * A, axis=1)) * sig
             grad_u = dx * dt + dy * skip
             tok = (batch * length + t) * channels + cols
             if k > 0:
@@ -169,8 +173,8 @@ def _ss2d_backward_kernel(dy_ptr, u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, d_ptr, 
                      mask=cmask)
             # B and C are shared by the channels: partial sums over this block
             bc_at = ((batch * DIRECTIONS + k) * length + t) * N + states
-            tl.atomic_add(db_ptr + bc_at, _sum(g * (dt * u)[:, None], axis=0), mask=smask)
-            tl.atomic_add(dc_ptr + bc_at, _sum(dy[:, None] * h, axis=0), mask=smask)
+            tl.atomic_add(db_ptr + bc_at, sum_along(g * (dt * u)[:, None], axis=0), mask=smask)
+            tl.atomic_add(dc_ptr + bc_at, sum_along(dy[:, None] * h, axis=0), mask=smask)
             grad_a += da_a * dt[:, None]
             grad_skip += dy * u
             grad_bias += dz

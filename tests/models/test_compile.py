@@ -7,9 +7,6 @@ Most tests compile with the 'aot_eager' backend: Dynamo's trace and AOTAutograd'
 forward/backward graphs are what can break, and it needs no C++ build; one slow test runs
 inductor, torch.compile's default.
 """
-import importlib
-import os
-
 import pytest
 import torch
 from tiny_models import TINY_ARCH, TINY_CHANNELS
@@ -114,22 +111,14 @@ def test_inductor_compiles_the_backbone_and_neck():
         torch.testing.assert_close(grads[name], grad, atol=1e-3, rtol=1e-3)
 
 
-@pytest.fixture
-def triton_interpreter():
-    """Triton's interpreter for the kernels (the package never sets it); None without Triton."""
+@pytest.fixture(name='triton_interpreter')
+def _triton_interpreter():
+    """Triton's interpreter for the kernels; None without Triton."""
     try:
         import triton  # noqa: F401
     except ImportError:
         yield None
         return
-    names = ('mmmobilemamba.ops.triton_scan', 'mmmobilemamba.ops.triton_fused')
-    before = os.environ.get('TRITON_INTERPRET')
-    os.environ['TRITON_INTERPRET'] = '1'
-    modules = [importlib.reload(importlib.import_module(n)) for n in names]
-    yield True
-    if before is None:
-        del os.environ['TRITON_INTERPRET']
-    else:
-        os.environ['TRITON_INTERPRET'] = before
-    for module in modules:
-        importlib.reload(module)
+    from triton_checks import triton_interpreter
+    with triton_interpreter():
+        yield True

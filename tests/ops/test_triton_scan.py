@@ -1,14 +1,13 @@
 """The Triton selective scan against its sequential twin, on CPU through Triton's interpreter.
 
-The test sets ``TRITON_INTERPRET=1`` (the package never does) and re-imports the kernel module,
-so that its kernels are built for the interpreter; afterwards the module is restored.
+The tests run the kernels in Triton's interpreter (:func:`triton_checks.triton_interpreter`).
 """
 import importlib
-import os
 
 import pytest
 import torch
 from scan_checks import assert_same_scan, scan_and_grads
+from triton_checks import triton_interpreter
 
 pytest.importorskip('triton')
 from mmmobilemamba.ops import (selective_scan, selective_scan_channels_last,  # noqa: E402
@@ -19,16 +18,8 @@ scan_module = importlib.import_module('mmmobilemamba.ops.selective_scan')
 
 @pytest.fixture(scope='module', autouse=True)
 def interpreter():
-    from mmmobilemamba.ops import triton_scan
-    before = os.environ.get('TRITON_INTERPRET')
-    os.environ['TRITON_INTERPRET'] = '1'
-    importlib.reload(triton_scan)
-    yield
-    if before is None:
-        del os.environ['TRITON_INTERPRET']
-    else:
-        os.environ['TRITON_INTERPRET'] = before
-    importlib.reload(triton_scan)
+    with triton_interpreter():
+        yield
 
 
 def _tokens(length, batch=2, d=6, n=1, seed=0, delta_scale=1.0, dtype=torch.float32):

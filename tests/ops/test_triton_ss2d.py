@@ -1,16 +1,13 @@
 """The Triton kernels of SS2D's scan and of the CUDA deploy form's fused layers, against their
 PyTorch twins, on CPU through Triton's interpreter.
 
-The test sets ``TRITON_INTERPRET=1`` (the package never does) and re-imports the kernel modules
-so that their kernels are built for the interpreter; afterwards they are restored.
+The tests run the kernels in Triton's interpreter (:func:`triton_checks.triton_interpreter`).
 """
-import importlib
-import os
-
 import pytest
 import torch
 from scan_checks import assert_same_scan, scan_and_grads
 from test_ss2d_scan import ss2d_inputs
+from triton_checks import triton_interpreter
 
 pytest.importorskip('triton')
 from mmmobilemamba.ops import (inverse_wavelet_transform, ss2d_scan,  # noqa: E402
@@ -18,23 +15,10 @@ from mmmobilemamba.ops import (inverse_wavelet_transform, ss2d_scan,  # noqa: E4
 from mmmobilemamba.ops.fused_ops import (gated_layer_norm, gated_layer_norm_torch,  # noqa: E402
                                          haar_inverse_add)
 
-_KERNEL_MODULES = ('mmmobilemamba.ops.triton_scan', 'mmmobilemamba.ops.triton_fused')
-
-
 @pytest.fixture(scope='module', autouse=True)
 def interpreter():
-    before = os.environ.get('TRITON_INTERPRET')
-    os.environ['TRITON_INTERPRET'] = '1'
-    modules = [importlib.import_module(name) for name in _KERNEL_MODULES]
-    for module in modules:
-        importlib.reload(module)
-    yield
-    if before is None:
-        del os.environ['TRITON_INTERPRET']
-    else:
-        os.environ['TRITON_INTERPRET'] = before
-    for module in modules:
-        importlib.reload(module)
+    with triton_interpreter():
+        yield
 
 
 @pytest.mark.parametrize('length,n', [(1, 1), (6, 1), (23, 2)])
