@@ -4,11 +4,12 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from mmmobilemamba.ops import (channels_innermost, from_polyphase, inverse_wavelet_transform, to_polyphase,
-                               wavelet_domain_kernel, wavelet_filters, wavelet_transform)
-from mmmobilemamba.ops.wavelet import pad_to_even
+from mmmobilemamba.ops import (channels_innermost, from_polyphase, inverse_wavelet_transform,
+                               to_polyphase, wavelet_domain_kernel, wavelet_filters,
+                               wavelet_transform)
 from mmmobilemamba.ops.fused_ops import haar_inverse_add
 from mmmobilemamba.ops.selective_scan import resolve_backend
+from mmmobilemamba.ops.wavelet import pad_to_even
 from .inference_conv import InferenceConv2d
 from .ss2d import SS2D
 
@@ -53,22 +54,28 @@ class WTEMamba(nn.Module):
         global_out = self.ss2d(x)
         if self.polyphase:  # deployed, two-tap wavelet: WT, conv, scale and IWT in one conv
             return global_out + from_polyphase(self.wavelet_conv(to_polyphase(x)), (h, w))
-        kernels = resolve_backend('auto', x.device, mamba_ssm=False)
         if self.haar_folded:  # CUDA deploy form: WT + conv + scale as one depthwise conv
             bands = self.wavelet_conv(pad_to_even(x))                     # (B, 4C, h/2, w/2)
-            return haar_inverse_add(bands, global_out, self.iwt_filter, backend=kernels)
+            return haar_inverse_add(bands, global_out, self.iwt_filter,
+                                    backend=self._kernels(x.device))
         bands = wavelet_transform(x, self.wt_filter)                  # (B, C, 4, h/2, w/2)
         bands = self.wavelet_conv(bands.reshape(b, 4 * c, *bands.shape[-2:]))
         if self.iwt_filter.shape[-2:] == (2, 2) and not channels_innermost(bands):
             # NCHW (CUDA, compiled): both scales, the inverse and the sum as one op
             scales = (None, None) if self.scales_folded else \
                 (self.wavelet_scale.view(-1), self.ssm_scale.view(-1))
-            return haar_inverse_add(bands, global_out, self.iwt_filter, *scales, backend=kernels)
+            return haar_inverse_add(bands, global_out, self.iwt_filter, *scales,
+                                    backend=self._kernels(x.device))
         if not self.scales_folded:
             bands = bands * self.wavelet_scale
             global_out = global_out * self.ssm_scale
         bands = bands.reshape(b, c, 4, *bands.shape[-2:])
         return global_out + inverse_wavelet_transform(bands, self.iwt_filter, (h, w))
+
+    @staticmethod
+    def _kernels(device: torch.device) -> str:
+        """The fused ops' implementation on ``device``: Triton on CUDA, else the PyTorch twin."""
+        return resolve_backend('auto', device, mamba_ssm=False)
 
     @torch.no_grad()
     def switch_to_deploy(self, device_type: str = 'cpu') -> None:
