@@ -24,7 +24,10 @@ decides. The steps are mmengine's usual ones (``Config`` + ``--cfg-options`` ->
 * a non-finite loss or a broken image under ``on_error='raise'`` ends the run with its
   message and exit status 1, without a traceback;
 * ``--resume`` without a path resumes from the newest *complete* checkpoint of the work dir;
-* ``--launcher pytorch`` on a machine without CUDA runs DDP on CPU over gloo.
+* ``--launcher pytorch`` on a machine without CUDA runs DDP on CPU over gloo;
+* ``compile`` (``--cfg-options compile=True`` or a dict of ``torch.compile`` arguments)
+  compiles the backbone and the neck in place, not mmengine's whole ``train_step``
+  (:mod:`.compile`).
 """
 import argparse
 import logging
@@ -39,6 +42,7 @@ from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
 
 from ..models.checkpoint import compare_with_model
+from .compile import compile_model_parts, take_compile_option
 from .config import ConfigError, detect_codebase, load_config
 from .config_rewrites import (apply_safe_image_loading, apply_safety_hooks,
                               skip_backbone_pretrained)
@@ -412,11 +416,17 @@ def _checked_runner(args: argparse.Namespace, prepare: Callable[[argparse.Namesp
         cfg = prepare(args)
         run_preflight_checks(cfg, splits, training)
         prepare_cpu_distributed(cfg)
+        try:
+            compile_kwargs = take_compile_option(cfg)
+        except ValueError as err:
+            raise LaunchError(str(err)) from None
         runner = build_runner(cfg)
         report_load_from(runner, cfg, training)
     except (LaunchError, ConfigError, FileNotFoundError) as err:
         print(f'error: {err}', file=sys.stderr, flush=True)
         return None
+    if compile_kwargs is not None:
+        compile_model_parts(runner.model, compile_kwargs)
     return runner
 
 
