@@ -106,9 +106,18 @@ def test_inductor_compiles_the_backbone_and_neck():
     model.train()
     eager_out, eager_grads = _train_step(model, x)
     out, grads = _train_step(torch.compile(model, fullgraph=True), x)
-    _assert_same(eager_out, out, atol=1e-4)
+    # inductor reassociates the BatchNorm statistics' sums: float32 rounding, amplified by
+    # the batch statistics of two images
+    _assert_same(eager_out, out, atol=1e-3)
+    # gradients that vanish in exact arithmetic (a conv bias before a training-mode BN) are
+    # rounding noise either way: compare against the scale of all gradients
+    scale = max(float(g.abs().max()) for g in eager_grads.values())
     for name, grad in eager_grads.items():
-        torch.testing.assert_close(grads[name], grad, atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(grads[name], grad, rtol=1e-3, atol=1e-4 * scale,
+                                   msg=lambda m, name=name: f'{name}: {m}')
+    flat = torch.cat([g.flatten() for g in eager_grads.values()])
+    flat_compiled = torch.cat([grads[n].flatten() for n in eager_grads])
+    assert (flat_compiled - flat).norm() <= 1e-3 * flat.norm()
 
 
 @pytest.fixture(name='triton_interpreter')

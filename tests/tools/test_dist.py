@@ -22,6 +22,21 @@ def _run(script, args, timeout=600):
                           cwd=str(REPO), capture_output=True, text=True, timeout=timeout)
 
 
+# An open flake of the 2-process CPU runs (seen in CI and under load, never reproduced alone):
+# rank 0 aborts at interpreter exit, after its work, with this line (a C++ thread left
+# joinable); exit -6. Such a run is tried once more; any other failure counts at once.
+_EXIT_ABORT = 'terminate called without an active exception'
+
+
+def _run_distributed(script, args):
+    """``_run``, once more if the first run ended in the exit-time abort above."""
+    proc = _run(script, args)
+    if proc.returncode != 0 and _EXIT_ABORT in proc.stdout + proc.stderr:
+        print(f'{script}: the exit-time abort ({_EXIT_ABORT!r}); one more run', file=sys.stderr)
+        proc = _run(script, args)
+    return proc
+
+
 def _failure_report(log: str) -> str:
     """What a failed run printed that matters (warnings fill the tail): its progress, error
     and traceback lines, then the end of the log."""
@@ -44,14 +59,15 @@ def test_two_process_cpu_training_and_testing(tmp_path):
     write_seg_dataset(tmp_path / 'data')
     config = write_seg_config(tmp_path / 'fcn_tiny.py', tmp_path / 'data')
     work_dir = tmp_path / 'work'
-    proc = _run('dist_train.sh', [config, 2, '--work-dir', work_dir])
+    proc = _run_distributed('dist_train.sh', [config, 2, '--work-dir', work_dir])
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, _failure_report(log)
     assert 'Distributed training: True' in log
     assert (work_dir / 'iter_4.pth').is_file()
     assert os.listdir(work_dir).count('last_checkpoint') == 1
 
-    proc = _run('dist_test.sh', [config, work_dir / 'iter_4.pth', 2, '--work-dir', work_dir])
+    proc = _run_distributed('dist_test.sh',
+                            [config, work_dir / 'iter_4.pth', 2, '--work-dir', work_dir])
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, _failure_report(log)
     assert 'Evaluation results:' in log and 'mIoU' in log
