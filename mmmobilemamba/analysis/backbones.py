@@ -4,14 +4,12 @@ RegNetX-800MF has MobileMamba-B1's FLOPs and is the reference of every ratio; Re
 MobileNetV2 are the usual baselines. Models are built on the CPU in eval mode; the tools copy
 and move them.
 """
-import inspect
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Tuple
 
-import torch
 import torch.nn as nn
 
 __all__ = ['REFERENCE', 'REFERENCE_BACKBONES', 'MOBILEMAMBA_ARCHS', 'backbone_label',
-           'build_backbone', 'switch_to_deploy']
+           'build_backbone']
 
 REFERENCE = 'RegNetX-800MF'
 
@@ -66,22 +64,3 @@ def build_backbone(key: str, **mobilemamba_kwargs) -> nn.Module:
     model = MODELS.build(cfg)
     model.eval()  # mmdet's train() returns None: do not chain
     return model
-
-
-def switch_to_deploy(model: nn.Module,
-                     device: Optional[Union[str, torch.device]] = None) -> Optional[str]:
-    """``model.switch_to_deploy(device=device)``, in place.
-
-    A MobileMamba without the ``device`` keyword (older code) is switched to its one
-    deploy form, and a note says so.
-
-    Returns:
-        str or None: the note, if the ``device`` keyword could not be passed.
-    """
-    params = inspect.signature(model.switch_to_deploy).parameters
-    if device is None or 'device' in params:
-        model.switch_to_deploy(**({} if device is None else {'device': device}))
-        return None
-    model.switch_to_deploy()
-    return (f'{type(model).__name__}.switch_to_deploy() takes no device: its one (CPU-tuned) '
-            'deploy form was measured')

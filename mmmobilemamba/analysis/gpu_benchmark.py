@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from .benchmark import COMPILE_MODES
-from .backbones import REFERENCE, backbone_label, build_backbone, switch_to_deploy
+from .backbones import REFERENCE, backbone_label, build_backbone
 
 __all__ = ['MM_FORMS', 'REF_FORMS', 'COMPILE_MODES', 'GpuBenchmark', 'Target',
            'evaluate_targets', 'format_report', 'parse_setting', 'count_device_kernels',
@@ -624,10 +624,10 @@ class GpuBenchmark:
             model = copy.deepcopy(self._cpu_model(key)).to(self.device)
         elif form == 'deployed' and is_mm:
             model = copy.deepcopy(self._cpu_model(key)).to(self.device)
-            self._deploy_note(switch_to_deploy(model, self.device.type))
+            model.switch_to_deploy(device=self.device.type)
         elif form == 'deployed-cpu-form' and is_mm:
             model = copy.deepcopy(self._cpu_model(key))
-            self._deploy_note(switch_to_deploy(model, 'cpu'))
+            model.switch_to_deploy(device='cpu')
             model = model.to(self.device)
         elif form == 'compiled':
             base = self.model(key, 'deployed' if is_mm else 'eager')
@@ -638,10 +638,6 @@ class GpuBenchmark:
         model.eval()
         self._forms[(key, form)] = model
         return model
-
-    def _deploy_note(self, note: Optional[str]) -> None:
-        if note:
-            self.note(note)
 
     def _forms_of(self, key: str) -> List[str]:
         allowed = MM_FORMS if key in self.archs else REF_FORMS

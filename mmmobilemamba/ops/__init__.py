@@ -8,7 +8,8 @@ from .wavelet import (from_polyphase, inverse_wavelet_transform, to_polyphase,
 
 __all__ = [
     'selective_scan', 'selective_scan_reference', 'selective_scan_channels_last',
-    'selective_scan_channels_last_reference', 'ss2d_scan', 'ss2d_scan_reference', 'wavelet_filters', 'wavelet_transform',
+    'selective_scan_channels_last_reference', 'ss2d_scan', 'ss2d_scan_reference',
+    'wavelet_filters', 'wavelet_transform',
     'inverse_wavelet_transform', 'wavelet_domain_kernel', 'to_polyphase', 'from_polyphase',
     'channels_innermost', 'memory_format_of'
 ]

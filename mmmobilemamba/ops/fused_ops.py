@@ -11,27 +11,17 @@ with its PyTorch twin: Triton kernels (:mod:`.triton_fused`) on CUDA, the twin a
 Each call is one op (one kernel on CUDA) forwards and one backwards, in eager mode and as a
 node of a compiled graph.
 """
-import importlib
 from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .op_backends import triton_kernels
+
 __all__ = ['haar_inverse_add', 'gated_layer_norm', 'haar_inverse_add_torch',
            'haar_inverse_add_backward_torch', 'gated_layer_norm_torch',
            'gated_layer_norm_backward_torch']
-
-_BACKENDS = ('torch', 'triton')
-
-
-def _triton_fused():
-    return importlib.import_module('mmmobilemamba.ops.triton_fused')
-
-
-def _check(backend: str) -> None:
-    if backend not in _BACKENDS:
-        raise ValueError(f'fused op: backend must be one of {_BACKENDS}, got {backend!r}')
 
 
 def _channel_view(t: Tensor) -> Tensor:
@@ -86,9 +76,9 @@ def haar_inverse_add_backward_torch(grad: Tensor, bands: Tensor, base: Tensor, t
 @torch.library.custom_op('mmmobilemamba::haar_inverse_add', mutates_args=())
 def _haar_inverse_add(bands: Tensor, base: Tensor, taps: Tensor, band_scale: Optional[Tensor],
                       base_scale: Optional[Tensor], backend: str) -> Tensor:
-    _check(backend)
-    if backend == 'triton':
-        return _triton_fused().haar_inverse_add(bands, base, taps, band_scale, base_scale)
+    kernels = triton_kernels(backend, 'triton_fused')
+    if kernels is not None:
+        return kernels.haar_inverse_add(bands, base, taps, band_scale, base_scale)
     return haar_inverse_add_torch(bands, base, taps, band_scale, base_scale)
 
 
@@ -101,9 +91,9 @@ def _(bands, base, taps, band_scale, base_scale, backend):
 def _haar_inverse_add_backward(grad: Tensor, bands: Tensor, base: Tensor, taps: Tensor,
                                band_scale: Optional[Tensor], base_scale: Optional[Tensor],
                                backend: str) -> List[Tensor]:
-    _check(backend)
-    impl = _triton_fused().haar_inverse_add_backward if backend == 'triton' \
-        else haar_inverse_add_backward_torch
+    kernels = triton_kernels(backend, 'triton_fused')
+    impl = haar_inverse_add_backward_torch if kernels is None \
+        else kernels.haar_inverse_add_backward
     grads = impl(grad, bands, base, taps, band_scale, base_scale)
     # each in its input's dtype (autograd's rule; the scales are float32 parameters)
     return [g.to(dtype) for g, dtype in zip(grads, (bands.dtype, base.dtype, torch.float32,
@@ -193,9 +183,9 @@ def gated_layer_norm_backward_torch(grad: Tensor, y: Tensor, z: Tensor, weight: 
 @torch.library.custom_op('mmmobilemamba::gated_layer_norm', mutates_args=())
 def _gated_layer_norm(y: Tensor, z: Tensor, weight: Tensor, bias: Tensor, eps: float,
                       backend: str) -> Tensor:
-    _check(backend)
-    if backend == 'triton':
-        return _triton_fused().gated_layer_norm(y, z, weight, bias, eps)
+    kernels = triton_kernels(backend, 'triton_fused')
+    if kernels is not None:
+        return kernels.gated_layer_norm(y, z, weight, bias, eps)
     return gated_layer_norm_torch(y, z, weight, bias, eps)
 
 
@@ -207,9 +197,9 @@ def _(y, z, weight, bias, eps, backend):
 @torch.library.custom_op('mmmobilemamba::gated_layer_norm_backward', mutates_args=())
 def _gated_layer_norm_backward(grad: Tensor, y: Tensor, z: Tensor, weight: Tensor, bias: Tensor,
                                eps: float, backend: str) -> List[Tensor]:
-    _check(backend)
-    impl = _triton_fused().gated_layer_norm_backward if backend == 'triton' \
-        else gated_layer_norm_backward_torch
+    kernels = triton_kernels(backend, 'triton_fused')
+    impl = gated_layer_norm_backward_torch if kernels is None \
+        else kernels.gated_layer_norm_backward
     grads = impl(grad, y, z, weight, bias, eps)
     # each in its input's dtype (autograd's rule; bfloat16 for z under autocast)
     return [g.to(t.dtype) for g, t in zip(grads, (y, z, weight, bias))]

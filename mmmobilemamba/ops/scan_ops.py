@@ -13,30 +13,15 @@ dispatched call, however many kernels its PyTorch implementation launches.
 ``backend`` is 'torch' (:mod:`.scan_torch`, any device) or 'triton' (:mod:`.triton_scan`,
 CUDA). The Triton module is looked up when called, never at import.
 """
-import importlib
 from typing import Tuple
 
 import torch
 from torch import Tensor
 
 from . import scan_torch
+from .op_backends import triton_kernels
 
 __all__ = ['linear_recurrence', 'ss2d_scan_op']
-
-_OP_BACKENDS = ('torch', 'triton')
-
-
-def _triton():
-    try:
-        return importlib.import_module('mmmobilemamba.ops.triton_scan')
-    except Exception as err:  # ImportError, or a Triton that does not work with this torch
-        raise ImportError("selective scan backend 'triton' needs Triton (pip install triton; it "
-                          "comes with torch's CUDA builds); use backend 'torch' instead") from err
-
-
-def _check_backend(backend: str) -> None:
-    if backend not in _OP_BACKENDS:
-        raise ValueError(f'scan op: backend must be one of {_OP_BACKENDS}, got {backend!r}')
 
 
 # ------------------------------------------------------------------- linear recurrence
@@ -44,9 +29,9 @@ def _check_backend(backend: str) -> None:
 def linear_recurrence(a: Tensor, b: Tensor, reverse: bool, backend: str) -> Tensor:
     """``h_t = a_t h_{t-1} + b_t`` (``reverse``: ``h_t = a_t h_{t+1} + b_t``) along dim 1 of
     ``(rows, L, inner)`` tensors, zero initial state; float32, contiguous; differentiable."""
-    _check_backend(backend)
-    if backend == 'triton':
-        return _triton().recurrence(a, b, reverse)
+    kernels = triton_kernels(backend, 'triton_scan')
+    if kernels is not None:
+        return kernels.recurrence(a, b, reverse)
     h = scan_torch.chunked_recurrence(a.float().contiguous(), b.float().contiguous(), reverse)
     return h.contiguous()
 
@@ -84,9 +69,9 @@ def ss2d_scan_op(u: Tensor, delta: Tensor, A_log: Tensor, B: Tensor, C: Tensor, 
                  delta_bias: Tensor, backend: str) -> Tensor:
     """SS2D's two-direction scan, ``y`` (batch, L, d) float32: see
     :func:`mmmobilemamba.ops.ss2d_scan`."""
-    _check_backend(backend)
-    if backend == 'triton':
-        return _triton().ss2d_scan_forward(u, delta, A_log, B, C, D, delta_bias)[0]
+    kernels = triton_kernels(backend, 'triton_scan')
+    if kernels is not None:
+        return kernels.ss2d_scan_forward(u, delta, A_log, B, C, D, delta_bias)[0]
     return scan_torch.ss2d_scan_forward_torch(u, delta, A_log, B, C, D, delta_bias)
 
 
@@ -115,9 +100,8 @@ def ss2d_scan_backward_op(grad_y: Tensor, u: Tensor, delta: Tensor, A_log: Tenso
                                                  Tensor]:
     """The gradients of ``ss2d_scan``, ``(du, ddelta, dA_log, dB, dC, dD, ddelta_bias)``, each
     in its input's dtype (autograd's rule; bfloat16 under autocast)."""
-    _check_backend(backend)
-    impl = _triton().ss2d_scan_backward if backend == 'triton' \
-        else scan_torch.ss2d_scan_backward_torch
+    kernels = triton_kernels(backend, 'triton_scan')
+    impl = scan_torch.ss2d_scan_backward_torch if kernels is None else kernels.ss2d_scan_backward
     grads = impl(grad_y, u, delta, A_log, B, C, D, delta_bias)
     return tuple(g.to(t.dtype) for g, t in zip(grads, (u, delta, A_log, B, C, D, delta_bias)))
 

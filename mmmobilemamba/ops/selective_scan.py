@@ -185,12 +185,11 @@ def selective_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.
                                                       delta_softplus, reverse)
     batch, length, channels, n_state = _check_channels_last(
         u, delta, A, B, C, D, delta_bias, 'selective_scan_channels_last')
-    if backend == 'export':
-        return _scan_channels_last_for_export(u, delta, A, B, C, D, delta_bias, delta_softplus,
-                                              reverse)
-    if backend == 'triton':
-        return _scan_channels_last_triton(u, delta, A, B, C, D, delta_bias, delta_softplus,
-                                          reverse)
+    if backend in ('export', 'triton'):  # the plain ops a tracer records / Triton's kernel
+        recurrence = chunked_recurrence_out_of_place if backend == 'export' \
+            else _triton_recurrence
+        return _token_major_scan(recurrence, u, delta, A, B, C, D, delta_bias, delta_softplus,
+                                 reverse)
     tensors = (u, delta, A, B, C, D, delta_bias)
     track = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     u32, A32 = u.float().contiguous(), A.float()
@@ -218,29 +217,21 @@ def selective_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.
     return y.to(u.dtype)
 
 
-def _scan_channels_last_triton(u, delta, A, B, C, D, delta_bias, delta_softplus,
-                               reverse) -> torch.Tensor:
-    """The token-major scan with the recurrence in Triton (:mod:`.triton_scan`)."""
+def _token_major_scan(recurrence: Callable, u, delta, A, B, C, D, delta_bias, delta_softplus,
+                      reverse) -> torch.Tensor:
+    """The token-major scan with ``recurrence(a, b, reverse)`` for its recurrence, out of
+    place (autograd through it): the Triton kernel's op, or the ONNX-traceable chunked scan."""
     u32, A32 = u.float(), A.float()
     delta32 = _step_sizes(delta, delta_bias, delta_softplus)
     a, b = _scan_inputs(u32, delta32, A32, _as_groups(B.float()))
-    y = _read_out(linear_recurrence(a, b, reverse, 'triton'), _as_groups(C.float()))
+    y = _read_out(recurrence(a, b, reverse), _as_groups(C.float()))
     if D is not None:
         y = y + u32 * D.float()
     return y.to(u.dtype)
 
 
-def _scan_channels_last_for_export(u, delta, A, B, C, D, delta_bias, delta_softplus,
-                                   reverse) -> torch.Tensor:
-    """The token-major scan by :func:`chunked_recurrence_out_of_place` (autograd through plain
-    ops)."""
-    u32, A32 = u.float(), A.float()
-    delta32 = _step_sizes(delta, delta_bias, delta_softplus)
-    a, b = _scan_inputs(u32, delta32, A32, _as_groups(B.float()))
-    y = _read_out(chunked_recurrence_out_of_place(a, b, reverse), _as_groups(C.float()))
-    if D is not None:
-        y = y + u32 * D.float()
-    return y.to(u.dtype)
+def _triton_recurrence(a: torch.Tensor, b: torch.Tensor, reverse: bool) -> torch.Tensor:
+    return linear_recurrence(a, b, reverse, 'triton')
 
 
 @_float32_under_autocast

@@ -216,7 +216,8 @@ def _gated_ln_args(y, z):
 
 def gated_layer_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                      eps: float) -> torch.Tensor:
-    """``LayerNorm(y) * silu(z)`` as NCHW: see :func:`mmmobilemamba.ops.fused_ops.gated_layer_norm`."""
+    """``LayerNorm(y) * silu(z)`` as NCHW: see
+    :func:`mmmobilemamba.ops.fused_ops.gated_layer_norm`."""
     (b, c, length), z, block_t, block_c = _gated_ln_args(y, z)
     out = torch.empty(z.shape, device=z.device, dtype=z.dtype)
     _gated_ln_forward_kernel[(b, triton.cdiv(length, block_t))](

@@ -22,10 +22,6 @@ __all__ = ['wavelet_filters', 'wavelet_transform', 'inverse_wavelet_transform',
            'wavelet_domain_kernel', 'to_polyphase', 'from_polyphase', 'pad_to_even', 'crop']
 
 
-def _compiling() -> bool:
-    return torch.compiler.is_compiling()
-
-
 def pad_to_even(x: torch.Tensor) -> torch.Tensor:
     """``x`` zero-padded on the bottom/right to an even height and width.
 
@@ -33,7 +29,7 @@ def pad_to_even(x: torch.Tensor) -> torch.Tensor:
     symbolic size would be a guard, and each parity a recompilation.
     """
     h, w = x.shape[-2:]
-    if _compiling() or h % 2 or w % 2:
+    if torch.compiler.is_compiling() or h % 2 or w % 2:
         return F.pad(x, (0, w % 2, 0, h % 2))
     return x
 
@@ -41,7 +37,7 @@ def pad_to_even(x: torch.Tensor) -> torch.Tensor:
 def crop(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """``x[..., :H, :W]`` with ``(H, W) = size`` (a view; under ``torch.compile`` always taken,
     without a guard on the sizes)."""
-    if _compiling() or tuple(x.shape[-2:]) != tuple(size):
+    if torch.compiler.is_compiling() or tuple(x.shape[-2:]) != tuple(size):
         return x[..., :size[0], :size[1]]
     return x
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from mmmobilemamba.analysis import gpu_benchmark as gb
-from mmmobilemamba.analysis.backbones import backbone_label, switch_to_deploy
+from mmmobilemamba.analysis.backbones import backbone_label
 
 
 class TinyNet(nn.Module):
@@ -32,13 +32,6 @@ class TinyMamba(TinyNet):
 
     def switch_to_deploy(self, device=None):
         self.deployed_for = str(device)
-        return self
-
-
-class OldTinyMamba(TinyNet):
-
-    def switch_to_deploy(self):
-        self.deployed_for = 'old'
         return self
 
 
@@ -81,13 +74,6 @@ def test_labels_and_unknown_keys():
         backbone_label('vit')
     with pytest.raises(KeyError, match='unknown backbone'):
         _bench(references=['vgg'])
-
-
-def test_switch_to_deploy_passes_the_device_when_it_can():
-    new, old = TinyMamba(), OldTinyMamba()
-    assert switch_to_deploy(new, 'cuda') is None and new.deployed_for == 'cuda'
-    note = switch_to_deploy(old, 'cuda')
-    assert old.deployed_for == 'old' and 'takes no device' in note
 
 
 def test_every_cpu_measurement_and_the_report(tiny_models):

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List
 import torch
 
 from mmmobilemamba.analysis.backbones import (REFERENCE_BACKBONES, backbone_label,
-                                               build_backbone, switch_to_deploy)
+                                               build_backbone)
 from mmmobilemamba.analysis.benchmark import publish_report
 
 
@@ -46,7 +46,7 @@ def build_models(archs: List[str], with_references: bool, device: str) -> Dict[s
     for key in keys:
         model = build_backbone(key)
         if key in archs:
-            switch_to_deploy(model, device)  # the deploy form for that device
+            model.switch_to_deploy(device=device)  # the deploy form for that device
         models[backbone_label(key)] = model
     return {name: m.to(device) for name, m in models.items()}
 
