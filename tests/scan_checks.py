@@ -4,19 +4,20 @@ import torch
 
 def scan_and_grads(fn, inputs, **kwargs):
     """``fn(**inputs, **kwargs)`` and the gradient of each input under a weighted sum of the
-    output (a weight per element, so that no gradient is a plain sum)."""
+    output (a weight per element, so that no gradient is a plain sum). The weight is made on
+    the output's device (a CUDA output gets a CUDA weight)."""
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
     out = fn(**leaves, **kwargs)
-    weight = torch.linspace(-1, 1, out.numel()).view_as(out)
+    weight = torch.linspace(-1, 1, out.numel(), device=out.device).view_as(out)
     (out.float() * weight).sum().backward()
     return out.detach(), {k: v.grad for k, v in leaves.items()}
 
 
-def assert_same_scan(fast, twin, atol=1e-5, grad_atol=1e-4):
+def assert_same_scan(fast, twin, atol=1e-5, grad_atol=1e-4, rtol=1e-4, grad_rtol=1e-4):
     """Two :func:`scan_and_grads` results agree (a missing gradient counts as zero)."""
     (out, grads), (ref, ref_grads) = fast, twin
-    torch.testing.assert_close(out, ref, atol=atol, rtol=1e-4)
+    torch.testing.assert_close(out, ref, atol=atol, rtol=rtol)
     for name, ref_grad in ref_grads.items():
         grad = grads[name] if grads[name] is not None else torch.zeros_like(ref_grad)
-        torch.testing.assert_close(grad, ref_grad, atol=grad_atol, rtol=1e-4,
+        torch.testing.assert_close(grad, ref_grad, atol=grad_atol, rtol=grad_rtol,
                                    msg=lambda text, name=name: f'{name}: {text}')

@@ -8,7 +8,10 @@ dispatched call, however many kernels its PyTorch implementation launches.
 * ``mmmobilemamba::linear_recurrence(a, b, reverse, backend)``: ``h_t = a_t h_{t-1} + b_t``,
   differentiable (its backward is the reversed recurrence, by the same op).
 * ``mmmobilemamba::ss2d_scan(u, delta, A_log, B, C, D, delta_bias, backend)`` and its backward
-  ``mmmobilemamba::ss2d_scan_backward``: SS2D's two-direction scan, fused.
+  ``mmmobilemamba::ss2d_scan_backward``: SS2D's two-direction scan, fused. The forward returns
+  each direction's output, ``y`` (batch, K, L, d) float32 contiguous (the op that reads ``y``
+  next sums the directions); the backward reads ``grad_y`` of that shape by its strides
+  (stride 0 along K, one gradient expanded over the directions, included).
 
 ``backend`` is 'torch' (:mod:`.scan_torch`, any device) or 'triton' (:mod:`.triton_scan`,
 CUDA). The Triton module is looked up when called, never at import.
@@ -67,18 +70,18 @@ linear_recurrence.register_autograd(_recurrence_backward, setup_context=_recurre
 @torch.library.custom_op('mmmobilemamba::ss2d_scan', mutates_args=())
 def ss2d_scan_op(u: Tensor, delta: Tensor, A_log: Tensor, B: Tensor, C: Tensor, D: Tensor,
                  delta_bias: Tensor, backend: str) -> Tensor:
-    """SS2D's two-direction scan, ``y`` (batch, L, d) float32: see
+    """SS2D's two-direction scan, per direction: ``y`` (batch, K, L, d) float32, contiguous,
+    ``y[:, k]`` direction ``k``'s read-out plus its skip term ``D_k u``; see
     :func:`mmmobilemamba.ops.ss2d_scan`."""
     kernels = triton_kernels(backend, 'triton_scan')
-    if kernels is not None:
-        return kernels.ss2d_scan_forward(u, delta, A_log, B, C, D, delta_bias)[0]
-    return scan_torch.ss2d_scan_forward_torch(u, delta, A_log, B, C, D, delta_bias)
+    impl = scan_torch.ss2d_scan_forward_torch if kernels is None else kernels.ss2d_scan_forward
+    return impl(u, delta, A_log, B, C, D, delta_bias)
 
 
 @ss2d_scan_op.register_fake
 def _(u, delta, A_log, B, C, D, delta_bias, backend):
     batch, channels, length = u.shape
-    return u.new_empty(batch, length, channels, dtype=torch.float32)
+    return u.new_empty(batch, delta.shape[1], length, channels, dtype=torch.float32)
 
 
 def _token_major(like: Tensor) -> Tensor:
@@ -98,8 +101,11 @@ def ss2d_scan_backward_op(grad_y: Tensor, u: Tensor, delta: Tensor, A_log: Tenso
                           C: Tensor, D: Tensor, delta_bias: Tensor,
                           backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                                                  Tensor]:
-    """The gradients of ``ss2d_scan``, ``(du, ddelta, dA_log, dB, dC, dD, ddelta_bias)``, each
-    in its input's dtype (autograd's rule; bfloat16 under autocast)."""
+    """The gradients of ``ss2d_scan`` given ``grad_y`` (batch, K, L, d) of any strides,
+    ``(du, ddelta, dA_log, dB, dC, dD, ddelta_bias)``, each in its input's dtype (autograd's
+    rule; bfloat16 under autocast): the per-token ones token-major in memory, the parameters'
+    contiguous. The Triton kernels store them so (the cast below is then no op); the twin
+    computes float32."""
     kernels = triton_kernels(backend, 'triton_scan')
     impl = scan_torch.ss2d_scan_backward_torch if kernels is None else kernels.ss2d_scan_backward
     grads = impl(grad_y, u, delta, A_log, B, C, D, delta_bias)
@@ -108,8 +114,8 @@ def ss2d_scan_backward_op(grad_y: Tensor, u: Tensor, delta: Tensor, A_log: Tenso
 
 @ss2d_scan_backward_op.register_fake
 def _(grad_y, u, delta, A_log, B, C, D, delta_bias, backend):
-    return (_token_major(u), _token_major(delta), torch.empty_like(A_log), _token_major(B),
-            _token_major(C), torch.empty_like(D), torch.empty_like(delta_bias))
+    return (_token_major(u), _token_major(delta), A_log.new_empty(A_log.shape), _token_major(B),
+            _token_major(C), D.new_empty(D.shape), delta_bias.new_empty(delta_bias.shape))
 
 
 def _ss2d_setup(ctx, inputs, output):

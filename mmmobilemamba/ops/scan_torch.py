@@ -148,7 +148,8 @@ def ss2d_scan_forward_torch(u: torch.Tensor, delta: torch.Tensor, A_log: torch.T
                             delta_bias: torch.Tensor) -> torch.Tensor:
     """The twin of the Triton kernel ``ss2d_scan_forward``: see
     :func:`mmmobilemamba.ops.ss2d_scan` for the arguments (``A = -exp(A_log)``). Returns ``y``
-    (batch, L, d), float32.
+    (batch, K, L, d), float32, contiguous: direction ``k``'s read-out plus its skip term
+    ``D_k u``.
 
     Direction ``k = 1`` scans from the last token to the first; the directions run as the two
     channel groups of one chunked scan (direction 1 flipped in time), which halves the Python
@@ -158,7 +159,7 @@ def ss2d_scan_forward_torch(u: torch.Tensor, delta: torch.Tensor, A_log: torch.T
         u, delta, A_log, B, C, D, delta_bias)
     A = -torch.exp(A_log.float())
     u_t = u.float().transpose(1, 2)                                     # (b, L, d)
-    decays, inputs, outs = [], [], []
+    decays, inputs = [], []
     for k in range(directions):
         part = slice(k * channels, (k + 1) * channels)
         _, _, _, a, bx = _direction_terms(u_t, delta[:, k], A[part], B[:, k], delta_bias[part])
@@ -168,20 +169,24 @@ def ss2d_scan_forward_torch(u: torch.Tensor, delta: torch.Tensor, A_log: torch.T
         inputs.append(bx.view(batch, length, -1))
     h = chunked_recurrence(torch.cat(decays, 2), torch.cat(inputs, 2), inplace=True)
     h = h.view(batch, length, directions, channels, n_state)
+    y = u_t.new_empty(batch, directions, length, channels)
     for k in range(directions):
         c_k = C[:, k].float().transpose(1, 2)                           # (b, L, N)
-        h_k = h[:, :, k] if k == 0 else h[:, :, k].flip(1)
-        outs.append((h_k * c_k[:, :, None, :]).sum(-1))
-    y = outs[0] if directions == 1 else outs[0] + outs[1]
-    d_sum = D.float().view(directions, channels).sum(0)
-    return y.addcmul_(u_t, d_sum)
+        h_k = h[:, :, k] if k == 0 else h[:, :, k].flip(1)              # token order
+        if n_state == 1:
+            torch.mul(h_k[..., 0], c_k, out=y[:, k])
+        else:
+            torch.sum(h_k * c_k[:, :, None, :], -1, out=y[:, k])
+        y[:, k].addcmul_(u_t, D[k * channels:(k + 1) * channels].float())
+    return y
 
 
 def ss2d_scan_backward_torch(grad_y: torch.Tensor, u: torch.Tensor, delta: torch.Tensor,
                              A_log: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor,
                              delta_bias: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-    """The gradients of :func:`ss2d_scan_forward_torch` given ``grad_y`` (batch, L, d):
-    ``(du, ddelta, dA_log, dB, dC, dD, ddelta_bias)`` in float32, shaped as the inputs.
+    """The gradients of :func:`ss2d_scan_forward_torch` given ``grad_y`` (batch, K, L, d), any
+    strides (stride 0 along K too; read where it is): ``(du, ddelta, dA_log, dB, dC, dD,
+    ddelta_bias)`` in float32, shaped as the inputs.
 
     The states are recomputed (nothing is stored by the forward); the adjoint of the linear
     recurrence is the reversed recurrence, ``g_t = dL/dh_t + a_{t+1} g_{t+1}``.
@@ -189,8 +194,11 @@ def ss2d_scan_backward_torch(grad_y: torch.Tensor, u: torch.Tensor, delta: torch
     batch, directions, channels, n_state, length = check_ss2d_scan_inputs(
         u, delta, A_log, B, C, D, delta_bias)
     A = -torch.exp(A_log.float())
+    if tuple(grad_y.shape) != (batch, directions, length, channels):
+        raise ValueError(f'ss2d_scan_backward: grad_y must be (batch, K, L, d) = '
+                         f'{(batch, directions, length, channels)}, the shape of the scan\'s '
+                         f'output; got {tuple(grad_y.shape)}')
     u_t = u.float().transpose(1, 2)
-    dy = grad_y.float()
     du = torch.zeros(batch, length, channels, device=u.device)  # token-major
     ddelta = torch.empty(batch, directions, length, channels, device=u.device)  # token-major
     dA, dB, dC, dD, dbias = [], [], [], [], []
@@ -199,6 +207,7 @@ def ss2d_scan_backward_torch(grad_y: torch.Tensor, u: torch.Tensor, delta: torch
         rev = k == 1
         part = slice(k * channels, (k + 1) * channels)
         A_k = A[part].float()
+        dy = grad_y[:, k].float()                                       # (b, L, d)
         z, dt, x, a, bx = _direction_terms(u_t, delta[:, k], A_k, B[:, k], delta_bias[part])
         b_k = B[:, k].float().transpose(1, 2)[:, :, None, :]            # (b, L, 1, N)
         c_k = C[:, k].float().transpose(1, 2)[:, :, None, :]

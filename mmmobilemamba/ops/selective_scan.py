@@ -296,8 +296,8 @@ _SS2D_BACKENDS = ('auto', 'torch', 'triton')
 @_float32_under_autocast
 def ss2d_scan(u: torch.Tensor, delta: torch.Tensor, A_log: torch.Tensor, B: torch.Tensor,
               C: torch.Tensor, D: torch.Tensor, delta_bias: torch.Tensor,
-              backend: str = 'auto') -> torch.Tensor:
-    """SS2D's selective scan, both directions at once, summed: one op (one kernel on CUDA).
+              backend: str = 'auto', sum_directions: bool = True) -> torch.Tensor:
+    """SS2D's selective scan, both directions at once: one op (one or two kernels on CUDA).
 
     Direction ``k`` has its own step sizes, projections and parameters; direction 0 scans
     the tokens forwards, direction 1 backwards (the reversed scan of the authors' flipped
@@ -306,7 +306,8 @@ def ss2d_scan(u: torch.Tensor, delta: torch.Tensor, A_log: torch.Tensor, B: torc
 
         dt_k = softplus(delta[:, k] + delta_bias_k)
         h_kt = exp(dt_kt A_k[c, n]) h_k,t-+1 + dt_kt u_t B_k[n, t]
-        y_t  = sum_k (sum_n C_k[n, t] h_kt + D_k[c] u_t)
+        y_kt = sum_n C_k[n, t] h_kt + D_k[c] u_t
+        y_t  = sum_k y_kt                                  (sum_directions)
 
     Inputs may have any strides and dtype (the channel-major views of an NCHW map and of the
     projections, as SS2D passes them); the arithmetic is float32.
@@ -322,36 +323,47 @@ def ss2d_scan(u: torch.Tensor, delta: torch.Tensor, A_log: torch.Tensor, B: torc
         backend (str): 'torch' (:mod:`.scan_torch`: the chunked scan, any device), 'triton'
             (:mod:`.triton_scan`: CUDA) or 'auto' (Triton on CUDA when it imports, else
             'torch'). Default: 'auto'.
+        sum_directions (bool): return the sum over the directions (True) or each direction's
+            output (False: the op's result, for an op after it that sums them itself).
+            Default: True.
 
     Returns:
-        Tensor: ``y`` (batch, L, d), token-major, float32; differentiable.
+        Tensor: float32, token-major, differentiable: ``y`` (batch, L, d) with
+        ``sum_directions``, else ``y_k`` (batch, K, L, d), contiguous.
     """
     if backend not in _SS2D_BACKENDS:
         raise ValueError(f'ss2d_scan: unknown backend {backend!r}; choose one of '
                          f'{_SS2D_BACKENDS}')
     check_ss2d_scan_inputs(u, delta, A_log, B, C, D, delta_bias)
     backend = resolve_backend(backend, u.device, mamba_ssm=False)
-    return ss2d_scan_op(u, delta, A_log, B, C, D, delta_bias, backend)
+    y = ss2d_scan_op(u, delta, A_log, B, C, D, delta_bias, backend)
+    return _sum_directions(y) if sum_directions else y
+
+
+def _sum_directions(y: torch.Tensor) -> torch.Tensor:
+    """(batch, K, L, d) -> (batch, L, d): one op (a view for one direction)."""
+    return y[:, 0] if y.shape[1] == 1 else y.sum(1)
 
 
 @_float32_under_autocast
 def ss2d_scan_reference(u: torch.Tensor, delta: torch.Tensor, A_log: torch.Tensor,
                         B: torch.Tensor,
                         C: torch.Tensor, D: torch.Tensor, delta_bias: torch.Tensor,
-                        backend: str = 'reference') -> torch.Tensor:
+                        backend: str = 'reference', sum_directions: bool = True) -> torch.Tensor:
     """Sequential twin of :func:`ss2d_scan` (same arguments; ``backend`` is ignored): each
     direction by :func:`selective_scan_channels_last_reference`. Slow; differentiable by
     autograd."""
     _, directions, channels, _, _ = check_ss2d_scan_inputs(u, delta, A_log, B, C, D, delta_bias)
     A = -torch.exp(A_log.float())
     u_t = u.transpose(1, 2)
-    y = 0
+    ys = []
     for k in range(directions):
         part = slice(k * channels, (k + 1) * channels)
-        y = y + selective_scan_channels_last_reference(
+        ys.append(selective_scan_channels_last_reference(
             u_t, delta[:, k].transpose(1, 2), A[part], B[:, k].transpose(1, 2),
-            C[:, k].transpose(1, 2), D[part], delta_bias[part], True, reverse=k == 1)
-    return y.float()
+            C[:, k].transpose(1, 2), D[part], delta_bias[part], True, reverse=k == 1).float())
+    y = torch.stack(ys, 1)
+    return _sum_directions(y) if sum_directions else y
 
 
 @functools.lru_cache(maxsize=None)

@@ -4,8 +4,10 @@ import pytest
 import torch
 from scan_checks import assert_same_scan, scan_and_grads
 
-from mmmobilemamba.ops import ss2d_scan, ss2d_scan_reference
+from mmmobilemamba.ops import scan_torch, ss2d_scan, ss2d_scan_reference
 from mmmobilemamba.ops.scan_ops import linear_recurrence, ss2d_scan_backward_op, ss2d_scan_op
+
+ARGS = ('u', 'delta', 'A_log', 'B', 'C', 'D', 'delta_bias')
 
 
 def ss2d_inputs(length, batch=2, d=6, n=1, directions=2, seed=0, dtype=torch.float32,
@@ -77,14 +79,58 @@ def test_bad_layouts_and_backends_are_clear_errors():
         ss2d_scan(**inputs, backend='cuda')
 
 
-def test_custom_op_registrations_pass_opcheck():
-    """Schema, fake (meta) implementations with the real strides, autograd registration."""
-    inputs = ss2d_inputs(9, n=2)
-    args = tuple(inputs[k].detach().clone().requires_grad_(k != 'delta_bias')
-                 for k in ('u', 'delta', 'A_log', 'B', 'C', 'D', 'delta_bias'))
-    torch.library.opcheck(ss2d_scan_op, args + ('torch',))
-    grad_y = torch.randn(2, 9, 6)
-    torch.library.opcheck(ss2d_scan_backward_op,
-                          (grad_y,) + tuple(a.detach() for a in args) + ('torch',))
-    a, b = torch.rand(3, 20, 4, requires_grad=True), torch.randn(3, 20, 4, requires_grad=True)
-    torch.library.opcheck(linear_recurrence, (a, b, True, 'torch'))
+@pytest.mark.parametrize('length', [1, 23])
+def test_per_direction_outputs(length):
+    """``sum_directions=False``: the op's (batch, K, L, d) float32 contiguous result, each
+    direction with its own skip term, equal to the sequential twin's; True sums them."""
+    inputs = ss2d_inputs(length, n=2, seed=3)
+    per_direction = scan_and_grads(ss2d_scan, inputs, backend='torch', sum_directions=False)
+    y = per_direction[0]
+    assert y.shape == (2, 2, length, 6) and y.dtype == torch.float32 and y.is_contiguous()
+    assert_same_scan(per_direction,
+                     scan_and_grads(ss2d_scan_reference, inputs, sum_directions=False))
+    torch.testing.assert_close(ss2d_scan(**inputs, backend='torch'), y.sum(1), atol=0, rtol=0)
+
+
+def test_twin_reads_a_gradient_expanded_over_the_directions():
+    """``grad_y`` with stride 0 along K (one gradient of the summed directions) is read where it
+    is and gives what the materialised gradient gives."""
+    args = [ss2d_inputs(17, n=2, seed=4)[k] for k in ARGS]
+    grad = torch.randn(2, 1, 17, 6).expand(2, 2, 17, 6)
+    assert grad.stride(1) == 0
+    for got, expected in zip(scan_torch.ss2d_scan_backward_torch(grad, *args),
+                             scan_torch.ss2d_scan_backward_torch(grad.contiguous(), *args)):
+        torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r'grad_y must be \(batch, K, L, d\)'):
+        scan_torch.ss2d_scan_backward_torch(grad.sum(1), *args)
+
+
+def test_scan_and_grads_weights_on_the_output_device():
+    """The check's weight follows its output (it was made on the CPU: a CUDA output failed)."""
+    out, grads = scan_and_grads(lambda x: 2 * x, {'x': torch.ones(3, device='meta')})
+    assert out.device.type == grads['x'].device.type == 'meta'
+
+
+def check_scan_ops(backend, dtype, channels_last):
+    """``opcheck`` (schema, fakes with the real strides, autograd registration, the compiler's
+    view) of the scan ops with inputs as SS2D passes them: ``ss2d_scan`` from an NCHW or a
+    channels-last map, its backward with a plain gradient and one expanded over the
+    directions (what the op that sums them hands back), ``linear_recurrence`` as the
+    token-major scan calls it."""
+    inputs = ss2d_inputs(9, n=2, dtype=dtype, channels_last=channels_last)
+    args = tuple(inputs[k].detach().clone().requires_grad_(k != 'delta_bias') for k in ARGS)
+    torch.library.opcheck(ss2d_scan_op, args + (backend,))
+    g = torch.Generator().manual_seed(1)
+    for grad_y in (torch.randn(2, 2, 9, 6, generator=g),
+                   torch.randn(2, 1, 9, 6, generator=g).expand(2, 2, 9, 6)):
+        torch.library.opcheck(ss2d_scan_backward_op,
+                              (grad_y,) + tuple(a.detach() for a in args) + (backend,))
+    a = torch.rand(3, 20, 4, generator=g).to(dtype).requires_grad_(True)
+    b = torch.randn(3, 20, 4, generator=g).to(dtype).requires_grad_(True)
+    torch.library.opcheck(linear_recurrence, (a, b, True, backend))
+
+
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=str)
+def test_custom_op_registrations_pass_opcheck(dtype, channels_last):
+    check_scan_ops('torch', dtype, channels_last)

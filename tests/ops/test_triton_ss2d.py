@@ -3,17 +3,23 @@ PyTorch twins, on CPU through Triton's interpreter.
 
 The tests run the kernels in Triton's interpreter (:func:`triton_checks.triton_interpreter`).
 """
+import importlib
+
 import pytest
 import torch
 from scan_checks import assert_same_scan, scan_and_grads
-from test_ss2d_scan import ss2d_inputs
+from test_ss2d_scan import ARGS, check_scan_ops, ss2d_inputs
+from torch.utils._python_dispatch import TorchDispatchMode
 from triton_checks import triton_interpreter
 
 pytest.importorskip('triton')
 from mmmobilemamba.ops import (inverse_wavelet_transform, ss2d_scan,  # noqa: E402
                               ss2d_scan_reference, wavelet_filters, wavelet_transform)
+from mmmobilemamba.ops import scan_torch  # noqa: E402
 from mmmobilemamba.ops.fused_ops import (gated_layer_norm, gated_layer_norm_torch,  # noqa: E402
                                          haar_inverse_add)
+from mmmobilemamba.ops.scan_ops import ss2d_scan_backward_op  # noqa: E402
+
 
 @pytest.fixture(scope='module', autouse=True)
 def interpreter():
@@ -21,19 +27,109 @@ def interpreter():
         yield
 
 
-@pytest.mark.parametrize('length,n', [(1, 1), (6, 1), (23, 2)])
-def test_ss2d_kernels_equal_the_twin(length, n):
-    """Forward and backward kernels: values and every gradient; 70 channels = two blocks."""
-    inputs = ss2d_inputs(length, d=70, n=n, seed=length, channels_last=length == 6)
-    fast = scan_and_grads(ss2d_scan, inputs, backend='triton')
-    assert_same_scan(fast, scan_and_grads(ss2d_scan, inputs, backend='torch'))
-    assert_same_scan(fast, scan_and_grads(ss2d_scan_reference, inputs))
+def triton_scan():
+    """The kernel module as the interpreter reloaded it."""
+    return importlib.import_module('mmmobilemamba.ops.triton_scan')
 
 
-def test_ss2d_kernel_reads_bfloat16_as_it_is():
-    inputs = ss2d_inputs(9, dtype=torch.bfloat16)
-    torch.testing.assert_close(ss2d_scan(**inputs, backend='triton'),
-                               ss2d_scan(**inputs, backend='torch'), atol=1e-5, rtol=1e-5)
+@pytest.mark.parametrize('length,n,d,dtype,channels_last', [
+    (1, 1, 7, torch.float32, False),
+    (6, 1, 40, torch.float32, True),     # d = 40: a block of 32 channels and a partial one
+    (23, 2, 21, torch.float32, False),   # N = 2: blocks of 16 channels
+    (45, 1, 33, torch.float32, False),   # two chunks by the plan (32 + 13 steps)
+    (19, 1, 40, torch.bfloat16, True),
+])
+def test_ss2d_kernels_equal_the_twin(length, n, d, dtype, channels_last):
+    """The op on the Triton kernels against the PyTorch twin and the sequential definition:
+    each direction's output and every gradient (a weighted gradient per direction), and the
+    summed output (its gradient expanded over the directions)."""
+    inputs = ss2d_inputs(length, batch=2, d=d, n=n, seed=length, dtype=dtype,
+                         channels_last=channels_last)
+    # bfloat16 gradients: float32 results a rounding of bfloat16 apart at most
+    tol = dict(grad_atol=1e-4) if dtype == torch.float32 else dict(grad_atol=1e-2,
+                                                                       grad_rtol=8e-3)
+    fast = scan_and_grads(ss2d_scan, inputs, backend='triton', sum_directions=False)
+    assert all(fast[1][k].dtype == dtype for k in ('u', 'delta', 'B', 'C'))
+    assert_same_scan(fast, scan_and_grads(ss2d_scan, inputs, backend='torch',
+                                          sum_directions=False), **tol)
+    reference = scan_and_grads(ss2d_scan_reference, inputs, sum_directions=False)
+    if dtype == torch.float32:
+        assert_same_scan(fast, reference)
+    else:  # the definition rounds each direction's output, and so its gradient, to bfloat16
+        torch.testing.assert_close(fast[0], reference[0], atol=1e-2, rtol=8e-3)
+    assert_same_scan(scan_and_grads(ss2d_scan, inputs, backend='triton'),
+                     scan_and_grads(ss2d_scan, inputs, backend='torch'), **tol)
+
+
+def _kernel_and_twin(args, grad_y, chunk_len):
+    """Forward and backward of the Triton module (chunking forced) and of the twin."""
+    fast = (triton_scan().ss2d_scan_forward(*args, chunk_len=chunk_len),
+            triton_scan().ss2d_scan_backward(grad_y, *args, chunk_len=chunk_len))
+    twin = (scan_torch.ss2d_scan_forward_torch(*args),
+            scan_torch.ss2d_scan_backward_torch(grad_y, *args))
+    return fast, twin
+
+
+@pytest.mark.parametrize('length,chunk_len,n,d,dtype', [
+    (23, 5, 1, 40, torch.float32),    # 5 chunks of one tile, the last of 3 steps
+    (23, 8, 2, 21, torch.float32),
+    (40, 40, 1, 9, torch.float32),    # one chunk of two tiles (32 + 8 steps)
+    (70, 64, 1, 33, torch.float32),   # chunks of two tiles, the last of 6 steps
+    (23, 5, 1, 40, torch.bfloat16),
+])
+def test_forced_chunks_equal_the_twin(length, chunk_len, n, d, dtype):
+    """Several chunks at small L (a ragged last one): the carries of the states and of the
+    adjoint between chunks and tiles; gradients in the inputs' dtypes and layouts."""
+    inputs = ss2d_inputs(length, batch=2, d=d, n=n, seed=length + n, dtype=dtype)
+    args = [inputs[k] for k in ARGS]
+    grad_y = torch.randn(2, 2, length, d, generator=torch.Generator().manual_seed(9))
+    plan = triton_scan().ss2d_plan(2, 2, d, length, n, chunk_len=chunk_len)
+    assert plan.num_chunks == -(-length // chunk_len)
+    (y, grads), (y_twin, grads_twin) = _kernel_and_twin(args, grad_y, chunk_len)
+    assert y.shape == (2, 2, length, d) and y.is_contiguous() and y.dtype == torch.float32
+    torch.testing.assert_close(y, y_twin, atol=1e-5, rtol=1e-5)
+    for name, grad, twin, like in zip(ARGS, grads, grads_twin, args):
+        assert grad.dtype == like.dtype and grad.shape == like.shape, name
+        assert grad.stride() == twin.stride(), name
+        tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=1e-2,
+                                                                               rtol=8e-3)
+        torch.testing.assert_close(grad, twin.to(like.dtype), **tol,
+                                   msg=lambda m, name=name: f'{name}: {m}')
+
+
+def test_gradient_expanded_over_the_directions_is_read_where_it_is():
+    """A ``grad_y`` with stride 0 along K gives exactly what its materialised copy gives."""
+    args = [ss2d_inputs(23, batch=2, d=20, seed=2)[k] for k in ARGS]
+    grad = torch.randn(2, 1, 23, 20).expand(2, 2, 23, 20)
+    kernels = triton_scan()
+    for got, expected in zip(kernels.ss2d_scan_backward(grad, *args, chunk_len=8),
+                             kernels.ss2d_scan_backward(grad.contiguous(), *args, chunk_len=8)):
+        assert torch.equal(got, expected)
+    with pytest.raises(ValueError, match=r'grad_y must be \(batch, K, L, d\)'):
+        kernels.ss2d_scan_backward(grad[:, :, 1:], *args)
+
+
+def test_runs_are_bitwise_equal_and_deterministic_mode_runs():
+    """No atomics: two runs give the same bits, also under
+    ``torch.use_deterministic_algorithms(True)`` (which fills each ``torch.empty`` with NaN:
+    an output element no kernel writes would show)."""
+    args = [ss2d_inputs(23, batch=1, d=20, n=2, seed=6)[k] for k in ARGS]
+    grad_y = torch.randn(1, 2, 23, 20)
+    kernels = triton_scan()
+
+    def run():
+        return (kernels.ss2d_scan_forward(*args, chunk_len=8),
+                *kernels.ss2d_scan_backward(grad_y, *args, chunk_len=8))
+
+    first = run()
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        deterministic = run()
+    finally:
+        torch.use_deterministic_algorithms(before)
+    for a, b, c in zip(first, run(), deterministic):
+        assert torch.equal(a, b) and torch.equal(a, c)
 
 
 @pytest.mark.parametrize('delta_scale', [1e-6, 30.0, 1e4])
@@ -45,6 +141,142 @@ def test_ss2d_kernel_extreme_deltas(delta_scale):
                                                  for g in fast[1].values())
     assert_same_scan(fast, scan_and_grads(ss2d_scan_reference, inputs), atol=1e-3,
                      grad_atol=1e-2)
+
+
+class _Launches(TorchDispatchMode):
+    """Kernel launches of the scan module, and the ATen operators run outside them (the
+    interpreter's own copies happen inside a launch)."""
+
+    def __init__(self, monkeypatch, module):
+        super().__init__()
+        self.kernels, self.aten, self.inside = [], [], False
+        for name in dir(module):
+            if name.startswith('_') and name.endswith('_kernel'):
+                monkeypatch.setattr(module, name, self._counted(name, getattr(module, name)))
+
+    def _counted(self, name, kernel):
+        mode = self
+
+        class Launcher:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    mode.kernels.append(name)
+                    mode.inside = True
+                    try:
+                        return kernel[grid](*args, **kwargs)
+                    finally:
+                        mode.inside = False
+                return launch
+
+        return Launcher()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.inside:
+            self.aten.append(func._schema.name)
+        return func(*args, **(kwargs or {}))
+
+    def take(self):
+        """The launches and operators recorded since the last call."""
+        taken = self.kernels, self.aten
+        self.kernels, self.aten = [], []
+        return taken
+
+
+@pytest.mark.parametrize('length,chunk_len', [(9, None), (45, None), (40, 40)])
+def test_only_kernel_launches_and_allocations(monkeypatch, length, chunk_len):
+    """Forward: one launch (two when chunked); backward: at most three; besides them only
+    ``torch.empty`` and views (no fills, copies or casts), and the op's cast to the inputs'
+    dtypes is no op."""
+    inputs = ss2d_inputs(length, batch=2, d=40, dtype=torch.bfloat16, channels_last=True)
+    args = [inputs[k] for k in ARGS]
+    grad_y = torch.randn(2, 2, length, 40).expand(2, 2, length, 40)
+    kernels = triton_scan()
+    plan = kernels.ss2d_plan(2, 2, 40, length, 1, chunk_len=chunk_len)
+    allowed = {'aten::empty', 'aten::split_with_sizes', 'aten::transpose'}
+    recorder = _Launches(monkeypatch, kernels)
+    with recorder:
+        kernels.ss2d_scan_forward(*args, chunk_len=chunk_len)
+    forward, forward_aten = recorder.take()
+    with recorder:
+        kernels.ss2d_scan_backward(grad_y, *args, chunk_len=chunk_len)
+    backward, backward_aten = recorder.take()
+    assert len(forward) == plan.forward_launches <= 2, forward
+    assert len(backward) == plan.backward_launches <= 3, backward
+    assert set(forward_aten) | set(backward_aten) <= allowed, (forward_aten, backward_aten)
+    if chunk_len is None:  # the custom op adds nothing either
+        with recorder:
+            ss2d_scan_backward_op(grad_y, *args, 'triton')
+        op, op_aten = recorder.take()
+        assert len(op) == plan.backward_launches, op
+        assert set(op_aten) <= allowed | {'mmmobilemamba::ss2d_scan_backward'}, op_aten
+
+
+def _b1_scan_shapes():
+    """(inner channels, L at 512x512) of each SS2D of MobileMamba-B1, from a 128x128 forward."""
+    from mmmobilemamba.models import MobileMamba
+    from mmmobilemamba.models.layers import SS2D
+    model, shapes = MobileMamba(arch='b1').eval(), []
+    for module in model.modules():
+        if isinstance(module, SS2D):
+            module.register_forward_hook(lambda m, i, o: shapes.append(
+                (m.inner_channels, o.shape[-2] * o.shape[-1] * 16, m.d_state)))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 128, 128))
+    return sorted(set(shapes), key=lambda s: -s[1])
+
+
+def test_b1_launch_geometry_fills_an_h100():
+    """The plan for B1's three stages at 512x512 on 132 SMs: the first stage at batch 1 (320
+    channels, 1024 tokens) splits into chunks to reach at least two programs per SM; at
+    batch 16 the images and channel blocks alone do, in one chunk."""
+    kernels = triton_scan()
+    shapes = _b1_scan_shapes()
+    assert [s[:2] for s in shapes] == [(320, 1024), (512, 256), (544, 64)]
+    plans = {batch: [kernels.ss2d_plan(batch, 2, d, length, n) for d, length, n in shapes]
+             for batch in (1, 16)}
+    assert plans[1][0].programs >= 2 * 132, plans[1][0]
+    assert [p.programs for p in plans[1]] == [320, 256, 68]
+    assert [p.num_chunks for p in plans[16]] == [1, 1, 1]
+    assert [p.programs for p in plans[16]] == [320, 512, 544]
+    for plan in plans[1] + plans[16]:
+        assert plan.forward_launches <= 2 and plan.backward_launches <= 3
+    # the same shapes give the same chunks; the SM count of the device is respected
+    assert kernels.ss2d_plan(1, 2, 320, 1024) == plans[1][0]
+    assert kernels.ss2d_plan(1, 2, 320, 1024, sm_count=16).num_chunks < plans[1][0].num_chunks
+
+
+def test_bad_plans_are_clear_errors():
+    kernels = triton_scan()
+    with pytest.raises(ValueError, match='chunk_len must be a positive number of steps'):
+        kernels.ss2d_plan(1, 2, 8, 10, chunk_len=0)
+    with pytest.raises(ValueError, match='must be positive'):
+        kernels.ss2d_plan(1, 2, 0, 10)
+
+
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=str)
+def test_custom_ops_on_triton_pass_opcheck(dtype, channels_last):
+    check_scan_ops('triton', dtype, channels_last)
+
+
+@pytest.mark.parametrize('reverse', [False, True])
+def test_recurrence_kernel_with_forced_chunks(reverse):
+    """The token-major scan's recurrence, chunked at small L (a ragged last chunk)."""
+    g = torch.Generator().manual_seed(int(reverse))
+    a, b = torch.rand(3, 23, 40, generator=g), torch.randn(3, 23, 40, generator=g)
+    expected = scan_torch.chunked_recurrence(a, b, reverse)
+    for chunk_len in (5, 23):
+        torch.testing.assert_close(triton_scan().recurrence(a, b, reverse, chunk_len=chunk_len),
+                                   expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_long_scan_equals_the_twin():
+    """L = 4096 (a 64x64 map): values and every gradient of the plan's chunked kernels."""
+    inputs = ss2d_inputs(4096, batch=1, d=24, n=1, seed=11)
+    fast = scan_and_grads(ss2d_scan, inputs, backend='triton', sum_directions=False)
+    assert_same_scan(fast, scan_and_grads(ss2d_scan, inputs, backend='torch',
+                                          sum_directions=False), atol=1e-4, grad_atol=1e-3)
 
 
 def _haar_case(size, channels=3, seed=0):
