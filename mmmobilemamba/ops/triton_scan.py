@@ -45,6 +45,7 @@ __all__ = ['recurrence', 'ss2d_scan_forward', 'ss2d_scan_backward', 'can_run', '
 
 DEFAULT_SM_COUNT = 132  # an H100/H200: the plan off CUDA (tests, launch geometry)
 _BLOCK_T = 32           # steps per tile, at most
+_MIN_BLOCK_T = 8        # and at least (a scan along an axis of one is no tile)
 _TILE_PAIRS = 32        # (channel, state) pairs per tile
 _MIN_CHUNK = _BLOCK_T   # a chunk of less than a tile gains nothing and adds to the carries
 _GROUP = 16             # chunk summaries composed per step of the carry
@@ -133,7 +134,7 @@ def plan_scan(rows: int, channels: int, length: int, n_state: int = 1,
     if chunk_len is None:
         chunk_len = _chunk_length(rows * channel_blocks, length, 2 * sm_count)
     chunk_len = min(chunk_len, length)
-    block_t = min(_BLOCK_T, triton.next_power_of_2(chunk_len))
+    block_t = min(_BLOCK_T, max(_MIN_BLOCK_T, triton.next_power_of_2(chunk_len)))
     return ScanPlan(rows=rows, channel_blocks=channel_blocks, chunk_len=chunk_len,
                     num_chunks=triton.cdiv(length, chunk_len), block_t=block_t,
                     block_c=block_c, tiles_per_chunk=triton.cdiv(chunk_len, block_t))
@@ -531,17 +532,19 @@ def _ss2d_backward_kernel(dy_ptr, u_ptr, delta_ptr, a_log_ptr, b_ptr, c_ptr, d_p
 
 
 @triton.jit
-def _sum_parts(src_ptr, dst_ptr, block, numel, parts, part_stride, group, group_stride,
+def _sum_parts(src_ptr, dst_ptr, block, groups_numel, group, parts, part_stride, group_stride,
                BLOCK: tl.constexpr):
-    """``dst[i] = sum_p src[p * part_stride + (i // group) * group_stride + i % group]`` over
-    ``parts`` partials in order, for one block of ``i``; stored in ``dst``'s dtype."""
-    idx = block * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    mask = idx < numel
-    src = src_ptr + (idx // group) * group_stride + idx % group
+    """One block of ``dst[i, j] = sum_p src[p * part_stride + i * group_stride + j]`` (``j``
+    below ``group``, the partials in order), stored in ``dst``'s dtype."""
+    blocks = (group + BLOCK - 1) // BLOCK
+    i = block // blocks
+    j = (block % blocks) * BLOCK + tl.arange(0, BLOCK)
+    mask = (j < group) & (i * group < groups_numel)
+    src = src_ptr + i * group_stride + j
     acc = tl.where(mask, 0.0, 0.0)
     for p in range(0, parts):
         acc += tl.load(src + p * part_stride, mask=mask, other=0.0)
-    tl.store(dst_ptr + idx, acc.to(dst_ptr.dtype.element_ty), mask=mask)
+    tl.store(dst_ptr + i * group + j, acc.to(dst_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -555,22 +558,22 @@ def _ss2d_reduce_kernel(du_part_ptr, db_part_ptr, dc_part_ptr, da_part_ptr, dd_p
     programs pick the gradient."""
     pid = tl.program_id(0).to(tl.int64)
     if pid < du_end:  # du[b] = sum_k du_k[b]: partials (batch, K, L*d)
-        _sum_parts(du_part_ptr, du_ptr, pid, du_numel, directions, plane, plane,
+        _sum_parts(du_part_ptr, du_ptr, pid, du_numel, plane, directions, plane,
                    directions * plane, BLOCK)
     elif pid < db_end:
-        _sum_parts(db_part_ptr, db_ptr, pid - du_end, bc_numel, channel_blocks, bc_numel,
+        _sum_parts(db_part_ptr, db_ptr, pid - du_end, bc_numel, bc_numel, channel_blocks,
                    bc_numel, 0, BLOCK)
     elif pid < dc_end:
-        _sum_parts(dc_part_ptr, dc_ptr, pid - db_end, bc_numel, channel_blocks, bc_numel,
+        _sum_parts(dc_part_ptr, dc_ptr, pid - db_end, bc_numel, bc_numel, channel_blocks,
                    bc_numel, 0, BLOCK)
     elif pid < da_end:
-        _sum_parts(da_part_ptr, da_ptr, pid - dc_end, a_numel, param_parts, a_numel, a_numel, 0,
+        _sum_parts(da_part_ptr, da_ptr, pid - dc_end, a_numel, a_numel, param_parts, a_numel, 0,
                    BLOCK)
     elif pid < dd_end:
-        _sum_parts(dd_part_ptr, dd_ptr, pid - da_end, d_numel, param_parts, d_numel, d_numel, 0,
+        _sum_parts(dd_part_ptr, dd_ptr, pid - da_end, d_numel, d_numel, param_parts, d_numel, 0,
                    BLOCK)
     else:
-        _sum_parts(dbias_part_ptr, dbias_ptr, pid - dd_end, d_numel, param_parts, d_numel,
+        _sum_parts(dbias_part_ptr, dbias_ptr, pid - dd_end, d_numel, d_numel, param_parts,
                    d_numel, 0, BLOCK)
 
 
@@ -777,9 +780,12 @@ def ss2d_scan_backward(grad_y: torch.Tensor, u: torch.Tensor, delta: torch.Tenso
     numels = (batch * length * channels, rows * length * n_state, rows * length * n_state,
               directions * channels * n_state, directions * channels,
               directions * channels)
+    # du: a row of blocks per image; the others: one row
+    blocks = (batch * triton.cdiv(length * channels, _REDUCE_BLOCK),
+              *(triton.cdiv(numel, _REDUCE_BLOCK) for numel in numels[1:]))
     ends = [0]
-    for numel in numels:
-        ends.append(ends[-1] + triton.cdiv(numel, _REDUCE_BLOCK))
+    for count in blocks:
+        ends.append(ends[-1] + count)
     _ss2d_reduce_kernel[(ends[-1],)](*parts, du, dB, dC, dA, dD, dbias, numels[0],
                                      length * channels, numels[1], numels[3], numels[4],
                                      directions, plan.channel_blocks, batch * chunks,

@@ -4,6 +4,10 @@ PyTorch twins, on CPU through Triton's interpreter.
 The tests run the kernels in Triton's interpreter (:func:`triton_checks.triton_interpreter`).
 """
 import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -364,3 +368,38 @@ def test_gated_layer_norm_values_and_gradients(channels_last):
         for name, grad in expected[1].items():
             torch.testing.assert_close(grads[name], grad, atol=1e-4, rtol=1e-4,
                                        msg=lambda m, name=name: f'{backend} {name}: {m}')
+
+
+_FAR_APART = '''
+import torch
+from test_ss2d_scan import ARGS, ss2d_inputs
+from triton_checks import triton_interpreter
+from mmmobilemamba.ops import scan_torch
+with triton_interpreter():
+    from mmmobilemamba.ops import triton_scan
+    inputs = ss2d_inputs(9, batch=3, d=6, dtype=torch.bfloat16)
+    # the images 2**30 elements apart: the third starts past 2**31 (never touched, never
+    # resident: the memory is reserved only)
+    u = torch.empty(2 * 2 ** 30 + 54, dtype=torch.bfloat16).as_strided((3, 6, 9), (2 ** 30, 9, 1))
+    u.copy_(inputs['u'])
+    args = [u] + [inputs[k] for k in ARGS[1:]]
+    torch.testing.assert_close(triton_scan.ss2d_scan_forward(*args),
+                               scan_torch.ss2d_scan_forward_torch(inputs['u'], *args[1:]))
+    grad_y = torch.randn(3, 2, 9, 6)
+    for got, expected in zip(triton_scan.ss2d_scan_backward(grad_y, *args),
+                             scan_torch.ss2d_scan_backward_torch(grad_y, inputs['u'], *args[1:])):
+        torch.testing.assert_close(got, expected.to(got.dtype), atol=1e-2, rtol=8e-3)
+print('equal')
+'''
+
+
+@pytest.mark.slow
+def test_offsets_past_two_to_the_31():
+    """64-bit offsets: an input whose images lie 2**30 elements apart. In a process of its own:
+    32-bit offsets would wrap and the interpreter read outside the memory (a crash)."""
+    tests = Path(__file__).parents[1]
+    path = os.pathsep.join(str(p) for p in (tests, tests / 'ops', tests.parent))
+    done = subprocess.run([sys.executable, '-c', _FAR_APART], capture_output=True, text=True,
+                          env={**os.environ, 'PYTHONPATH': path}, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip().endswith('equal'), \
+        (done.returncode, done.stderr[-3000:])
