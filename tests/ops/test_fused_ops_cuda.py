@@ -1,12 +1,13 @@
 """The Triton kernels on real CUDA hardware against their PyTorch twins on the CPU: SS2D's scan
-(forward and backward), the Haar inverse add and the gated LayerNorm; the CUDA deploy form and
-the compiled backbone on the GPU against the CPU."""
+(forward and backward, per direction, chunked by the plan and forced), the Haar inverse add and
+the gated LayerNorm; the CUDA deploy form and the compiled backbone on the GPU against the CPU.
+Every tensor made next to a GPU output is made on its device."""
 import pytest
 import torch
 from cuda_checks import (CUDA_ONLY, DEVICE, assert_all_close_rel, assert_close_rel,
                          forward_backward, on_device, trained_like)
 from scan_checks import scan_and_grads
-from test_ss2d_scan import ss2d_inputs
+from test_ss2d_scan import ARGS, ss2d_inputs
 from tiny_models import TINY_ARCH
 
 from mmmobilemamba.ops import ss2d_scan
@@ -21,14 +22,63 @@ def _grads_on(device, fn, inputs, **kwargs):
     return {'out': out, **grads}
 
 
-@pytest.mark.parametrize('length,n,dtype', [(1, 1, torch.float32), (1030, 1, torch.float32),
-                                            (77, 2, torch.float32), (300, 1, torch.bfloat16)])
-def test_ss2d_scan_kernels_equal_the_cpu_twin(length, n, dtype):
-    inputs = ss2d_inputs(length, batch=3, d=200, n=n, seed=length, dtype=dtype,
+@pytest.mark.parametrize('length,batch,d,n,dtype', [
+    (1, 3, 200, 1, torch.float32), (1030, 3, 200, 1, torch.float32),
+    (77, 3, 200, 2, torch.float32), (300, 3, 200, 1, torch.bfloat16),
+    (1024, 1, 320, 1, torch.float32),    # B1's first stage at 512x512, batch 1: in 16 chunks
+    (1024, 1, 320, 1, torch.bfloat16), (4200, 1, 64, 1, torch.float32)])
+def test_ss2d_scan_kernels_equal_the_cpu_twin(length, batch, d, n, dtype):
+    """Each direction's output and every gradient on the GPU against the CPU twin; the
+    summed output's gradient is expanded over the directions (stride 0)."""
+    inputs = ss2d_inputs(length, batch=batch, d=d, n=n, seed=length, dtype=dtype,
                          channels_last=length == 77)
-    cuda = _grads_on(DEVICE, ss2d_scan, inputs, backend='triton')
-    cpu = _grads_on('cpu', ss2d_scan, inputs, backend='torch')
-    assert_all_close_rel(cuda, cpu, rel=1e-4 if dtype == torch.float32 else 2e-2)
+    rel = 1e-4 if dtype == torch.float32 else 2e-2
+    for sum_directions in (False, True):
+        cuda = _grads_on(DEVICE, ss2d_scan, inputs, backend='triton',
+                         sum_directions=sum_directions)
+        cpu = _grads_on('cpu', ss2d_scan, inputs, backend='torch', sum_directions=sum_directions)
+        assert_all_close_rel(cuda, cpu, rel=rel)
+
+
+def test_ss2d_scan_kernels_with_forced_chunks_equal_the_cpu_twin():
+    """Chunks of one step, of a ragged tile, of two tiles and of the whole sequence."""
+    from mmmobilemamba.ops import scan_torch, triton_scan
+    inputs = ss2d_inputs(300, batch=2, d=70, n=2, seed=5)
+    args = [inputs[k] for k in ARGS]
+    on_gpu = [a.to(DEVICE) for a in args]
+    grad_y = torch.randn(2, 2, 300, 70)
+    expected = {'y': scan_torch.ss2d_scan_forward_torch(*args),
+                **dict(zip(ARGS, scan_torch.ss2d_scan_backward_torch(grad_y, *args)))}
+    for chunk_len in (1, 7, 64, 300):
+        got = {'y': triton_scan.ss2d_scan_forward(*on_gpu, chunk_len=chunk_len),
+               **dict(zip(ARGS, triton_scan.ss2d_scan_backward(grad_y.to(DEVICE), *on_gpu,
+                                                               chunk_len=chunk_len)))}
+        assert_all_close_rel(got, expected)
+
+
+def test_ss2d_scan_on_the_gpu_is_deterministic_and_reads_gradients_where_they_are():
+    """Two runs give the same bits, under ``torch.use_deterministic_algorithms(True)`` too;
+    a gradient expanded over the directions equals its materialised copy bit for bit."""
+    from mmmobilemamba.ops import triton_scan
+    length, d = 1024, 320  # B1's first stage at 512x512: 16 chunks
+    args = [ss2d_inputs(length, batch=1, d=d, seed=6)[k].to(DEVICE) for k in ARGS]
+    expanded = torch.randn(1, 1, length, d, device=DEVICE).expand(1, 2, length, d)
+
+    def run(grad_y):
+        return (triton_scan.ss2d_scan_forward(*args),
+                *triton_scan.ss2d_scan_backward(grad_y, *args))
+
+    first = run(expanded)
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        deterministic = run(expanded)
+    finally:
+        torch.use_deterministic_algorithms(before)
+    for one, again, in_mode, materialised in zip(first, run(expanded), deterministic,
+                                                 run(expanded.contiguous())):
+        assert torch.equal(one, again) and torch.equal(one, in_mode)
+        assert torch.equal(one, materialised)
 
 
 @pytest.mark.parametrize('size', [(64, 96), (33, 17)])

@@ -84,6 +84,30 @@ def test_reference_layout_scan_on_cuda_equals_the_cpu_twin(backend, length, n):
 
 
 @pytest.mark.parametrize('backend', ['torch', pytest.param('triton', marks=needs_triton)])
+@pytest.mark.parametrize('reverse', [False, True], ids=['forward', 'reverse'])
+def test_long_token_major_scan_on_cuda_equals_the_cpu_twin(backend, reverse):
+    """L = 4200 (more than 4096), one image: the Triton recurrence in chunks with a carry."""
+    inputs = _tokens(4200, batch=1, d=40, seed=4200)
+    _assert_same(_run(selective_scan_channels_last, inputs, DEVICE, reverse=reverse,
+                      backend=backend),
+                 _run(selective_scan_channels_last, inputs, 'cpu', reverse=reverse,
+                      backend='torch'))
+
+
+@needs_triton
+@pytest.mark.parametrize('reverse', [False, True], ids=['forward', 'reverse'])
+def test_triton_recurrence_with_forced_chunks_on_cuda(reverse):
+    from mmmobilemamba.ops import triton_scan
+    from mmmobilemamba.ops.scan_torch import chunked_recurrence
+    g = torch.Generator().manual_seed(7)
+    a, b = torch.rand(3, 500, 70, generator=g), torch.randn(3, 500, 70, generator=g)
+    expected = chunked_recurrence(a, b, reverse)
+    for chunk_len in (1, 9, 64, 500):
+        got = triton_scan.recurrence(a.to(DEVICE), b.to(DEVICE), reverse, chunk_len=chunk_len)
+        assert_close_rel(got, expected, name=f'chunk_len {chunk_len}')
+
+
+@pytest.mark.parametrize('backend', ['torch', pytest.param('triton', marks=needs_triton)])
 @pytest.mark.parametrize('delta_scale', [1e-6, 1e4])
 def test_extreme_deltas_on_cuda_stay_finite_and_equal_the_twin(backend, delta_scale):
     """Steps near zero (no decay) and huge (instant decay): finite values and gradients on
