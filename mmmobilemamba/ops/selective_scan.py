@@ -32,8 +32,9 @@ functions above, its K directions as K channel groups of one token-major scan.
 
 SS2D runs :func:`ss2d_scan`: both directions of its scan as one custom op
 (:mod:`.scan_ops`) reading the projections where they are (no flips, no concatenation), fused
-into one kernel each way on CUDA (:mod:`.triton_scan`), with :func:`ss2d_scan_reference` its
-sequential twin.
+on CUDA into Triton kernels that scan the directions, blocks of channels and, where these are
+too few for the GPU, chunks of tokens in parallel (:mod:`.triton_scan`), with
+:func:`ss2d_scan_reference` its sequential twin.
 """
 import functools
 from typing import Callable, Optional, Tuple
