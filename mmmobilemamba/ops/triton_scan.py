@@ -41,7 +41,7 @@ import triton.language as tl
 from .triton_common import sum_along
 
 __all__ = ['recurrence', 'ss2d_scan_forward', 'ss2d_scan_backward', 'can_run', 'plan_scan',
-           'ss2d_plan', 'ScanPlan', 'DEFAULT_SM_COUNT']
+           'ss2d_plan', 'sm_count', 'ScanPlan', 'DEFAULT_SM_COUNT']
 
 DEFAULT_SM_COUNT = 132  # an H100/H200: the plan off CUDA (tests, launch geometry)
 _BLOCK_T = 32           # steps per tile, at most
@@ -709,9 +709,9 @@ def ss2d_scan_forward(u: torch.Tensor, delta: torch.Tensor, A_log: torch.Tensor,
     """SS2D's scan (see :func:`mmmobilemamba.ops.ss2d_scan`): ``y`` (batch, K, L, d) float32,
     each direction's read-out plus its skip term. One launch, two when chunked
     (``chunk_len`` forces the chunking: tests)."""
-    plan, sizes, strides, meta = _ss2d_launch(u, delta, A_log, B, C, D, delta_bias, chunk_len)
     batch, channels, length = u.shape
     directions, n_state = delta.shape[1], A_log.shape[1]
+    plan, sizes, strides, meta = _ss2d_launch(u, delta, A_log, B, C, D, delta_bias, chunk_len)
     y = torch.empty(batch, directions, length, channels, device=u.device, dtype=torch.float32)
     state = total = y  # not read when there is one chunk
     if plan.num_chunks > 1:
