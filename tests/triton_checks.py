@@ -120,3 +120,70 @@ def triton_interpreter() -> Iterator[None]:
                 os.environ['TRITON_INTERPRET'] = before
             for module in modules:
                 importlib.reload(module)
+
+
+class _CompileTarget:
+    """A stand-in for Triton's CUDA driver that names a GPU and runs nothing."""
+
+    def __init__(self, arch: int) -> None:
+        from triton.backends.compiler import GPUTarget
+        self.target = GPUTarget('cuda', arch, 32)
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device=None) -> int:
+        return 0
+
+    def get_current_target(self):
+        return self.target
+
+
+def _resource_usage(cubin: bytes) -> dict:
+    """Registers per thread and stack bytes (spills) of a cubin, by Triton's bundled
+    ``cuobjdump``; empty where it is missing."""
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import triton
+    tool = Path(triton.__file__).parent / 'backends' / 'nvidia' / 'bin' / 'cuobjdump'
+    if not tool.exists() and shutil.which('cuobjdump') is None:
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / 'kernel.cubin'
+        path.write_bytes(cubin)
+        out = subprocess.run([str(tool) if tool.exists() else 'cuobjdump',
+                              '--dump-resource-usage', str(path)],
+                             capture_output=True, text=True).stdout
+    return {key.lower(): int(value) for key, value in re.findall(r'(REG|STACK):(\d+)', out)}
+
+
+@contextmanager
+def compiled_for_gpu(modules, arch: int = 90) -> Iterator[list]:
+    """Within, launching a kernel of ``modules`` compiles it for a CUDA GPU of compute
+    capability ``arch`` (Triton's front end, its MLIR passes, LLVM's NVPTX back end and the
+    ``ptxas`` that comes with Triton: no GPU needed) and runs nothing. Yields a list that
+    receives ``(kernel name, resource usage)`` per compilation. Triton's driver and the
+    kernels' compiled caches are restored afterwards."""
+    from triton.runtime import driver
+    from triton.runtime.jit import JITFunction
+    compiled = []
+    run = JITFunction.run
+
+    def compile_only(self, *args, grid, warmup, **kwargs):
+        kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
+        compiled.append((self.fn.__name__, _resource_usage(kernel.asm['cubin'])))
+        return kernel
+
+    with ExitStack() as patches:
+        patches.enter_context(mock.patch.object(driver, '_active', _CompileTarget(arch)))
+        patches.enter_context(mock.patch.object(JITFunction, 'run', compile_only))
+        for module in modules:
+            for value in list(vars(module).values()):
+                if isinstance(value, JITFunction):  # compiled for the stand-in: not kept
+                    patches.enter_context(mock.patch.object(
+                        value, 'device_caches', type(value.device_caches)(value.create_binder)))
+        yield compiled

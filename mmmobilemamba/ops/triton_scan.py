@@ -598,7 +598,7 @@ def _recurrence_chunk_kernel(a_ptr, b_ptr, decay_ptr, state_ptr, length, inner, 
                              num_chunks, channel_blocks, REVERSE: tl.constexpr,
                              BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
     """Each chunk's summary: its end state from a zero start and the product of its decays."""
-    chunk, block, row, _, _ = _program(num_chunks, channel_blocks, 1)
+    chunk, block, row, _image, _direction = _program(num_chunks, channel_blocks, 1)
     cols = block * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < inner
     rows = tl.arange(0, BLOCK_T)
@@ -607,8 +607,8 @@ def _recurrence_chunk_kernel(a_ptr, b_ptr, decay_ptr, state_ptr, length, inner, 
     h = tl.where(cmask, 0.0, 0.0)
     decay = tl.where(cmask, 1.0, 1.0)
     for tile_start in range(start, end, BLOCK_T):
-        _, _, a, b = _recurrence_tile(a_ptr, b_ptr, row, tile_start, end, length, cols, cmask,
-                                      inner, rows, REVERSE)
+        _at, _mask, a, b = _recurrence_tile(a_ptr, b_ptr, row, tile_start, end, length, cols,
+                                            cmask, inner, rows, REVERSE)
         decays, states = _scan_tile(a, b, h, rows)
         decay = decay * _row(decays, rows, BLOCK_T - 1)
         h = _row(states, rows, BLOCK_T - 1)
@@ -622,7 +622,7 @@ def _recurrence_kernel(a_ptr, b_ptr, h_ptr, decay_ptr, state_ptr, length, inner,
                        num_chunks, channel_blocks, REVERSE: tl.constexpr, BLOCK_T: tl.constexpr,
                        BLOCK_C: tl.constexpr, GROUP: tl.constexpr):
     """A chunk scanned from the state the chunks before it (in the scan's direction) leave."""
-    chunk, block, row, _, _ = _program(num_chunks, channel_blocks, 1)
+    chunk, block, row, _image, _direction = _program(num_chunks, channel_blocks, 1)
     cols = block * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < inner
     rows = tl.arange(0, BLOCK_T)
@@ -769,7 +769,9 @@ def ss2d_scan_backward(grad_y: torch.Tensor, u: torch.Tensor, delta: torch.Tenso
     dD = torch.empty(D.shape, device=device, dtype=D.dtype)
     dbias = torch.empty(delta_bias.shape, device=device, dtype=delta_bias.dtype)
     inputs = (u, delta, A_log, B, C, D, delta_bias)
-    summaries = (work['state'], work['total'], work['adjoint']) if tile_states else (du,) * 3
+    # without summaries (one tile holds the sequence) a float32 buffer stands in, never read
+    summaries = (work['state'], work['total'], work['adjoint']) if tile_states else \
+        (work['du'],) * 3
     if tile_states:
         _ss2d_chunk_kernel[plan.grid](*inputs, grad_y, *summaries, *sizes, entries, *strides,
                                       *grad_y.stride(), ADJOINT=True, **meta)
