@@ -12,9 +12,10 @@ KERNEL_MODULES = ('mmmobilemamba.ops.triton_common', 'mmmobilemamba.ops.triton_s
                   'mmmobilemamba.ops.triton_fused')
 
 
-def _sliced(op, inputs, combine):
-    """``combine`` applied along ``op.axis`` one whole slice at a time: the arithmetic of the
-    interpreter's element-by-element loop, in the same order, on every other index at once."""
+def _sliced(op, inputs):
+    """The running results of ``op``'s combine function along its axis, one whole slice per
+    step: the arithmetic of the interpreter's element-by-element loop, in the same order, on
+    every other index at once."""
     axis = op.axis
     data = [np.moveaxis(arg.handle.data, axis, 0) for arg in inputs]
     acc = [d[0] for d in data]
@@ -30,7 +31,8 @@ def _sliced(op, inputs, combine):
 
 
 def _vector_scan(self, inputs):
-    steps = _sliced(self, inputs, self.combine_fn)
+    """``ScanOps.generic_scan``, a slice at a time."""
+    steps = _sliced(self, inputs)
     return [self.to_tensor(np.moveaxis(np.stack([s[j] for s in steps]), 0, self.axis), arg.dtype)
             for j, arg in enumerate(inputs)]
 
@@ -43,12 +45,13 @@ def _is_plain_sum(combine_fn) -> bool:
 
 
 def _vector_reduce(self, inputs):
+    """``ReduceOps.generic_reduce``, a slice at a time."""
     if self.axis is None:  # a reduction of everything: the slow loop (scalar results)
         return _GENERIC_REDUCE(self, inputs)
     if len(inputs) == 1 and _is_plain_sum(self.combine_fn):  # as tl.sum's own fast path
         return [self.to_tensor(np.sum(inputs[0].handle.data, axis=self.axis,
                                       keepdims=self.keep_dims), inputs[0].dtype)]
-    acc = _sliced(self, inputs, self.combine_fn)[-1]
+    acc = _sliced(self, inputs)[-1]
     if self.keep_dims:
         acc = [np.expand_dims(a, self.axis) for a in acc]
     return [self.to_tensor(np.asarray(a), arg.dtype) for a, arg in zip(acc, inputs)]

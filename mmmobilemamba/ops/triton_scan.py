@@ -11,7 +11,8 @@ the chunks before its own (a scan over at most ``GROUP`` of them at a time) and 
 chunk from that state.
 
 * :func:`recurrence`: ``h_t = a_t h_{t-1} + b_t`` over ``(rows, L, inner)`` float32 tensors in
-  either direction (the token-major scan of :func:`~mmmobilemamba.ops.selective_scan_channels_last`).
+  either direction (the token-major scan of
+  :func:`~mmmobilemamba.ops.selective_scan_channels_last`).
 * :func:`ss2d_scan_forward` / :func:`ss2d_scan_backward`: SS2D's two-direction scan. Programs
   own one direction each (direction 1 runs from the last token to the first) and write its
   output ``y[:, k]``, read-out plus its skip term: no program reads what another stored. The
