@@ -42,11 +42,55 @@ def test_conv_relu_is_two():
     assert count.casts == count.syncs == 0
 
 
-def test_custom_op_counts_once_not_its_implementation():
+def test_a_custom_op_is_no_launch_its_implementation_is():
     count = count_ops(lambda: _twice(torch.ones(3)))
-    assert 'mmm_test::twice' in count.by_op and count.by_op['mmm_test::twice'] == 1
-    # the ones() above is the only other kernel: mul, exp, log, clone inside are not seen
-    assert count.total == 2
+    # ones() and the four ATen kernels inside; the op itself launches nothing
+    assert count.by_op == {'aten::ones': 1, 'aten::mul': 1, 'aten::exp': 1, 'aten::log': 1,
+                           'aten::clone': 1}
+    assert count.custom_ops == {('mmm_test::twice', 'torch'): 1}
+    assert count.implementations('mmm_test::twice') == {'torch': 1}
+    assert 'mmm_test::twice torch x1' in count.summary()
+
+
+def _triton_double():
+    """A custom op whose implementation launches a Triton kernel (and a fill beside it)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _double_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(out_ptr + idx, 2 * tl.load(x_ptr + idx, mask=idx < n), mask=idx < n)
+
+    @torch.library.custom_op('mmm_test::triton_double', mutates_args=())
+    def double(x: torch.Tensor) -> torch.Tensor:
+        out, _ = torch.empty_like(x), torch.zeros(1)
+        _double_kernel[(triton.cdiv(x.numel(), 64),)](x, out, x.numel(), BLOCK=64)
+        return out
+
+    return double
+
+
+def test_triton_launches_count_inside_custom_ops():
+    """Every Triton launch counts (by kernel name) and marks its custom op 'triton'; what
+    Triton's interpreter does on the host around the kernel does not count."""
+    pytest.importorskip('triton')
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    from mmmobilemamba.analysis.op_count import triton_interpreter
+    runs = (JITFunction.run, InterpretedFunction.run)
+    with triton_interpreter():
+        double = _triton_double()
+        x = torch.arange(100.0)
+        count = count_ops(lambda: double(x))
+        assert count.by_op == {'triton::_double_kernel': 1, 'aten::zeros': 1}
+        assert count.triton_launches == 1
+        assert count.implementations('mmm_test::triton_double') == {'triton': 1}
+        torch.testing.assert_close(double(x), 2 * x)
+        # counted without running: the same count, the output left as allocated
+        assert count_ops(lambda: double(x), run_triton=False).by_op == count.by_op
+    assert (JITFunction.run, InterpretedFunction.run) == runs  # Triton's launchers restored
 
 
 def test_ops_inside_an_aten_kernel_are_not_seen():
@@ -87,7 +131,7 @@ def test_opcount_helpers():
     assert count.top(1) == [('aten::add', 2)]
     both = count + count
     assert both.total == 2 * count.total
-    assert f'{count.total} kernels' in count.summary(top=2)
+    assert f'{count.total} launches (0 Triton kernels)' in count.summary(top=2)
     assert isinstance(both, OpCount)
 
 

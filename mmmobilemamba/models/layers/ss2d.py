@@ -29,9 +29,12 @@ class SS2D(nn.Module):
         dt_rank (int, optional): rank of the step-size projection; ``ceil(d / 16)`` if None.
         directions (int): scan directions ``K`` (forward and reversed). Default: 2.
         norm_cfg (dict, optional): norm of the in/out projections (BatchNorm by default).
-        scan_backend (str): 'auto', 'torch', 'export' (see
+        scan_backend (str): the implementation of the scan and of every custom op around it:
+            'auto' (Triton's kernels on CUDA, the PyTorch twins elsewhere), 'triton' (the
+            kernels anywhere: CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``),
+            'torch' (the twins), 'export' (see
             :func:`mmmobilemamba.ops.selective_scan_channels_last`), 'reference' or 'cuda'
-            (see :func:`mmmobilemamba.ops.selective_scan`).
+            (see :func:`mmmobilemamba.ops.selective_scan`). Default: 'auto'.
     """
 
     def __init__(self, channels: int, ssm_ratio: float = 2.0, d_state: int = 1,
@@ -152,8 +155,7 @@ class SS2D(nn.Module):
             # NCHW (CUDA, compiled): the fused scan, then LayerNorm, gate and the layout change
             # as one op
             y = gated_layer_norm(self._scan_fused(u, backend), z, self.out_norm.weight,
-                                 self.out_norm.bias, self.out_norm.eps,
-                                 resolve_backend('auto', u.device, mamba_ssm=False))
+                                 self.out_norm.bias, self.out_norm.eps, backend)
             return self.out_proj(y)
         if backend in ('torch', 'triton', 'export'):
             # channels-last (CPU): the token-major map is already the scan's layout

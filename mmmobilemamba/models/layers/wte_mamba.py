@@ -8,7 +8,7 @@ from mmmobilemamba.ops import (channels_innermost, from_polyphase, inverse_wavel
                                to_polyphase, wavelet_domain_kernel, wavelet_filters,
                                wavelet_transform)
 from mmmobilemamba.ops.fused_ops import haar_inverse_add
-from mmmobilemamba.ops.selective_scan import resolve_backend
+from mmmobilemamba.ops.selective_scan import custom_op_backend
 from mmmobilemamba.ops.wavelet import pad_to_even
 from .inference_conv import InferenceConv2d
 from .ss2d import SS2D
@@ -28,7 +28,8 @@ class WTEMamba(nn.Module):
         ssm_ratio (float): inner width ratio of the SS2D. Default: 2.
         wavelet (str): a ``pywt`` wavelet name. Default: 'db1' (Haar).
         norm_cfg (dict, optional): norm of the SS2D projections.
-        scan_backend (str): selective-scan backend. Default: 'auto'.
+        scan_backend (str): the implementation of the custom ops, SS2D's scan and the fused
+            inverse transform (see :class:`SS2D`). Default: 'auto'.
     """
 
     def __init__(self, channels: int, kernel_size: int, ssm_ratio: float = 2.0,
@@ -72,10 +73,10 @@ class WTEMamba(nn.Module):
         bands = bands.reshape(b, c, 4, *bands.shape[-2:])
         return global_out + inverse_wavelet_transform(bands, self.iwt_filter, (h, w))
 
-    @staticmethod
-    def _kernels(device: torch.device) -> str:
-        """The fused ops' implementation on ``device``: Triton on CUDA, else the PyTorch twin."""
-        return resolve_backend('auto', device, mamba_ssm=False)
+    def _kernels(self, device: torch.device) -> str:
+        """The fused op's implementation, 'triton' or 'torch', as SS2D's ``scan_backend``
+        chooses it on ``device`` (one setting for every custom op of the module)."""
+        return custom_op_backend(self.ss2d.scan_backend, device)
 
     @torch.no_grad()
     def switch_to_deploy(self, device_type: str = 'cpu') -> None:
