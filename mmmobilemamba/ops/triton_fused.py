@@ -3,7 +3,7 @@
 * ``haar_inverse_add``: ``base * s + IWT(bands * t)`` for two-tap (Haar) filters, one pass:
   each output pixel reads its four sub-band values (no transposed convolution, no shuffle);
   its backward is one pass too (the sub-band gradients are the 2x2 blocks of the gradient
-  times the taps), plus one small reduction for the scales' gradients when there are scales.
+  times the taps), with programs per channel that sum the scales' gradients as they go.
 * ``gated_layer_norm``: LayerNorm over the channels of token-major ``y`` (summed over the scan
   directions as it is read when given per direction) times ``silu(z)``, written as a map for
   the convolution after it: the sum, the norm, the gate and the layout change in one kernel;
@@ -12,8 +12,9 @@
 Every tensor is read where it is (any strides: no ``contiguous`` copies) and every result is
 written in the dtype the op returns (no casts after the kernels); maps are written in the
 memory format of the map they follow (:func:`~.memory_format.memory_format_of`). Sums over
-the batch (the scales', the LayerNorm weight's and bias's gradients) are per-program partial
-sums reduced by a second kernel: no zero fills, no atomics, the same result every run.
+the batch (the scales', the LayerNorm weight's and bias's gradients) are summed by the
+programs that own a channel, or written as partial sums that a second kernel adds up
+(:func:`~.triton_common.column_sums`): no zero fills, no atomics, the same result every run.
 
 Registers nothing (:mod:`.fused_ops` makes the custom ops), so that tests may reload it under
 ``TRITON_INTERPRET=1``.
@@ -25,15 +26,13 @@ import triton
 import triton.language as tl
 
 from .memory_format import memory_format_of
-from .triton_common import sum_along
+from .triton_common import column_sums, programs_per_channel, sum_along
 
 __all__ = ['haar_inverse_add', 'haar_inverse_add_backward', 'gated_layer_norm',
            'gated_layer_norm_backward']
 
 _TILE = 1024  # values per program of the map kernels (channels x pixels)
 _PIXELS = 256  # at most this many pixels of a channel per program
-_REDUCE_ROWS = 32  # rows of partial sums a reduction step reads
-_REDUCE_COLUMNS = 128
 _LN_VALUES = 4096  # values (tokens x channels) per step of the LayerNorm kernels
 _LN_PROGRAMS = 1024  # programs of the LayerNorm backward: each loops over token blocks
 
@@ -47,30 +46,6 @@ def _map_tile(channels: int, pixels: int) -> Tuple[int, int]:
 def _new_map(shape, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """An empty ``(B, C, H, W)`` map in ``like``'s memory format (what the fakes return)."""
     return torch.empty(shape, device=like.device, dtype=dtype, memory_format=memory_format_of(like))
-
-
-@triton.jit
-def _column_sums_kernel(partial_ptr, rows, columns, split, out0_ptr, out1_ptr,
-                        BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Column sums of the ``(rows, columns)`` float32 partial sums: columns before ``split``
-    into ``out0``, the others into ``out1`` (each in its own dtype)."""
-    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cmask = cols < columns
-    acc = tl.full([BLOCK_N], 0.0, tl.float32)
-    for start in range(0, rows, BLOCK_R):
-        r = start + tl.arange(0, BLOCK_R)
-        tile = tl.load(partial_ptr + r.to(tl.int64)[:, None] * columns + cols[None, :],
-                       mask=(r < rows)[:, None] & cmask[None, :], other=0.0)
-        acc += sum_along(tile, 0)
-    tl.store(out0_ptr + cols, acc, mask=cmask & (cols < split))
-    tl.store(out1_ptr + (cols - split), acc, mask=cmask & (cols >= split))
-
-
-def _column_sums(partial: torch.Tensor, out0: torch.Tensor, out1: torch.Tensor) -> None:
-    rows, columns = partial.shape
-    _column_sums_kernel[(triton.cdiv(columns, _REDUCE_COLUMNS),)](
-        partial, rows, columns, out0.numel(), out0, out1, BLOCK_R=_REDUCE_ROWS,
-        BLOCK_N=_REDUCE_COLUMNS)
 
 
 # ------------------------------------------------------------------ Haar inverse + add
@@ -110,60 +85,89 @@ def _haar_forward_kernel(bands_ptr, base_ptr, taps_ptr, band_scale_ptr, base_sca
 
 @triton.jit
 def _haar_backward_kernel(grad_ptr, bands_ptr, base_ptr, taps_ptr, band_scale_ptr,
-                          base_scale_ptr, dbands_ptr, dbase_ptr, partial_ptr, channels, height,
-                          width, band_w, sg_b, sg_c, sg_h, sg_w, sb_b, sb_c, sb_h, sb_w,
+                          base_scale_ptr, dbands_ptr, dbase_ptr, dband_scale_ptr,
+                          dbase_scale_ptr, sums_ptr, channels, batch_size,
+                          height, width, band_w, sg_b, sg_c, sg_h, sg_w, sb_b, sb_c, sb_h, sb_w,
                           sx_b, sx_c, sx_h, sx_w, sdb_b, sdb_c, sdb_h, sdb_w,
                           sdx_b, sdx_c, sdx_h, sdx_w, SCALED: tl.constexpr,
-                          BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Over sub-band pixels: the four gradient values of each 2x2 block give the base's
+                          DIRECT: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Program ``(c, s)`` of ``(C, S)``: channel ``c``'s sub-band pixel blocks ``s``,
+    ``s + S``, ... of every image. The four gradient values of each 2x2 block give the base's
     gradient there and, times the taps, the four sub-bands' gradients. With scales, the
-    program's partial sums of the scales' gradients go to its row of ``partial``."""
+    channel's sums (the scales' gradients) are written to the gradients (``DIRECT``: one
+    program per channel) or to row ``s`` of ``sums`` (S, 5C): band ``k`` at column
+    ``4c + k``, the base at ``4C + c``."""
+    chan = tl.program_id(0)
     band_h = (height + 1) // 2
-    batch, chans, idx, cmask, mask = _map_block(channels, band_h * band_w, BLOCK_C, BLOCK_P)
-    i, j = idx // band_w, idx % band_w
-    base_scale = tl.full([BLOCK_C], 1.0, tl.float32)
+    pixels = band_h * band_w
+    blocks = (pixels + BLOCK_P - 1) // BLOCK_P
+    base_scale = 1.0
     if SCALED:
-        base_scale = tl.load(base_scale_ptr + chans, mask=cmask, other=0.0).to(tl.float32)
-    wt0 = tl.full([BLOCK_C, BLOCK_P], 0.0, tl.float32)
-    wt1 = tl.full([BLOCK_C, BLOCK_P], 0.0, tl.float32)
-    wt2 = tl.full([BLOCK_C, BLOCK_P], 0.0, tl.float32)
-    wt3 = tl.full([BLOCK_C, BLOCK_P], 0.0, tl.float32)
-    dbase_scale = tl.full([BLOCK_C], 0.0, tl.float32)
-    for p in tl.static_range(4):  # the 2x2 block; pixels past an odd edge were cropped
-        r, c = 2 * i + p // 2, 2 * j + p % 2
-        inside = mask & ((r < height) & (c < width))[None, :]
-        g = tl.load(grad_ptr + batch * sg_b + chans[:, None] * sg_c
-                    + (r * sg_h + c * sg_w)[None, :], mask=inside, other=0.0).to(tl.float32)
-        tl.store(dbase_ptr + batch * sdx_b + chans[:, None] * sdx_c
-                 + (r * sdx_h + c * sdx_w)[None, :], g * base_scale[:, None], mask=inside)
-        if SCALED:
-            x = tl.load(base_ptr + batch * sx_b + chans[:, None] * sx_c
-                        + (r * sx_h + c * sx_w)[None, :], mask=inside, other=0.0)
-            dbase_scale += sum_along(g * x.to(tl.float32), 1)
-        wt0 += tl.load(taps_ptr + p).to(tl.float32) * g
-        wt1 += tl.load(taps_ptr + 4 + p).to(tl.float32) * g
-        wt2 += tl.load(taps_ptr + 8 + p).to(tl.float32) * g
-        wt3 += tl.load(taps_ptr + 12 + p).to(tl.float32) * g
-    row = (batch * tl.num_programs(2) + tl.program_id(2)) * (5 * channels)
+        base_scale = tl.load(base_scale_ptr + chan).to(tl.float32)
+    sum_base = tl.full([BLOCK_P], 0.0, tl.float32)
+    sum0 = tl.full([BLOCK_P], 0.0, tl.float32)
+    sum1 = tl.full([BLOCK_P], 0.0, tl.float32)
+    sum2 = tl.full([BLOCK_P], 0.0, tl.float32)
+    sum3 = tl.full([BLOCK_P], 0.0, tl.float32)
+    for item in range(tl.program_id(1), batch_size * blocks, tl.num_programs(1)):
+        batch = (item // blocks).to(tl.int64)
+        idx = (item % blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
+        mask = idx < pixels
+        i, j = idx // band_w, idx % band_w
+        wt0 = tl.full([BLOCK_P], 0.0, tl.float32)
+        wt1 = tl.full([BLOCK_P], 0.0, tl.float32)
+        wt2 = tl.full([BLOCK_P], 0.0, tl.float32)
+        wt3 = tl.full([BLOCK_P], 0.0, tl.float32)
+        for p in tl.static_range(4):  # the 2x2 block; pixels past an odd edge were cropped
+            r, c = 2 * i + p // 2, 2 * j + p % 2
+            inside = mask & (r < height) & (c < width)
+            g = tl.load(grad_ptr + batch * sg_b + chan * sg_c + r * sg_h + c * sg_w,
+                        mask=inside, other=0.0).to(tl.float32)
+            tl.store(dbase_ptr + batch * sdx_b + chan * sdx_c + r * sdx_h + c * sdx_w,
+                     g * base_scale, mask=inside)
+            if SCALED:
+                x = tl.load(base_ptr + batch * sx_b + chan * sx_c + r * sx_h + c * sx_w,
+                            mask=inside, other=0.0)
+                sum_base += g * x.to(tl.float32)
+            # band k's tap at position p
+            wt0 += tl.load(taps_ptr + p).to(tl.float32) * g
+            wt1 += tl.load(taps_ptr + 4 + p).to(tl.float32) * g
+            wt2 += tl.load(taps_ptr + 8 + p).to(tl.float32) * g
+            wt3 += tl.load(taps_ptr + 12 + p).to(tl.float32) * g
+        at = batch * sb_b + (4 * chan) * sb_c + i * sb_h + j * sb_w
+        out_at = batch * sdb_b + (4 * chan) * sdb_c + i * sdb_h + j * sdb_w
+        for k in tl.static_range(4):
+            if k == 0:
+                wt = wt0
+            elif k == 1:
+                wt = wt1
+            elif k == 2:
+                wt = wt2
+            else:
+                wt = wt3
+            if SCALED:
+                band = tl.load(bands_ptr + at + k * sb_c, mask=mask, other=0.0).to(tl.float32)
+                if k == 0:
+                    sum0 += wt * band
+                elif k == 1:
+                    sum1 += wt * band
+                elif k == 2:
+                    sum2 += wt * band
+                else:
+                    sum3 += wt * band
+                wt = wt * tl.load(band_scale_ptr + 4 * chan + k).to(tl.float32)
+            tl.store(dbands_ptr + out_at + k * sdb_c, wt, mask=mask)
     if SCALED:
-        tl.store(partial_ptr + row + 4 * channels + chans, dbase_scale, mask=cmask)
-    at = batch * sb_b + (4 * chans)[:, None] * sb_c + (i * sb_h + j * sb_w)[None, :]
-    out_at = batch * sdb_b + (4 * chans)[:, None] * sdb_c + (i * sdb_h + j * sdb_w)[None, :]
-    for k in tl.static_range(4):
-        if k == 0:
-            wt = wt0
-        elif k == 1:
-            wt = wt1
-        elif k == 2:
-            wt = wt2
+        if DIRECT:
+            band_at, base_at = dband_scale_ptr + 4 * chan, dbase_scale_ptr + chan
         else:
-            wt = wt3
-        if SCALED:
-            band = tl.load(bands_ptr + at + k * sb_c, mask=mask, other=0.0).to(tl.float32)
-            tl.store(partial_ptr + row + 4 * chans + k, sum_along(wt * band, 1), mask=cmask)
-            scale = tl.load(band_scale_ptr + 4 * chans + k, mask=cmask, other=0.0)
-            wt = wt * scale.to(tl.float32)[:, None]
-        tl.store(dbands_ptr + out_at + k * sdb_c, wt, mask=mask)
+            row = sums_ptr + tl.program_id(1).to(tl.int64) * (5 * channels)
+            band_at, base_at = row + 4 * chan, row + 4 * channels + chan
+        tl.store(base_at, sum_along(sum_base, 0))
+        tl.store(band_at, sum_along(sum0, 0))
+        tl.store(band_at + 1, sum_along(sum1, 0))
+        tl.store(band_at + 2, sum_along(sum2, 0))
+        tl.store(band_at + 3, sum_along(sum3, 0))
 
 
 def _haar_launch(base, pixels):
@@ -195,27 +199,34 @@ def haar_inverse_add_backward(grad: torch.Tensor, bands: torch.Tensor, base: tor
                               base_scale: Optional[torch.Tensor] = None
                               ) -> Tuple[torch.Tensor, ...]:
     """The gradients of :func:`haar_inverse_add`: bands' and base's (in their dtypes and
-    memory formats), the two scales' (in theirs; empty without scales). One kernel, and one
-    reduction with scales."""
+    memory formats), the two scales' (in theirs; empty without scales). One kernel; with
+    scales and more than :data:`~.triton_common.PER_PROGRAM` values per channel, one
+    reduction more."""
     b, c, h, w = base.shape
     band_h, band_w = bands.shape[-2:]
     scaled = band_scale is not None
     taps = taps.contiguous()
-    scales = (band_scale, base_scale) if scaled else (taps, taps)
     dbands = _new_map(bands.shape, bands, bands.dtype)
     dbase = _new_map(base.shape, base, base.dtype)
-    grid, meta = _haar_launch(base, band_h * band_w)
-    partial = torch.empty((b * grid[2], 5 * c) if scaled else (0,), device=base.device,
-                          dtype=torch.float32)
-    _haar_backward_kernel[grid](
-        grad, bands, base, taps, *scales, dbands, dbase, partial, c, h, w, band_w,
-        *grad.stride(), *bands.stride(), *base.stride(), *dbands.stride(), *dbase.stride(),
-        SCALED=scaled, **meta)
-    if not scaled:
-        return (dbands, dbase, torch.empty(0, device=base.device, dtype=torch.float32),
-                torch.empty(0, device=base.device, dtype=torch.float32))
-    dband_scale, dbase_scale = torch.empty_like(band_scale), torch.empty_like(base_scale)
-    _column_sums(partial, dband_scale, dbase_scale)
+    if scaled:
+        dband_scale, dbase_scale = torch.empty_like(band_scale), torch.empty_like(base_scale)
+    else:
+        dband_scale, dbase_scale = (torch.empty(0, device=base.device, dtype=torch.float32)
+                                    for _ in range(2))
+    per_channel = b * band_h * band_w
+    splits = programs_per_channel(per_channel) if scaled else \
+        max(1, min(triton.cdiv(per_channel, _TILE), 64))  # no sums: split for parallelism
+    direct = splits == 1
+    sums = torch.empty((0,) if direct or not scaled else (splits, 5 * c), device=base.device,
+                       dtype=torch.float32)
+    scales = (band_scale, base_scale) if scaled else (taps, taps)  # unused pointers
+    _haar_backward_kernel[(c, splits)](
+        grad, bands, base, taps, *scales, dbands, dbase, dband_scale, dbase_scale, sums, c, b,
+        h, w, band_w, *grad.stride(), *bands.stride(), *base.stride(), *dbands.stride(),
+        *dbase.stride(), SCALED=scaled, DIRECT=direct,
+        BLOCK_P=min(triton.next_power_of_2(band_h * band_w), _TILE))
+    if scaled and not direct:
+        column_sums(sums, [dband_scale, dbase_scale])
     return dbands, dbase, dband_scale, dbase_scale
 
 
@@ -346,5 +357,5 @@ def gated_layer_norm_backward(grad: torch.Tensor, y: torch.Tensor, z: torch.Tens
         grad, y, z, weight, bias, dy, dz, partial, length, width, c, directions, eps, *y_strides,
         *z.stride(), *grad.stride(), *dz.stride(), BLOCK_T=block_t, BLOCK_C=block_c)
     dw, db = torch.empty_like(weight), torch.empty_like(bias)
-    _column_sums(partial, dw, db)
+    column_sums(partial, [dw, db])
     return dy, dz, dw, db
