@@ -12,7 +12,7 @@ function is applied element by element in Python, thousands of times slower).
 import triton
 import triton.language as tl
 
-__all__ = ['sum_along', 'PER_PROGRAM', 'programs_per_channel', 'column_sums']
+__all__ = ['sum_along', 'PER_PROGRAM', 'shares', 'column_sums']
 
 
 @triton.jit
@@ -22,18 +22,19 @@ def sum_along(x, axis: tl.constexpr):
 
 
 # ------------------------------------------------------------------ sums over channels
-# One program sums a channel's values when there are at most this many (a single launch,
-# its sums written directly); beyond, several programs write partial sums that
-# :func:`column_sums` adds up (a second launch, the GPU kept busy on big maps)
+# One program sums its block of channels over the batch when that is at most this many values
+# (a single launch, its sums written directly); beyond, several programs share the block and
+# write partial sums that :func:`column_sums` adds up (a second launch, the GPU kept busy on
+# big maps)
 PER_PROGRAM = 16384
-_MAX_PROGRAMS_PER_CHANNEL = 64
+_MAX_SHARES = 64
 _SUM_ROWS = 32
 _SUM_COLUMNS = 128
 
 
-def programs_per_channel(per_channel: int) -> int:
-    """How many programs share the sums over one channel's ``per_channel`` values."""
-    return max(1, min(-(-per_channel // PER_PROGRAM), _MAX_PROGRAMS_PER_CHANNEL))
+def shares(values: int) -> int:
+    """How many programs share the sums over a block of channels of ``values`` values."""
+    return max(1, min(-(-values // PER_PROGRAM), _MAX_SHARES))
 
 
 @triton.jit

@@ -7,10 +7,10 @@ factor optional: what a conv's BatchNorm and the elementwise ops after it are wh
 trains with frozen statistics (``norm_eval``) or runs undeployed.
 
 * forward: one elementwise kernel over (image, channel block, pixel block) tiles;
-* backward: one kernel whose programs own a channel (or a share of it, see
-  :func:`~.triton_common.programs_per_channel`): they recompute the forward, write the
+* backward: one kernel whose programs own a block of channels (or a share of it, see
+  :func:`~.triton_common.shares`): they recompute the forward, write the
   input's gradient and sum the parameters' gradients (both BatchNorms' weight and bias, the
-  scale) as they go; a channel shared by several programs is summed by one reduction more.
+  scale) as they go; channels shared by several programs are summed by one reduction more.
 
 * :func:`fold_frozen_bn`: the BatchNorm (and an identity) folded into the conv before it, a
   kernel forwards and one backwards over the weights (a few thousand values), for
@@ -27,13 +27,12 @@ import triton
 import triton.language as tl
 
 from .memory_format import memory_format_of
-from .triton_common import column_sums, programs_per_channel, sum_along
+from .triton_common import column_sums, shares, sum_along
 
 __all__ = ['frozen_bn_act', 'frozen_bn_act_backward', 'fold_frozen_bn', 'fold_frozen_bn_backward']
 
-_TILE = 1024  # values per program of the forward (channels x pixels)
-_PIXELS = 256  # at most this many pixels of a channel per forward program
-_BLOCK = 1024  # values of a channel per step of a backward program
+_TILE = 1024  # values per program and step (channels x pixels)
+_PIXELS = 256  # at most this many pixels of a channel per program and step
 
 
 @triton.jit
@@ -87,6 +86,16 @@ def _frozen_bn_forward_kernel(x_ptr, w_ptr, b_ptr, mean_ptr, var_ptr, scale_ptr,
 
 
 @triton.jit
+def _store_sums(direct_ptr, row_ptr, column, chans, cmask, tile_sums, DIRECT: tl.constexpr):
+    """A block of channels' sums: into their gradients (``DIRECT``) or into ``column`` of the
+    program's row of partial sums."""
+    if DIRECT:
+        tl.store(direct_ptr + chans, tile_sums, mask=cmask)
+    else:
+        tl.store(row_ptr + column + chans, tile_sums, mask=cmask)
+
+
+@triton.jit
 def _frozen_bn_backward_kernel(grad_ptr, x_ptr, w_ptr, b_ptr, mean_ptr, var_ptr, scale_ptr,
                                w2_ptr, b2_ptr, mean2_ptr, var2_ptr, sample_ptr, dx_ptr, dw_ptr,
                                db_ptr, dscale_ptr, dw2_ptr, db2_ptr, dres_ptr, sums_ptr,
@@ -95,81 +104,79 @@ def _frozen_bn_backward_kernel(grad_ptr, x_ptr, w_ptr, b_ptr, mean_ptr, var_ptr,
                                sd_b, sd_c, sd_h, sd_w, sr_b, sr_c, sr_h, sr_w,
                                RELU: tl.constexpr, SCALE: tl.constexpr, SECOND: tl.constexpr,
                                SAMPLE: tl.constexpr, RESIDUAL_GRAD: tl.constexpr,
-                               DIRECT: tl.constexpr, COLUMNS: tl.constexpr, BLOCK: tl.constexpr):
-    """Program ``(c, s)`` of ``(C, S)``: channel ``c``'s pixel blocks ``s``, ``s + S``, ... of
-    every image. Its sums go to the gradients (``DIRECT``: one program per channel) or to
-    row ``s`` of ``sums`` (S, COLUMNS * C): dweight, dbias, [dscale], [dweight2, dbias2],
-    each ``C`` columns. With a drop-path factor per image, the residual's gradient (the
-    incoming one times it) is written too (``RESIDUAL_GRAD``)."""
-    chan = tl.program_id(0)
-    w1 = tl.load(w_ptr + chan).to(tl.float32)
-    b1 = tl.load(b_ptr + chan).to(tl.float32)
-    mean1 = tl.load(mean_ptr + chan).to(tl.float32)
-    inv1 = 1.0 / tl.sqrt(tl.load(var_ptr + chan).to(tl.float32) + eps)
-    scale = 1.0
+                               DIRECT: tl.constexpr, COLUMNS: tl.constexpr,
+                               BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Program ``(cb, s)`` of ``(C / BLOCK_C, S)``: channel block ``cb``'s pixel blocks ``s``,
+    ``s + S``, ... of every image, tile by tile. Its sums go to the gradients (``DIRECT``: one
+    program per channel block) or to row ``s`` of ``sums`` (S, COLUMNS * C): dweight, dbias,
+    [dscale], [dweight2, dbias2], each ``C`` columns. With a drop-path factor per image, the
+    residual's gradient (the incoming one times it) is written too (``RESIDUAL_GRAD``)."""
+    chans = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = chans < channels
+    s1, _, mean1, inv1 = _affine(w_ptr, b_ptr, mean_ptr, var_ptr, chans, cmask, eps)
+    w1 = tl.load(w_ptr + chans, mask=cmask, other=0.0).to(tl.float32)[:, None]
+    b1 = tl.load(b_ptr + chans, mask=cmask, other=0.0).to(tl.float32)[:, None]
+    scale = tl.full([BLOCK_C], 1.0, tl.float32)
     if SCALE:
-        scale = tl.load(scale_ptr + chan).to(tl.float32)
-    s2 = 1.0
-    mean2 = 0.0
-    inv2 = 1.0
+        scale = tl.load(scale_ptr + chans, mask=cmask, other=0.0).to(tl.float32)
+    s2 = tl.full([BLOCK_C], 1.0, tl.float32)
+    mean2 = tl.full([BLOCK_C], 0.0, tl.float32)
+    inv2 = tl.full([BLOCK_C], 1.0, tl.float32)
     if SECOND:
-        mean2 = tl.load(mean2_ptr + chan).to(tl.float32)
-        inv2 = 1.0 / tl.sqrt(tl.load(var2_ptr + chan).to(tl.float32) + eps2)
-        s2 = tl.load(w2_ptr + chan).to(tl.float32) * inv2
-    sum_w = tl.full([BLOCK], 0.0, tl.float32)
-    sum_b = tl.full([BLOCK], 0.0, tl.float32)
-    sum_scale = tl.full([BLOCK], 0.0, tl.float32)
-    sum_w2 = tl.full([BLOCK], 0.0, tl.float32)
-    sum_b2 = tl.full([BLOCK], 0.0, tl.float32)
-    blocks = (pixels + BLOCK - 1) // BLOCK
+        s2, _, mean2, inv2 = _affine(w2_ptr, b2_ptr, mean2_ptr, var2_ptr, chans, cmask, eps2)
+    sum_w = tl.full([BLOCK_C], 0.0, tl.float32)
+    sum_b = tl.full([BLOCK_C], 0.0, tl.float32)
+    sum_scale = tl.full([BLOCK_C], 0.0, tl.float32)
+    sum_w2 = tl.full([BLOCK_C], 0.0, tl.float32)
+    sum_b2 = tl.full([BLOCK_C], 0.0, tl.float32)
+    blocks = (pixels + BLOCK_P - 1) // BLOCK_P
     for item in range(tl.program_id(1), batch_size * blocks, tl.num_programs(1)):
         batch = (item // blocks).to(tl.int64)
-        idx = (item % blocks) * BLOCK + tl.arange(0, BLOCK)
-        mask = idx < pixels
+        idx = (item % blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
+        mask = cmask[:, None] & (idx < pixels)[None, :]
         r, c = idx // width, idx % width
-        x = tl.load(x_ptr + batch * sx_b + chan * sx_c + r * sx_h + c * sx_w, mask=mask,
-                    other=0.0).to(tl.float32)
-        g = tl.load(grad_ptr + batch * sg_b + chan * sg_c + r * sg_h + c * sg_w, mask=mask,
-                    other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + batch * sx_b + chans[:, None] * sx_c + (r * sx_h + c * sx_w)[None, :],
+                    mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(grad_ptr + batch * sg_b + chans[:, None] * sg_c
+                    + (r * sg_h + c * sg_w)[None, :], mask=mask, other=0.0).to(tl.float32)
         if SAMPLE:
             g = g * (tl.load(sample_ptr + batch).to(tl.float32) * sample_gain)
         if RESIDUAL_GRAD:
-            tl.store(dres_ptr + batch * sr_b + chan * sr_c + r * sr_h + c * sr_w, g, mask=mask)
-        x_hat = (x - mean1) * inv1
+            tl.store(dres_ptr + batch * sr_b + chans[:, None] * sr_c
+                     + (r * sr_h + c * sr_w)[None, :], g, mask=mask)
+        x_hat = (x - mean1[:, None]) * inv1[:, None]
         pre = x_hat * w1 + b1  # BN1(x)
         act = pre
         if RELU:
             act = tl.maximum(pre, 0.0)
         if SECOND:
-            sum_w2 += g * ((act * scale - mean2) * inv2)
-            sum_b2 += g
-            g = g * s2
+            sum_w2 += sum_along(g * ((act * scale[:, None] - mean2[:, None]) * inv2[:, None]), 1)
+            sum_b2 += sum_along(g, 1)
+            g = g * s2[:, None]
         if SCALE:
-            sum_scale += g * act
-            g = g * scale
+            sum_scale += sum_along(g * act, 1)
+            g = g * scale[:, None]
         if RELU:
             g = tl.where(pre > 0.0, g, 0.0)
-        sum_w += g * x_hat
-        sum_b += g
-        tl.store(dx_ptr + batch * sd_b + chan * sd_c + r * sd_h + c * sd_w, g * (w1 * inv1),
-                 mask=mask)
-    if DIRECT:
-        tl.store(dw_ptr + chan, sum_along(sum_w, 0))
-        tl.store(db_ptr + chan, sum_along(sum_b, 0))
-        if SCALE:
-            tl.store(dscale_ptr + chan, sum_along(sum_scale, 0))
-        if SECOND:
-            tl.store(dw2_ptr + chan, sum_along(sum_w2, 0))
-            tl.store(db2_ptr + chan, sum_along(sum_b2, 0))
-    else:
-        row = sums_ptr + tl.program_id(1).to(tl.int64) * (COLUMNS * channels)
-        tl.store(row + chan, sum_along(sum_w, 0))
-        tl.store(row + channels + chan, sum_along(sum_b, 0))
-        if SCALE:
-            tl.store(row + 2 * channels + chan, sum_along(sum_scale, 0))
-        if SECOND:
-            tl.store(row + (COLUMNS - 2) * channels + chan, sum_along(sum_w2, 0))
-            tl.store(row + (COLUMNS - 1) * channels + chan, sum_along(sum_b2, 0))
+        sum_w += sum_along(g * x_hat, 1)
+        sum_b += sum_along(g, 1)
+        tl.store(dx_ptr + batch * sd_b + chans[:, None] * sd_c + (r * sd_h + c * sd_w)[None, :],
+                 g * s1[:, None], mask=mask)
+    row = sums_ptr + tl.program_id(1).to(tl.int64) * (COLUMNS * channels)
+    _store_sums(dw_ptr, row, 0, chans, cmask, sum_w, DIRECT)
+    _store_sums(db_ptr, row, channels, chans, cmask, sum_b, DIRECT)
+    if SCALE:
+        _store_sums(dscale_ptr, row, 2 * channels, chans, cmask, sum_scale, DIRECT)
+    if SECOND:
+        _store_sums(dw2_ptr, row, (COLUMNS - 2) * channels, chans, cmask, sum_w2, DIRECT)
+        _store_sums(db2_ptr, row, (COLUMNS - 1) * channels, chans, cmask, sum_b2, DIRECT)
+
+
+def _tile(channels: int, pixels: int) -> Tuple[int, int]:
+    """``(BLOCK_C, BLOCK_P)``: a program's channels and pixels per step (powers of two, about
+    :data:`_TILE` values)."""
+    block_p = min(triton.next_power_of_2(max(pixels, 1)), _PIXELS)
+    return max(1, min(triton.next_power_of_2(channels), _TILE // block_p)), block_p
 
 
 def _new_map(like: torch.Tensor) -> torch.Tensor:
@@ -193,8 +200,7 @@ def frozen_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     """``[outer +] sample_scale * ([residual +] BN2(scale * act(BN1(x))))`` in ``x``'s dtype
     and memory format: see :func:`mmmobilemamba.ops.frozen_bn.frozen_bn_act`. One kernel."""
     b, c, h, w = x.shape
-    block_p = min(triton.next_power_of_2(h * w), _PIXELS)
-    block_c = max(1, min(triton.next_power_of_2(c), _TILE // block_p))
+    block_c, block_p = _tile(c, h * w)
     out = _new_map(x)
     (w2, b2, mean2, var2), eps2 = _second(second, weight)
     res = residual if residual is not None else x
@@ -221,7 +227,8 @@ def frozen_bn_act_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Te
     float32 where absent) and, with ``residual_grad`` and drop-path factors, the residual's
     (in ``x``'s dtype and memory format; else empty: the incoming gradient is the
     residual's and the outer map's). One kernel; with more than
-    :data:`~.triton_common.PER_PROGRAM` values per channel, one reduction more."""
+    :data:`~.triton_common.PER_PROGRAM` values per block of channels, one reduction
+    more."""
     b, c, h, w = x.shape
     dx = _new_map(x)
     dw, db = torch.empty_like(weight), torch.empty_like(bias)
@@ -235,13 +242,14 @@ def frozen_bn_act_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Te
         else (empty(), empty())
     residual_grad = residual_grad and sample_scale is not None
     dres = _new_map(x) if residual_grad else empty()
-    splits = programs_per_channel(b * h * w)
+    block_c, block_p = _tile(c, h * w)
+    splits = shares(block_c * b * h * w)
     outputs = [dw, db] + ([dscale] if scale is not None else []) + \
         ([dw2, db2] if second is not None else [])
     sums = torch.empty((splits, len(outputs) * c) if splits > 1 else (0,), device=x.device,
                        dtype=torch.float32)
     res_strides = dres.stride() if residual_grad else (0, 0, 0, 0)
-    _frozen_bn_backward_kernel[(c, splits)](
+    _frozen_bn_backward_kernel[(triton.cdiv(c, block_c), splits)](
         grad, x, weight, bias, running_mean, running_var,
         scale if scale is not None else weight, w2, b2, mean2, var2,
         sample_scale if sample_scale is not None else weight, dx, dw, db,
@@ -250,7 +258,7 @@ def frozen_bn_act_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Te
         eps, eps2, sample_gain, *grad.stride(), *x.stride(), *dx.stride(), *res_strides,
         RELU=relu, SCALE=scale is not None, SECOND=second is not None,
         SAMPLE=sample_scale is not None, RESIDUAL_GRAD=residual_grad, DIRECT=splits == 1,
-        COLUMNS=len(outputs), BLOCK=min(triton.next_power_of_2(h * w), _BLOCK))
+        COLUMNS=len(outputs), BLOCK_C=block_c, BLOCK_P=block_p)
     if splits > 1:
         column_sums(sums, outputs)
     return dx, dw, db, dscale, dw2, db2, dres

@@ -3,7 +3,8 @@
 * ``haar_inverse_add``: ``base * s + IWT(bands * t)`` for two-tap (Haar) filters, one pass:
   each output pixel reads its four sub-band values (no transposed convolution, no shuffle);
   its backward is one pass too (the sub-band gradients are the 2x2 blocks of the gradient
-  times the taps), with programs per channel that sum the scales' gradients as they go.
+  times the taps), its programs owning blocks of channels and summing the scales' gradients
+  as they go.
 * ``gated_layer_norm``: LayerNorm over the channels of token-major ``y`` (summed over the scan
   directions as it is read when given per direction) times ``silu(z)``, written as a map for
   the convolution after it: the sum, the norm, the gate and the layout change in one kernel;
@@ -13,7 +14,7 @@ Every tensor is read where it is (any strides: no ``contiguous`` copies) and eve
 written in the dtype the op returns (no casts after the kernels); maps are written in the
 memory format of the map they follow (:func:`~.memory_format.memory_format_of`). Sums over
 the batch (the scales', the LayerNorm weight's and bias's gradients) are summed by the
-programs that own a channel, or written as partial sums that a second kernel adds up
+programs that own a block of channels, or written as partial sums that a second kernel adds up
 (:func:`~.triton_common.column_sums`): no zero fills, no atomics, the same result every run.
 
 Registers nothing (:mod:`.fused_ops` makes the custom ops), so that tests may reload it under
@@ -26,7 +27,7 @@ import triton
 import triton.language as tl
 
 from .memory_format import memory_format_of
-from .triton_common import column_sums, programs_per_channel, sum_along
+from .triton_common import column_sums, shares, sum_along
 
 __all__ = ['haar_inverse_add', 'haar_inverse_add_backward', 'gated_layer_norm',
            'gated_layer_norm_backward']
@@ -86,56 +87,57 @@ def _haar_forward_kernel(bands_ptr, base_ptr, taps_ptr, band_scale_ptr, base_sca
 @triton.jit
 def _haar_backward_kernel(grad_ptr, bands_ptr, base_ptr, taps_ptr, band_scale_ptr,
                           base_scale_ptr, dbands_ptr, dbase_ptr, dband_scale_ptr,
-                          dbase_scale_ptr, sums_ptr, channels, batch_size,
-                          height, width, band_w, sg_b, sg_c, sg_h, sg_w, sb_b, sb_c, sb_h, sb_w,
-                          sx_b, sx_c, sx_h, sx_w, sdb_b, sdb_c, sdb_h, sdb_w,
-                          sdx_b, sdx_c, sdx_h, sdx_w, SCALED: tl.constexpr,
-                          DIRECT: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Program ``(c, s)`` of ``(C, S)``: channel ``c``'s sub-band pixel blocks ``s``,
-    ``s + S``, ... of every image. The four gradient values of each 2x2 block give the base's
-    gradient there and, times the taps, the four sub-bands' gradients. With scales, the
-    channel's sums (the scales' gradients) are written to the gradients (``DIRECT``: one
-    program per channel) or to row ``s`` of ``sums`` (S, 5C): band ``k`` at column
-    ``4c + k``, the base at ``4C + c``."""
-    chan = tl.program_id(0)
+                          dbase_scale_ptr, sums_ptr, channels, batch_size, height, width, band_w,
+                          sg_b, sg_c, sg_h, sg_w, sb_b, sb_c, sb_h, sb_w, sx_b, sx_c, sx_h, sx_w,
+                          sdb_b, sdb_c, sdb_h, sdb_w, sdx_b, sdx_c, sdx_h, sdx_w,
+                          SCALED: tl.constexpr, DIRECT: tl.constexpr, BLOCK_C: tl.constexpr,
+                          BLOCK_P: tl.constexpr):
+    """Program ``(cb, s)`` of ``(C / BLOCK_C, S)``: channel block ``cb``'s sub-band pixel
+    blocks ``s``, ``s + S``, ... of every image. The four gradient values of each 2x2 block
+    give the base's gradient there and, times the taps, the four sub-bands' gradients. With
+    scales, the channels' sums (the scales' gradients) are written to the gradients
+    (``DIRECT``: one program per channel block) or to row ``s`` of ``sums`` (S, 5C): band
+    ``k`` of channel ``c`` at column ``4c + k``, the base at ``4C + c``."""
+    chans = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = chans < channels
     band_h = (height + 1) // 2
     pixels = band_h * band_w
     blocks = (pixels + BLOCK_P - 1) // BLOCK_P
-    base_scale = 1.0
+    base_scale = tl.full([BLOCK_C], 1.0, tl.float32)
     if SCALED:
-        base_scale = tl.load(base_scale_ptr + chan).to(tl.float32)
-    sum_base = tl.full([BLOCK_P], 0.0, tl.float32)
-    sum0 = tl.full([BLOCK_P], 0.0, tl.float32)
-    sum1 = tl.full([BLOCK_P], 0.0, tl.float32)
-    sum2 = tl.full([BLOCK_P], 0.0, tl.float32)
-    sum3 = tl.full([BLOCK_P], 0.0, tl.float32)
+        base_scale = tl.load(base_scale_ptr + chans, mask=cmask, other=0.0).to(tl.float32)
+    sum_base = tl.full([BLOCK_C], 0.0, tl.float32)
+    sum0 = tl.full([BLOCK_C], 0.0, tl.float32)
+    sum1 = tl.full([BLOCK_C], 0.0, tl.float32)
+    sum2 = tl.full([BLOCK_C], 0.0, tl.float32)
+    sum3 = tl.full([BLOCK_C], 0.0, tl.float32)
     for item in range(tl.program_id(1), batch_size * blocks, tl.num_programs(1)):
         batch = (item // blocks).to(tl.int64)
         idx = (item % blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
-        mask = idx < pixels
+        mask = cmask[:, None] & (idx < pixels)[None, :]
         i, j = idx // band_w, idx % band_w
-        wt0 = tl.full([BLOCK_P], 0.0, tl.float32)
-        wt1 = tl.full([BLOCK_P], 0.0, tl.float32)
-        wt2 = tl.full([BLOCK_P], 0.0, tl.float32)
-        wt3 = tl.full([BLOCK_P], 0.0, tl.float32)
+        wt0 = tl.full([BLOCK_C, BLOCK_P], 0.0, tl.float32)
+        wt1 = tl.full([BLOCK_C, BLOCK_P], 0.0, tl.float32)
+        wt2 = tl.full([BLOCK_C, BLOCK_P], 0.0, tl.float32)
+        wt3 = tl.full([BLOCK_C, BLOCK_P], 0.0, tl.float32)
         for p in tl.static_range(4):  # the 2x2 block; pixels past an odd edge were cropped
             r, c = 2 * i + p // 2, 2 * j + p % 2
-            inside = mask & (r < height) & (c < width)
-            g = tl.load(grad_ptr + batch * sg_b + chan * sg_c + r * sg_h + c * sg_w,
-                        mask=inside, other=0.0).to(tl.float32)
-            tl.store(dbase_ptr + batch * sdx_b + chan * sdx_c + r * sdx_h + c * sdx_w,
-                     g * base_scale, mask=inside)
+            inside = mask & ((r < height) & (c < width))[None, :]
+            g = tl.load(grad_ptr + batch * sg_b + chans[:, None] * sg_c
+                        + (r * sg_h + c * sg_w)[None, :], mask=inside, other=0.0).to(tl.float32)
+            tl.store(dbase_ptr + batch * sdx_b + chans[:, None] * sdx_c
+                     + (r * sdx_h + c * sdx_w)[None, :], g * base_scale[:, None], mask=inside)
             if SCALED:
-                x = tl.load(base_ptr + batch * sx_b + chan * sx_c + r * sx_h + c * sx_w,
-                            mask=inside, other=0.0)
-                sum_base += g * x.to(tl.float32)
+                x = tl.load(base_ptr + batch * sx_b + chans[:, None] * sx_c
+                            + (r * sx_h + c * sx_w)[None, :], mask=inside, other=0.0)
+                sum_base += sum_along(g * x.to(tl.float32), 1)
             # band k's tap at position p
             wt0 += tl.load(taps_ptr + p).to(tl.float32) * g
             wt1 += tl.load(taps_ptr + 4 + p).to(tl.float32) * g
             wt2 += tl.load(taps_ptr + 8 + p).to(tl.float32) * g
             wt3 += tl.load(taps_ptr + 12 + p).to(tl.float32) * g
-        at = batch * sb_b + (4 * chan) * sb_c + i * sb_h + j * sb_w
-        out_at = batch * sdb_b + (4 * chan) * sdb_c + i * sdb_h + j * sdb_w
+        at = batch * sb_b + (4 * chans)[:, None] * sb_c + (i * sb_h + j * sb_w)[None, :]
+        out_at = batch * sdb_b + (4 * chans)[:, None] * sdb_c + (i * sdb_h + j * sdb_w)[None, :]
         for k in tl.static_range(4):
             if k == 0:
                 wt = wt0
@@ -148,26 +150,27 @@ def _haar_backward_kernel(grad_ptr, bands_ptr, base_ptr, taps_ptr, band_scale_pt
             if SCALED:
                 band = tl.load(bands_ptr + at + k * sb_c, mask=mask, other=0.0).to(tl.float32)
                 if k == 0:
-                    sum0 += wt * band
+                    sum0 += sum_along(wt * band, 1)
                 elif k == 1:
-                    sum1 += wt * band
+                    sum1 += sum_along(wt * band, 1)
                 elif k == 2:
-                    sum2 += wt * band
+                    sum2 += sum_along(wt * band, 1)
                 else:
-                    sum3 += wt * band
-                wt = wt * tl.load(band_scale_ptr + 4 * chan + k).to(tl.float32)
+                    sum3 += sum_along(wt * band, 1)
+                scale = tl.load(band_scale_ptr + 4 * chans + k, mask=cmask, other=0.0)
+                wt = wt * scale.to(tl.float32)[:, None]
             tl.store(dbands_ptr + out_at + k * sdb_c, wt, mask=mask)
     if SCALED:
         if DIRECT:
-            band_at, base_at = dband_scale_ptr + 4 * chan, dbase_scale_ptr + chan
+            band_at, base_at = dband_scale_ptr + 4 * chans, dbase_scale_ptr + chans
         else:
             row = sums_ptr + tl.program_id(1).to(tl.int64) * (5 * channels)
-            band_at, base_at = row + 4 * chan, row + 4 * channels + chan
-        tl.store(base_at, sum_along(sum_base, 0))
-        tl.store(band_at, sum_along(sum0, 0))
-        tl.store(band_at + 1, sum_along(sum1, 0))
-        tl.store(band_at + 2, sum_along(sum2, 0))
-        tl.store(band_at + 3, sum_along(sum3, 0))
+            band_at, base_at = row + 4 * chans, row + 4 * channels + chans
+        tl.store(base_at, sum_base, mask=cmask)
+        tl.store(band_at, sum0, mask=cmask)
+        tl.store(band_at + 1, sum1, mask=cmask)
+        tl.store(band_at + 2, sum2, mask=cmask)
+        tl.store(band_at + 3, sum3, mask=cmask)
 
 
 def _haar_launch(base, pixels):
@@ -200,8 +203,8 @@ def haar_inverse_add_backward(grad: torch.Tensor, bands: torch.Tensor, base: tor
                               ) -> Tuple[torch.Tensor, ...]:
     """The gradients of :func:`haar_inverse_add`: bands' and base's (in their dtypes and
     memory formats), the two scales' (in theirs; empty without scales). One kernel; with
-    scales and more than :data:`~.triton_common.PER_PROGRAM` values per channel, one
-    reduction more."""
+    scales and more than :data:`~.triton_common.PER_PROGRAM` values per block of channels,
+    one reduction more."""
     b, c, h, w = base.shape
     band_h, band_w = bands.shape[-2:]
     scaled = band_scale is not None
@@ -213,18 +216,16 @@ def haar_inverse_add_backward(grad: torch.Tensor, bands: torch.Tensor, base: tor
     else:
         dband_scale, dbase_scale = (torch.empty(0, device=base.device, dtype=torch.float32)
                                     for _ in range(2))
-    per_channel = b * band_h * band_w
-    splits = programs_per_channel(per_channel) if scaled else \
-        max(1, min(triton.cdiv(per_channel, _TILE), 64))  # no sums: split for parallelism
+    block_c, block_p = _map_tile(c, band_h * band_w)
+    splits = shares(block_c * b * band_h * band_w)  # without scales: for parallelism only
     direct = splits == 1
     sums = torch.empty((0,) if direct or not scaled else (splits, 5 * c), device=base.device,
                        dtype=torch.float32)
     scales = (band_scale, base_scale) if scaled else (taps, taps)  # unused pointers
-    _haar_backward_kernel[(c, splits)](
+    _haar_backward_kernel[(triton.cdiv(c, block_c), splits)](
         grad, bands, base, taps, *scales, dbands, dbase, dband_scale, dbase_scale, sums, c, b,
         h, w, band_w, *grad.stride(), *bands.stride(), *base.stride(), *dbands.stride(),
-        *dbase.stride(), SCALED=scaled, DIRECT=direct,
-        BLOCK_P=min(triton.next_power_of_2(band_h * band_w), _TILE))
+        *dbase.stride(), SCALED=scaled, DIRECT=direct, BLOCK_C=block_c, BLOCK_P=block_p)
     if scaled and not direct:
         column_sums(sums, [dband_scale, dbase_scale])
     return dbands, dbase, dband_scale, dbase_scale

@@ -61,12 +61,15 @@ class WTEMamba(nn.Module):
                                     backend=self._kernels(x.device))
         bands = wavelet_transform(x, self.wt_filter)                  # (B, C, 4, h/2, w/2)
         bands = self.wavelet_conv(bands.reshape(b, 4 * c, *bands.shape[-2:]))
-        if self.iwt_filter.shape[-2:] == (2, 2) and not channels_innermost(bands):
-            # NCHW (CUDA, compiled): both scales, the inverse and the sum as one op
+        backend = self._kernels(x.device)
+        if self.iwt_filter.shape[-2:] == (2, 2) and (backend == 'triton'
+                                                     or not channels_innermost(bands)):
+            # the GPU path in either layout, and NCHW anywhere (compiled): both scales, the
+            # inverse and the sum as one op
             scales = (None, None) if self.scales_folded else \
                 (self.wavelet_scale.view(-1), self.ssm_scale.view(-1))
             return haar_inverse_add(bands, global_out, self.iwt_filter, *scales,
-                                    backend=self._kernels(x.device))
+                                    backend=backend)
         if not self.scales_folded:
             bands = bands * self.wavelet_scale
             global_out = global_out * self.ssm_scale
