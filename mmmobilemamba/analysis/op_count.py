@@ -10,13 +10,14 @@ What is counted, and how:
 
 * **launches** (:attr:`OpCount.total`): every ATen operator that does work on tensor data,
   and every Triton kernel launch (``triton::<kernel name>``, any kernel: Triton's JIT and
-  interpreter launch paths are patched while counting). A custom operator
-  (``torch.library``, any namespace but ``aten``/``prims``) is no launch itself: the counter
-  runs its implementation with the mode on, so the fills, copies, casts and kernels inside
-  it are counted, and records which implementation ran (:attr:`OpCount.custom_ops`:
-  ``'triton'`` when it launched a Triton kernel, else ``'torch'``, its PyTorch twin). What
-  an ATen kernel calls internally (a ``contiguous`` copy inside ``bmm``) is not seen, nor
-  what Triton's interpreter does on the host around a kernel.
+  interpreter launch paths are patched while counting). A custom operator defined in Python
+  (``torch.library.custom_op``) is no launch itself: the counter runs its implementation
+  with the mode on, so the fills, copies, casts and kernels inside it are counted, and
+  records which implementation ran (:attr:`OpCount.custom_ops`: ``'triton'`` when it
+  launched a Triton kernel, else ``'torch'``, its PyTorch twin). Operators of other
+  namespaces (compiled kernels: ``mkldnn::``, ``torchvision::``, mmcv's) count one launch
+  each, as ATen's. What a compiled kernel calls internally (a ``contiguous`` copy inside
+  ``bmm``) is not seen, nor what Triton's interpreter does on the host around a kernel.
 * **views** (:attr:`OpCount.views`): operators whose schema returns an alias of an input
   without writing it (``view``, ``permute``, ``transpose``, ``split``, ``expand``, ``detach``,
   ...), in-place metadata changes (``unsqueeze_``, ``as_strided_``: the ``inplace_view`` tag),
@@ -177,6 +178,12 @@ def _device_key(args: tuple, kwargs: dict) -> torch._C.DispatchKeySet:
     return torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
 
 
+def _is_python_op(name: str) -> bool:
+    """Whether operator ``name`` is a ``torch.library.custom_op`` (Python implementation)."""
+    from torch._library.custom_ops import OPDEFS
+    return name in OPDEFS
+
+
 def _triton_launchers() -> List[type]:
     """Triton's kernel classes whose ``run`` launches a kernel: the JIT's and the
     interpreter's (none without Triton)."""
@@ -264,7 +271,7 @@ class OpCounter(TorchDispatchMode):
         if self._in_triton:  # Triton's interpreter copying arguments on the host
             return func(*args, **kwargs)
         name = func._schema.name  # 'aten::add', 'mmmobilemamba::ss2d_scan'
-        if not name.startswith(_ATEN_NAMESPACES + _NO_KERNEL_NAMESPACES):
+        if not name.startswith(_ATEN_NAMESPACES + _NO_KERNEL_NAMESPACES) and _is_python_op(name):
             return self._run_custom_op(func, name, args, kwargs)
         if name in _SYNCS:
             self.count.sync_ops[name] += 1

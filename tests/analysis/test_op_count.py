@@ -52,6 +52,15 @@ def test_a_custom_op_is_no_launch_its_implementation_is():
     assert 'mmm_test::twice torch x1' in count.summary()
 
 
+def test_a_compiled_kernel_of_another_namespace_is_one_launch():
+    """Operators of other libraries (torchvision's, mmcv's: C++/CUDA kernels, no Python
+    implementation to look into) count one launch each, as ATen's."""
+    torchvision = pytest.importorskip('torchvision')
+    boxes, scores = torch.tensor([[0., 0., 2., 2.], [1., 1., 3., 3.]]), torch.tensor([.9, .8])
+    count = count_ops(lambda: torchvision.ops.nms(boxes, scores, 0.5))
+    assert count.by_op['torchvision::nms'] == 1 and not count.custom_ops
+
+
 def _triton_double():
     """A custom op whose implementation launches a Triton kernel (and a fill beside it)."""
     import triton
@@ -196,9 +205,11 @@ def test_deployed_tiny_model_counts_fewer():
 
 def test_cli_table_has_both_rows(tmp_path, capsys, monkeypatch):
     pytest.importorskip('mmdet')
+    pytest.importorskip('triton')
     out_md = tmp_path / 'ops.md'
     monkeypatch.setattr(sys, 'argv', [str(SCRIPT), '--arch', 'b1', '--form', 'eager',
-                                      '--size', '64', '--batch', '1',
+                                      'deployed-cuda', '--size', '64', '--batch', '1',
+                                      '--kernels', 'triton', '--dry-triton',
                                       '--references', 'regnetx_800mf', '--top', '3',
                                       '--markdown', str(out_md)])
     with pytest.raises(SystemExit) as exit_:
@@ -206,7 +217,12 @@ def test_cli_table_has_both_rows(tmp_path, capsys, monkeypatch):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith('| ')]
-    assert [row.split('|')[1].strip() for row in rows[1:]] == ['MobileMamba-B1', 'RegNetX-800MF']
-    assert '1.00x' in rows[2]  # the reference against itself
+    assert [row.split('|')[1].strip() for row in rows[1:]] == [
+        'MobileMamba-B1', 'MobileMamba-B1', 'RegNetX-800MF']
+    assert '1.00x' in rows[3]  # the reference against itself
+    # the custom ops' implementation: Triton's kernels (21 calls in the CUDA form's forward)
+    assert rows[2].split('|')[-2].strip() == 'triton 21' and rows[3].split('|')[-2].strip() == '-'
+    assert "custom ops on 'triton' (Triton's interpreter, launches counted without running" \
+        in out
     assert 'Most frequent ops (top 3)' in out
     assert out_md.read_text().startswith('Command: `python ')

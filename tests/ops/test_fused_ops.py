@@ -16,9 +16,9 @@ from mmmobilemamba.ops import inverse_wavelet_transform, wavelet_filters  # noqa
 from mmmobilemamba.ops.frozen_bn import (_fold_frozen_bn, _fold_frozen_bn_backward,  # noqa: E402
                                          _frozen_bn_act, _frozen_bn_act_backward,
                                          fold_frozen_bn, frozen_bn_act)
-from mmmobilemamba.ops.fused_ops import (_gated_layer_norm, _gated_layer_norm_backward,  # noqa: E402
-                                         _haar_inverse_add, _haar_inverse_add_backward,
-                                         gated_layer_norm, haar_inverse_add)
+from mmmobilemamba.ops.fused_ops import (  # noqa: E402
+    _gated_layer_norm, _gated_layer_norm_backward, _haar_inverse_add, _haar_inverse_add_backward,
+    gated_layer_norm, haar_inverse_add)
 
 BACKENDS = ('torch', 'triton')
 NHWC = torch.channels_last
