@@ -174,6 +174,23 @@ def test_released_models_on_the_kernels_equal_the_twins(arch, size, precision):
     _check_cuda_path(arch, size, precision)
 
 
+@pytest.mark.parametrize('precision', sorted(PRECISIONS))
+def test_channels_last_cuda_form_on_the_kernels_equals_the_twins(precision):
+    """The CUDA deploy form computing channels-last (the layout cuDNN's tensor-core convs
+    want; ``CUDA_FORM_CHANNELS_LAST`` picks it): the fused scan, norm and inverse read and
+    write NHWC maps where they are."""
+    dtype = PRECISIONS[precision]
+    twin, kernels = _pair(TINY_ARCH)
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(4))
+    exact = _eval_deployed(_pair(TINY_ARCH)[0], x, None)[0] if dtype else None
+    for model in (twin, kernels):
+        model.channels_last = True
+    expected, _ = _eval_deployed(twin, x, dtype)
+    actual, count = _eval_deployed(kernels, x, dtype)
+    _assert_ran(count, EVAL_OPS, 'triton')
+    _assert_same(actual, expected, exact)
+
+
 def test_batch_statistics_training_on_the_kernels_equals_the_twins():
     """BatchNorm with batch statistics (not frozen): the norms run as they are, the scan,
     gated norm and inverse transform on their kernels."""

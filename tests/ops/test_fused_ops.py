@@ -46,7 +46,7 @@ def _grads(fn, inputs, constants=('taps',)):
               and v.is_floating_point() and k not in constants else v
               for k, v in inputs.items()}
     out = fn(**leaves)
-    weight = torch.linspace(-1, 1, out.numel(), dtype=torch.float32).view_as(out)
+    weight = torch.linspace(-1, 1, out.numel(), device=out.device).view_as(out)
     (out.float() * weight).sum().backward()
     return out.detach(), {k: v.grad for k, v in leaves.items()
                           if isinstance(v, torch.Tensor) and v.grad is not None}

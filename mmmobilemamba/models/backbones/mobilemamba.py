@@ -33,7 +33,7 @@ from ..layers.conv_bn import frozen_bn_params, fuses_frozen_bn
 from ..registry import register_model
 
 __all__ = ['MobileMamba', 'MobileMambaBlock', 'MRFFI', 'MKDeConv', 'Downsample', 'ARCH_SETTINGS',
-           'split_channels']
+           'CUDA_FORM_CHANNELS_LAST', 'split_channels']
 
 _STAGE_KEYS = ('embed_dims', 'depths', 'global_ratios', 'local_ratios', 'kernel_sizes')
 
@@ -48,6 +48,12 @@ ARCH_SETTINGS: Dict[str, dict] = {
 }
 ARCH_SETTINGS['b2'] = dict(ARCH_SETTINGS['b1'])
 ARCH_SETTINGS['b4'] = dict(ARCH_SETTINGS['b1'])
+
+# The CUDA deploy form's memory format where ``channels_last`` is None. cuDNN's tensor-core
+# 1x1 convolutions want NHWC in bfloat16, while NCHW needs no layout change anywhere; no GPU
+# has measured both yet (tools/analysis/gpu_check.sh measures the deployed form both ways, the
+# 'deployed-channels-last' rows), so NCHW stays the default until a measurement favours NHWC.
+CUDA_FORM_CHANNELS_LAST = False
 
 
 def split_channels(channels: int, global_ratio: float, local_ratio: float) -> Tuple[int, int, int]:
@@ -387,8 +393,9 @@ class MobileMamba(BaseModule):
         channels_last (bool, optional): compute in channels-last (NHWC) memory. None (default)
             does so on CPU, where oneDNN's convolutions are faster in NHWC and the selective
             scan reads a flattened NHWC map without transposes, but not under
-            ``torch.compile`` or in the CUDA deploy form; False keeps NCHW. An internal
-            choice: the results are the same and the returned maps are NCHW-contiguous.
+            ``torch.compile``; the CUDA deploy form takes :data:`CUDA_FORM_CHANNELS_LAST`;
+            False keeps NCHW. An internal choice: the results are the same and the returned
+            maps are NCHW-contiguous.
         init_cfg (dict | list[dict], optional): ``dict(type='Pretrained', checkpoint=PATH)``
             loads a released classification checkpoint, a downstream mmdet/mmseg checkpoint
             (``backbone.`` keys) or our own format, reporting what was loaded.
@@ -595,9 +602,11 @@ class MobileMamba(BaseModule):
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f'MobileMamba expects (N, 3, H, W) images, got {tuple(x.shape)}')
         channels_last = self.channels_last
-        if channels_last is None:  # for oneDNN in eager mode; compiled, inductor picks layouts
-            channels_last = x.device.type == 'cpu' and not torch.compiler.is_compiling() \
-                and self.deployed != 'cuda'
+        if channels_last is None:
+            if self.deployed == 'cuda':
+                channels_last = CUDA_FORM_CHANNELS_LAST
+            else:  # for oneDNN in eager mode; compiled, inductor picks layouts
+                channels_last = x.device.type == 'cpu' and not torch.compiler.is_compiling()
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x = self._stem(x)
