@@ -1,15 +1,19 @@
-"""Shared by the tests of the Triton kernels: Triton's CPU interpreter for the kernel modules."""
-import importlib
-import os
+"""Shared by the tests of the Triton kernels: Triton's CPU interpreter for the kernel modules,
+and a compile-only stand-in for a CUDA GPU.
+
+:func:`triton_interpreter` is :func:`mmmobilemamba.analysis.op_count.triton_interpreter`
+(which the launch counts use too: ``TRITON_INTERPRET=1`` set and every
+``mmmobilemamba.ops.triton_*`` module re-imported, so their kernels run on CPU tensors) with
+the interpreter's scans and reductions vectorised for the tests' speed and its float32 ->
+bfloat16 casts rounded to nearest even as on a GPU (it truncates).
+"""
 from contextlib import ExitStack, contextmanager
 from typing import Iterator
 from unittest import mock
 
 import numpy as np
 
-# helpers first: the kernel modules import their jit functions when reloaded
-KERNEL_MODULES = ('mmmobilemamba.ops.triton_common', 'mmmobilemamba.ops.triton_scan',
-                  'mmmobilemamba.ops.triton_fused')
+from mmmobilemamba.analysis.op_count import triton_interpreter as _package_interpreter
 
 
 def _sliced(op, inputs):
@@ -37,20 +41,10 @@ def _vector_scan(self, inputs):
             for j, arg in enumerate(inputs)]
 
 
-def _is_plain_sum(combine_fn) -> bool:
-    """``triton_common.sum_along``'s combine function (``a + b``)."""
-    fn = getattr(combine_fn, 'fn', None)
-    return getattr(fn, '__module__', '') == 'mmmobilemamba.ops.triton_common' and \
-        getattr(fn, '__name__', '') == '_add'
-
-
 def _vector_reduce(self, inputs):
     """``ReduceOps.generic_reduce``, a slice at a time."""
     if self.axis is None:  # a reduction of everything: the slow loop (scalar results)
         return _GENERIC_REDUCE(self, inputs)
-    if len(inputs) == 1 and _is_plain_sum(self.combine_fn):  # as tl.sum's own fast path
-        return [self.to_tensor(np.sum(inputs[0].handle.data, axis=self.axis,
-                                      keepdims=self.keep_dims), inputs[0].dtype)]
     acc = _sliced(self, inputs)[-1]
     if self.keep_dims:
         acc = [np.expand_dims(a, self.axis) for a in acc]
@@ -87,42 +81,47 @@ def _patching_once(patch_lang):
     return patch
 
 
+def _rounding_cast(cast_impl):
+    """``InterpreterBuilder.cast_impl`` that rounds float32 to bfloat16 to nearest even, as a
+    GPU's ``.to(tl.bfloat16)`` does; the interpreter truncates, whose bias (always towards
+    zero) grows through a deep network's bfloat16 stores far beyond a GPU's rounding."""
+    import torch
+    from triton import language as tl
+
+    def cast(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            bits = np.ascontiguousarray(src.data)  # float32 bits, whatever numpy type holds them
+            rounded = torch.from_numpy(bits.view(np.float32).copy()).to(torch.bfloat16)
+            return _interpreter.TensorHandle(rounded.view(torch.int16).numpy().view(np.uint16),
+                                             dst_type.scalar)
+        return cast_impl(self, src, dst_type)
+
+    return cast
+
+
 try:  # Triton's interpreter reduces and scans with a custom combine one element at a time
     from triton.runtime import interpreter as _interpreter
     _GENERIC_REDUCE = _interpreter.ReduceOps.generic_reduce
     _FASTER = ((_interpreter.ScanOps, 'generic_scan', _vector_scan),
                (_interpreter.ReduceOps, 'generic_reduce', _vector_reduce),
-               (_interpreter, '_patch_lang', _patching_once(_interpreter._patch_lang)))
+               (_interpreter, '_patch_lang', _patching_once(_interpreter._patch_lang)),
+               (_interpreter.InterpreterBuilder, 'cast_impl',
+                _rounding_cast(_interpreter.InterpreterBuilder.cast_impl)))
 except (ImportError, AttributeError):  # another Triton: its own loops (slower, same results)
     _FASTER = ()
 
 
 @contextmanager
 def triton_interpreter() -> Iterator[None]:
-    """Within, the kernel modules run in Triton's interpreter (on CPU tensors).
-
-    Sets ``TRITON_INTERPRET=1`` (the package never does) and re-imports the kernel modules so
-    that their kernels are built for the interpreter; afterwards both are restored. Within,
-    the interpreter runs faster, computing the same: its scans and reductions with a combine
-    function of our own (``tl.reduce``, ``tl.associative_scan``) take a whole slice per step
-    instead of one element (``sum_along`` is a numpy sum, as ``tl.sum`` is there), and it
-    patches the language once per kernel run, not again for each call of a jit helper.
-    """
-    before = os.environ.get('TRITON_INTERPRET')
-    os.environ['TRITON_INTERPRET'] = '1'
-    modules = [importlib.reload(importlib.import_module(name)) for name in KERNEL_MODULES]
-    with ExitStack() as patches:
+    """Within, the kernel modules run in Triton's interpreter (on CPU tensors), faster and
+    computing the same: its scans and reductions with a combine function of our own
+    (``tl.reduce``, ``tl.associative_scan``) take a whole slice per step instead of one
+    element, and it patches the language once per kernel run, not again for each call of a
+    jit helper."""
+    with _package_interpreter(), ExitStack() as patches:
         for owner, name, faster in _FASTER:
             patches.enter_context(mock.patch.object(owner, name, faster))
-        try:
-            yield
-        finally:
-            if before is None:
-                del os.environ['TRITON_INTERPRET']
-            else:
-                os.environ['TRITON_INTERPRET'] = before
-            for module in modules:
-                importlib.reload(module)
+        yield
 
 
 class _CompileTarget:

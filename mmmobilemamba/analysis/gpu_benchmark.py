@@ -14,8 +14,10 @@ Measured, each in its own cell (a failure is reported in the cell and the run go
   means), its time and, on CUDA, its peak memory above what was allocated before;
 - GPU kernels per forward (torch.profiler, 3 forwards);
 - batch-1 latency, eager against the forward captured in a CUDA graph and replayed;
-- the targets of issue 15 that the run measured, PASS or FAIL (whole-model targets from the
-  figures of :func:`~mmmobilemamba.analysis.compare.run_comparison`).
+- the targets (issue 19, item 6) that the run measured, PASS or FAIL, each naming the forms it
+  compares (whole-model targets from the figures of
+  :func:`~mmmobilemamba.analysis.compare.run_comparison`). :data:`TARGET_CELLS` are the
+  measurements they need, which the GPU check takes first (:meth:`GpuBenchmark.run_cells`).
 
 Results are plain JSON-able dicts (:class:`GpuBenchmark.results`), so a report can be rendered
 again from a saved run (:func:`format_report`).
@@ -39,15 +41,30 @@ from .backbones import REFERENCE, backbone_label, build_backbone
 
 __all__ = ['MM_FORMS', 'REF_FORMS', 'COMPILE_MODES', 'GpuBenchmark', 'Target',
            'evaluate_targets', 'format_report', 'parse_setting', 'count_device_kernels',
-           'environment', 'save_json', 'WHOLE_MODEL_TARGETS']
+           'environment', 'save_json', 'merge_results', 'WHOLE_MODEL_TARGETS', 'TARGET_CELLS']
 
-MM_FORMS = ('eager', 'deployed', 'deployed-cpu-form', 'compiled')
+MM_FORMS = ('eager', 'deployed', 'deployed-channels-last', 'deployed-cpu-form', 'compiled')
 REF_FORMS = ('eager', 'compiled')
 DTYPES = {'fp32': None, 'bf16': torch.bfloat16}
 _B1 = 'MobileMamba-B1'
 # a compile of B1 took 45-52 s on an H200: no compile is started with less budget left
 COMPILE_RESERVE_S = 60.0
 _KERNEL_FORWARDS = 3
+_TARGET_EVAL = (32, 512)
+_TARGET_TRAIN = (16, 512)
+
+# The measurements the targets need, by part of the GPU check (each part has its own time
+# limit there): (section, backbone key, form, batch, size, dtype), in order.
+TARGET_CELLS: Dict[str, Tuple[Tuple[str, str, Optional[str], int, int, str], ...]] = {
+    'eval': tuple(cell for dtype in ('fp32', 'bf16') for cell in (
+        ('eval', 'regnetx_800mf', 'eager', *_TARGET_EVAL, dtype),
+        ('eval', 'b1', 'deployed', *_TARGET_EVAL, dtype))) + (
+        ('eval', 'b1', 'deployed-channels-last', *_TARGET_EVAL, 'bf16'),),  # the layout's
+    'train': tuple(('train', key, None, *_TARGET_TRAIN, dtype) for dtype in ('fp32', 'bf16')
+                   for key in ('regnetx_800mf', 'b1')),
+    'compiled': (('eval', 'regnetx_800mf', 'eager', *_TARGET_EVAL, 'bf16'),
+                 ('eval', 'b1', 'compiled', *_TARGET_EVAL, 'bf16')),
+}
 
 
 def parse_setting(text: str) -> Tuple[int, int]:
@@ -164,8 +181,8 @@ def _count_from_averages(prof) -> int:
 
 @dataclass
 class Target:
-    """One target of issue 15: ``measured`` (a ratio) must be at most ``limit`` (below it if
-    ``strict``)."""
+    """One target: ``measured`` (a ratio) must be at most ``limit`` (below it if ``strict``);
+    ``name`` says what is compared with what, in which forms."""
 
     name: str
     limit: float
@@ -218,9 +235,15 @@ WHOLE_MODEL_TARGETS = (('Mask R-CNN', _B1, REFERENCE, 1.2),
                        ('Semantic FPN', 'MobileMamba-B4', 'ResNet-50', 1.3))
 
 
+# what each target compares, as the report names it
+_DEPLOYED = 'B1 deployed for CUDA (BN folded, Triton kernels, NCHW)'
+_REGNET_EAGER = 'RegNetX-800MF eager (BN unfolded)'
+_TRAINED = 'eager, train mode, frozen BN statistics'
+
+
 def evaluate_targets(results: dict, whole_model: Optional[Sequence[dict]] = None,
-                     batch: int = 32, size: int = 512) -> List[Target]:
-    """The targets of issue 15 (ratios to RegNetX-800MF measured in the same run).
+                     batch: int = _TARGET_EVAL[0], size: int = _TARGET_EVAL[1]) -> List[Target]:
+    """The targets (issue 19, item 6; ratios to the peer measured on the same GPU).
 
     Args:
         results (dict): :attr:`GpuBenchmark.results` (or the same loaded from JSON).
@@ -232,30 +255,32 @@ def evaluate_targets(results: dict, whole_model: Optional[Sequence[dict]] = None
         list[Target]: every target, measured or not.
     """
     ev = results.get('eval', [])
+    setting = _setting_name(batch, size)
     targets = []
     for dtype in ('fp32', 'bf16'):
         at = dict(batch=batch, size=size, dtype=dtype)
         targets.append(_ratio_target(
-            f'B1 eval {_setting_name(batch, size)} {dtype}, deployed vs RegNetX-800MF eager',
+            f'B1 eval {setting} {dtype}: {_DEPLOYED} vs {_REGNET_EAGER}',
             1.5, _find(ev, model=_B1, form='deployed', **at),
             _find(ev, model=REFERENCE, form='eager', **at), _BEFORE[f'eval {dtype}']))
     at = dict(batch=batch, size=size, dtype='bf16')
     b1_compiled = _find(ev, model=_B1, form='compiled', **at)
     targets.append(_ratio_target(
-        f'B1 compiled {_setting_name(batch, size)} bf16 vs RegNetX-800MF eager', 1.0,
-        b1_compiled, _find(ev, model=REFERENCE, form='eager', **at), _BEFORE['compiled/eager']))
+        f'B1 compiled {setting} bf16: torch.compile of the CUDA deploy form vs {_REGNET_EAGER}',
+        1.0, b1_compiled, _find(ev, model=REFERENCE, form='eager', **at),
+        _BEFORE['compiled/eager']))
     targets.append(_ratio_target(
-        f'B1 compiled {_setting_name(batch, size)} bf16 vs RegNetX-800MF compiled', 1.5,
+        f'B1 compiled {setting} bf16 vs RegNetX-800MF compiled (both torch.compile)', 1.5,
         b1_compiled, _find(ev, model=REFERENCE, form='compiled', **at),
         _BEFORE['compiled/compiled']))
     train = results.get('train', [])
     for dtype in ('fp32', 'bf16'):
-        targets.append(_ratio_target(f'B1 training step {dtype} vs RegNetX-800MF', 1.5,
-                                     _find(train, model=_B1, dtype=dtype),
-                                     _find(train, model=REFERENCE, dtype=dtype),
-                                     _BEFORE[f'train {dtype}']))
+        targets.append(_ratio_target(
+            f'B1 training step {dtype} vs RegNetX-800MF (both {_TRAINED})', 1.5,
+            _find(train, model=_B1, dtype=dtype), _find(train, model=REFERENCE, dtype=dtype),
+            _BEFORE[f'train {dtype}']))
     # "bf16 faster than fp32": the ratio bf16 / fp32 below 1 (a tie fails)
-    bf16_vs_fp32 = _ratio_target('B1 training step bf16 vs fp32 (bf16 faster)', 1.0,
+    bf16_vs_fp32 = _ratio_target('B1 training step bf16 autocast vs fp32 (bf16 faster)', 1.0,
                                  _find(train, model=_B1, dtype='bf16'),
                                  _find(train, model=_B1, dtype='fp32'),
                                  _BEFORE['train bf16/fp32'])
@@ -268,8 +293,9 @@ def evaluate_targets(results: dict, whole_model: Optional[Sequence[dict]] = None
                 if fig.get('task') == task and fig.get('label') == label and fig.get('train_ms'):
                     return {'ms': fig['train_ms']}
             return None
-        targets.append(_ratio_target(f'{task} {ours.split("-")[-1]} training step vs {peer}',
-                                     limit, get(ours), get(peer), _BEFORE[task]))
+        targets.append(_ratio_target(
+            f'{task} {ours.split("-")[-1]} training step vs {peer} (the whole model, same '
+            'head and neck, eager)', limit, get(ours), get(peer), _BEFORE[task]))
     return targets
 
 
@@ -622,9 +648,11 @@ class GpuBenchmark:
         is_mm = key in self.archs
         if form == 'eager':
             model = copy.deepcopy(self._cpu_model(key)).to(self.device)
-        elif form == 'deployed' and is_mm:
+        elif form in ('deployed', 'deployed-channels-last') and is_mm:
             model = copy.deepcopy(self._cpu_model(key)).to(self.device)
             model.switch_to_deploy(device=self.device.type)
+            if form == 'deployed-channels-last':
+                model.channels_last = True  # the model converts its input
         elif form == 'deployed-cpu-form' and is_mm:
             model = copy.deepcopy(self._cpu_model(key))
             model.switch_to_deploy(device='cpu')
@@ -789,6 +817,20 @@ class GpuBenchmark:
                 rec = dict(model=backbone_label(key), form=form, size=self.graph_size)
                 self._record('graphs', rec, lambda: self._graph(key, form, self.graph_size))
 
+    def run_cells(self, cells: Sequence[Tuple[str, str, Optional[str], int, int, str]]) -> dict:
+        """Only the measurements ``cells`` (:data:`TARGET_CELLS`' form: ``(section, key, form,
+        batch, size, dtype)``), in order; a compile waits for enough budget."""
+        for section, key, form, batch, size, dtype in cells:
+            rec = dict(model=backbone_label(key), batch=batch, size=size, dtype=dtype)
+            if section == 'train':
+                self._record('train', rec, lambda: self._train(key, batch, size, dtype))
+                continue
+            rec['form'] = form
+            self._record('eval', rec, lambda: self._eval(key, form, batch, size, dtype),
+                         need_s=COMPILE_RESERVE_S if form == 'compiled' else 0.0)
+        self.results['elapsed_s'] = self.elapsed_s()
+        return self.results
+
     def run(self) -> dict:
         """Every measurement, cheapest and most wanted first (a budget cuts the rest)."""
         self.run_eval(compiled=False)
@@ -799,6 +841,24 @@ class GpuBenchmark:
         self.run_graphs()
         self.results['elapsed_s'] = self.elapsed_s()
         return self.results
+
+
+def merge_results(runs: Sequence[dict]) -> dict:
+    """Several runs' results as one (the GPU check measures the targets and the rest of the
+    table in separate processes): their measurements in order, the first run's environment
+    and settings, every run's notes."""
+    merged: dict = {'environment': '?', 'settings_text': {}, 'eval': [], 'train': [],
+                    'kernels': [], 'graphs': [], 'notes': []}
+    for run in runs:
+        if merged['environment'] == '?' and run.get('environment'):
+            merged['environment'] = run['environment']
+        for key, text in run.get('settings_text', {}).items():
+            if text and not merged['settings_text'].get(key):
+                merged['settings_text'][key] = text
+        for section in ('eval', 'train', 'kernels', 'graphs'):
+            merged[section] += run.get(section, [])
+        merged['notes'] += [n for n in run.get('notes', []) if n not in merged['notes']]
+    return merged
 
 
 def save_json(results: dict, path: str) -> None:

@@ -37,6 +37,8 @@ too few for the GPU, chunks of tokens in parallel (:mod:`.triton_scan`), with
 :func:`ss2d_scan_reference` its sequential twin.
 """
 import functools
+import logging
+import warnings
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -369,9 +371,10 @@ def ss2d_scan_reference(u: torch.Tensor, delta: torch.Tensor, A_log: torch.Tenso
 
 @functools.lru_cache(maxsize=None)
 def _triton_scan():
-    """:mod:`mmmobilemamba.ops.triton_scan` if Triton imports, else None (looked up once)."""
+    """:mod:`mmmobilemamba.ops.triton_scan` if Triton's kernel modules (the scan's and the
+    fused layers') import, else None (looked up once)."""
     try:
-        from . import triton_scan
+        from . import triton_fused, triton_scan  # noqa: F401
     except Exception:  # ImportError, or a Triton that does not work with this torch
         return None
     return triton_scan
@@ -380,13 +383,26 @@ def _triton_scan():
 def resolve_backend(backend: str, device: torch.device, mamba_ssm: bool = True) -> str:
     """The backend ``'auto'`` stands for on ``device``; others are returned as they are.
 
-    On CUDA: Triton's kernel when Triton imports, else mamba_ssm's kernel (``'cuda'``, with
-    ``mamba_ssm`` true: it takes the reference layout) when installed, else the PyTorch scan;
-    the choice is logged once per process. Elsewhere: the PyTorch scan.
+    On CUDA: Triton's kernels when Triton imports; else mamba_ssm's kernel (``'cuda'``, with
+    ``mamba_ssm`` true: it takes the reference layout) when installed, else the PyTorch scan,
+    with a warning (once per process): without Triton the custom ops run their PyTorch
+    twins, many kernels each. Elsewhere: the PyTorch scan.
     """
     if backend != 'auto':
         return backend
     return _auto_backend(torch.device(device).type, mamba_ssm)
+
+
+def custom_op_backend(backend: str, device: torch.device) -> str:
+    """The implementation, 'triton' or 'torch', of the custom ops (the scan, the fused
+    layers, the recurrence) of a layer whose scan backend is ``backend``: 'triton' puts every
+    one on its Triton kernel (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``);
+    'auto' (and 'cuda', mamba_ssm's scan, whose neighbours need kernels too) Triton's on
+    CUDA (see :func:`resolve_backend`), the twins elsewhere; 'torch', 'reference' and
+    'export' the PyTorch twins."""
+    if backend in ('auto', 'cuda'):
+        return _auto_backend(torch.device(device).type, False)
+    return 'triton' if backend == 'triton' else 'torch'
 
 
 @torch.compiler.assume_constant_result
@@ -405,9 +421,17 @@ def _auto_backend(device_type: str, mamba_ssm: bool) -> str:
     if chosen not in _AUTO_CHOICES_LOGGED:
         _AUTO_CHOICES_LOGGED.add(chosen)
         from mmengine.logging import print_log
-        what = {'triton': "Triton's kernel", 'cuda': "mamba_ssm's CUDA kernel",
-                'torch': 'the PyTorch scan (neither Triton nor mamba_ssm imports)'}[chosen]
-        print_log(f"selective scan on CUDA (backend 'auto'): {what}", logger='current')
+        if chosen == 'triton':
+            print_log("selective scan on CUDA (backend 'auto'): Triton's kernel",
+                      logger='current')
+        else:
+            what = ("mamba_ssm's CUDA kernel for the scan, the fused layers' PyTorch twins"
+                    if chosen == 'cuda' else 'the PyTorch twins of every custom op')
+            message = (f"backend 'auto' on CUDA: Triton does not import, so {what} run, many "
+                       'kernels each (slow). Install Triton (it comes with torch\'s Linux CUDA '
+                       "wheels), or choose scan_backend='torch' to run the twins on purpose")
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            print_log(message, logger='current', level=logging.WARNING)
     return chosen
 
 

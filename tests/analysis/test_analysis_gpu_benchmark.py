@@ -114,6 +114,42 @@ def test_every_cpu_measurement_and_the_report(tiny_models):
     assert '**not measured** B1 eval 512²×b32 fp32' in text  # measured at 32² only
 
 
+def test_target_cells_measure_what_the_targets_need(tiny_models):
+    """Only the targets' cells, part by part, in order; with them the targets are measured
+    (synthetic stand-ins: the figures' values do not matter here)."""
+    bench = _bench(archs=['b1'], references=['regnetx_800mf'])
+    cells = [cell for part in ('eval', 'train', 'compiled') for cell in gb.TARGET_CELLS[part]]
+    # the stand-ins run at 32²: the same cells, smaller
+    small = [(sec, key, form, 1, 32, dtype) for sec, key, form, _, _, dtype in cells]
+    results = bench.run_cells(small)
+    assert [(r['model'], r.get('form'), r['dtype']) for r in results['eval']] == [
+        ('RegNetX-800MF', 'eager', 'fp32'), ('MobileMamba-B1', 'deployed', 'fp32'),
+        ('RegNetX-800MF', 'eager', 'bf16'), ('MobileMamba-B1', 'deployed', 'bf16'),
+        ('MobileMamba-B1', 'deployed-channels-last', 'bf16'), ('RegNetX-800MF', 'eager', 'bf16'),
+        ('MobileMamba-B1', 'compiled', 'bf16')]
+    assert all(r['ms'] > 0 for r in results['eval'] + results['train'])
+    assert [(r['model'], r['dtype']) for r in results['train']] == [
+        ('RegNetX-800MF', 'fp32'), ('MobileMamba-B1', 'fp32'), ('RegNetX-800MF', 'bf16'),
+        ('MobileMamba-B1', 'bf16')]
+    assert bench.model('b1', 'deployed-channels-last').channels_last is True
+    measured = {t.name.split(':')[0] for t in gb.evaluate_targets(results, batch=1, size=32)
+                if t.status != 'not measured'}
+    assert {'B1 eval 32²×b1 fp32', 'B1 eval 32²×b1 bf16', 'B1 compiled 32²×b1 bf16'} <= measured
+
+
+def test_runs_merge_into_one_report():
+    """The GPU check measures in several processes; their results render as one."""
+    first = dict(_synthetic(), notes=['a note'])
+    later = {'environment': 'later', 'eval': [dict(model='MobileMamba-T2', form='eager',
+                                                   batch=32, size=512, dtype='fp32', ms=7.0)],
+             'train': [], 'kernels': [], 'graphs': [], 'notes': ['a note', 'another']}
+    merged = gb.merge_results([first, later])
+    assert merged['environment'] == 'synthetic' and merged['notes'] == ['a note', 'another']
+    assert len(merged['eval']) == len(first['eval']) + 1
+    assert [t.status for t in gb.evaluate_targets(merged)][:2] == ['PASS', 'PASS']
+    assert '| MobileMamba-T2 | eager |' in gb.format_report(merged)
+
+
 def test_budget_skips_the_rest_with_a_note(tiny_models):
     bench = _bench(budget_s=0.0)
     results = bench.run()
@@ -187,18 +223,23 @@ WHOLE = [dict(task='Mask R-CNN', label='MobileMamba-B1', params_m=30.0, latency_
 def test_targets_pass_and_fail():
     targets = {t.name: t for t in gb.evaluate_targets(_synthetic(), WHOLE)}
     status = {name: t.status for name, t in targets.items()}
-    assert status == {
-        'B1 eval 512²×b32 fp32, deployed vs RegNetX-800MF eager': 'PASS',   # 1.40x
-        'B1 eval 512²×b32 bf16, deployed vs RegNetX-800MF eager': 'PASS',   # 1.50x (bound)
-        'B1 compiled 512²×b32 bf16 vs RegNetX-800MF eager': 'PASS',         # 0.90x
-        'B1 compiled 512²×b32 bf16 vs RegNetX-800MF compiled': 'PASS',      # 1.38x
-        'B1 training step fp32 vs RegNetX-800MF': 'PASS',                   # 1.43x
-        'B1 training step bf16 vs RegNetX-800MF': 'PASS',                   # 1.35x
-        'B1 training step bf16 vs fp32 (bf16 faster)': 'PASS',              # 0.875x
-        'Mask R-CNN B1 training step vs RegNetX-800MF': 'PASS',             # 1.19x
-        'Semantic FPN B4 training step vs ResNet-50': 'FAIL',               # 2.22x
+    deployed = 'B1 deployed for CUDA (BN folded, Triton kernels, NCHW)'
+    regnet = 'RegNetX-800MF eager (BN unfolded)'
+    trained = 'eager, train mode, frozen BN statistics'
+    whole = 'the whole model, same head and neck, eager'
+    assert status == {  # each names the forms it compares
+        f'B1 eval 512²×b32 fp32: {deployed} vs {regnet}': 'PASS',                  # 1.40x
+        f'B1 eval 512²×b32 bf16: {deployed} vs {regnet}': 'PASS',                  # 1.50x
+        f'B1 compiled 512²×b32 bf16: torch.compile of the CUDA deploy form vs {regnet}':
+            'PASS',                                                                 # 0.90x
+        'B1 compiled 512²×b32 bf16 vs RegNetX-800MF compiled (both torch.compile)': 'PASS',
+        f'B1 training step fp32 vs RegNetX-800MF (both {trained})': 'PASS',        # 1.43x
+        f'B1 training step bf16 vs RegNetX-800MF (both {trained})': 'PASS',        # 1.35x
+        'B1 training step bf16 autocast vs fp32 (bf16 faster)': 'PASS',           # 0.875x
+        f'Mask R-CNN B1 training step vs RegNetX-800MF ({whole})': 'PASS',         # 1.19x
+        f'Semantic FPN B4 training step vs ResNet-50 ({whole})': 'FAIL',           # 2.22x
     }
-    fpn = targets['Semantic FPN B4 training step vs ResNet-50']
+    fpn = targets[f'Semantic FPN B4 training step vs ResNet-50 ({whole})']
     assert fpn.measured == pytest.approx(79.3 / 35.7)
     assert fpn.line().startswith('- **FAIL** Semantic FPN') and '2.22x' in fpn.line()
 
@@ -217,8 +258,8 @@ def test_report_with_whole_models_and_notes():
     assert text.startswith('# MobileMamba on the GPU: backbone table and whole models')
     assert '- CUDA tests (pytest -m cuda): 82 passed, 3 skipped' in text
     assert '## Whole models' in text and '| Semantic FPN | MobileMamba-B4 |' in text
-    assert ('**FAIL** Semantic FPN B4 training step vs ResNet-50 (target <= 1.3x; first GPU run '
-            '2.22x): 2.22x') in text
+    assert ('**FAIL** Semantic FPN B4 training step vs ResNet-50 (the whole model, same head '
+            'and neck, eager) (target <= 1.3x; first GPU run 2.22x): 2.22x') in text
     assert '| MobileMamba-B1 | 40.00 | 1.43x | 35.00 | 1.35x | 0.88x | 3.00 / 3.00 |' in text
     # a report renders from nothing, too (a backbone step that died at once)
     assert '**not measured**' in gb.format_report({'environment': 'unreadable'})

@@ -42,11 +42,64 @@ def test_conv_relu_is_two():
     assert count.casts == count.syncs == 0
 
 
-def test_custom_op_counts_once_not_its_implementation():
+def test_a_custom_op_is_no_launch_its_implementation_is():
     count = count_ops(lambda: _twice(torch.ones(3)))
-    assert 'mmm_test::twice' in count.by_op and count.by_op['mmm_test::twice'] == 1
-    # the ones() above is the only other kernel: mul, exp, log, clone inside are not seen
-    assert count.total == 2
+    # ones() and the four ATen kernels inside; the op itself launches nothing
+    assert count.by_op == {'aten::ones': 1, 'aten::mul': 1, 'aten::exp': 1, 'aten::log': 1,
+                           'aten::clone': 1}
+    assert count.custom_ops == {('mmm_test::twice', 'torch'): 1}
+    assert count.implementations('mmm_test::twice') == {'torch': 1}
+    assert 'mmm_test::twice torch x1' in count.summary()
+
+
+def test_a_compiled_kernel_of_another_namespace_is_one_launch():
+    """Operators of other libraries (torchvision's, mmcv's: C++/CUDA kernels, no Python
+    implementation to look into) count one launch each, as ATen's."""
+    torchvision = pytest.importorskip('torchvision')
+    boxes, scores = torch.tensor([[0., 0., 2., 2.], [1., 1., 3., 3.]]), torch.tensor([.9, .8])
+    count = count_ops(lambda: torchvision.ops.nms(boxes, scores, 0.5))
+    assert count.by_op['torchvision::nms'] == 1 and not count.custom_ops
+
+
+def _triton_double():
+    """A custom op whose implementation launches a Triton kernel (and a fill beside it)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _double_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(out_ptr + idx, 2 * tl.load(x_ptr + idx, mask=idx < n), mask=idx < n)
+
+    @torch.library.custom_op('mmm_test::triton_double', mutates_args=())
+    def double(x: torch.Tensor) -> torch.Tensor:
+        out, _ = torch.empty_like(x), torch.zeros(1)
+        _double_kernel[(triton.cdiv(x.numel(), 64),)](x, out, x.numel(), BLOCK=64)
+        return out
+
+    return double
+
+
+def test_triton_launches_count_inside_custom_ops():
+    """Every Triton launch counts (by kernel name) and marks its custom op 'triton'; what
+    Triton's interpreter does on the host around the kernel does not count."""
+    pytest.importorskip('triton')
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    from mmmobilemamba.analysis.op_count import triton_interpreter
+    runs = (JITFunction.run, InterpretedFunction.run)
+    with triton_interpreter():
+        double = _triton_double()
+        x = torch.arange(100.0)
+        count = count_ops(lambda: double(x))
+        assert count.by_op == {'triton::_double_kernel': 1, 'aten::zeros': 1}
+        assert count.triton_launches == 1
+        assert count.implementations('mmm_test::triton_double') == {'triton': 1}
+        torch.testing.assert_close(double(x), 2 * x)
+        # counted without running: the same count, the output left as allocated
+        assert count_ops(lambda: double(x), run_triton=False).by_op == count.by_op
+    assert (JITFunction.run, InterpretedFunction.run) == runs  # Triton's launchers restored
 
 
 def test_ops_inside_an_aten_kernel_are_not_seen():
@@ -87,7 +140,7 @@ def test_opcount_helpers():
     assert count.top(1) == [('aten::add', 2)]
     both = count + count
     assert both.total == 2 * count.total
-    assert f'{count.total} kernels' in count.summary(top=2)
+    assert f'{count.total} launches (0 Triton kernels)' in count.summary(top=2)
     assert isinstance(both, OpCount)
 
 
@@ -152,9 +205,11 @@ def test_deployed_tiny_model_counts_fewer():
 
 def test_cli_table_has_both_rows(tmp_path, capsys, monkeypatch):
     pytest.importorskip('mmdet')
+    pytest.importorskip('triton')
     out_md = tmp_path / 'ops.md'
     monkeypatch.setattr(sys, 'argv', [str(SCRIPT), '--arch', 'b1', '--form', 'eager',
-                                      '--size', '64', '--batch', '1',
+                                      'deployed-cuda', '--size', '64', '--batch', '1',
+                                      '--kernels', 'triton', '--dry-triton',
                                       '--references', 'regnetx_800mf', '--top', '3',
                                       '--markdown', str(out_md)])
     with pytest.raises(SystemExit) as exit_:
@@ -162,7 +217,12 @@ def test_cli_table_has_both_rows(tmp_path, capsys, monkeypatch):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith('| ')]
-    assert [row.split('|')[1].strip() for row in rows[1:]] == ['MobileMamba-B1', 'RegNetX-800MF']
-    assert '1.00x' in rows[2]  # the reference against itself
+    assert [row.split('|')[1].strip() for row in rows[1:]] == [
+        'MobileMamba-B1', 'MobileMamba-B1', 'RegNetX-800MF']
+    assert '1.00x' in rows[3]  # the reference against itself
+    # the custom ops' implementation: Triton's kernels (21 calls in the CUDA form's forward)
+    assert rows[2].split('|')[-2].strip() == 'triton 21' and rows[3].split('|')[-2].strip() == '-'
+    assert "custom ops on 'triton' (Triton's interpreter, launches counted without running" \
+        in out
     assert 'Most frequent ops (top 3)' in out
     assert out_md.read_text().startswith('Command: `python ')

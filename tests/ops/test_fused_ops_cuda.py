@@ -1,7 +1,9 @@
 """The Triton kernels on real CUDA hardware against their PyTorch twins on the CPU: SS2D's scan
-(forward and backward, per direction, chunked by the plan and forced), the Haar inverse add and
-the gated LayerNorm; the CUDA deploy form and the compiled backbone on the GPU against the CPU.
-Every tensor made next to a GPU output is made on its device."""
+(forward and backward, per direction, chunked by the plan and forced), the Haar inverse add,
+the gated LayerNorm, the frozen BatchNorm chain and its fold into a conv (values and every
+gradient, float32 and bfloat16, either layout); the CUDA deploy form and the compiled backbone
+on the GPU against the CPU. Every tensor a test makes beside a device's output is made on that
+output's device."""
 import pytest
 import torch
 from cuda_checks import (CUDA_ONLY, DEVICE, assert_all_close_rel, assert_close_rel,
@@ -11,6 +13,7 @@ from test_ss2d_scan import ARGS, ss2d_inputs
 from tiny_models import TINY_ARCH
 
 from mmmobilemamba.ops import ss2d_scan
+from mmmobilemamba.ops.frozen_bn import fold_frozen_bn, frozen_bn_act
 from mmmobilemamba.ops.fused_ops import gated_layer_norm, haar_inverse_add
 
 pytestmark = CUDA_ONLY
@@ -81,15 +84,53 @@ def test_ss2d_scan_on_the_gpu_is_deterministic_and_reads_gradients_where_they_ar
         assert torch.equal(one, materialised)
 
 
+def _fused_on(device, fn, inputs, **kwargs):
+    """Output and gradients of a fused op on ``device`` (the twin on the CPU), on the CPU."""
+    from test_fused_ops import _grads
+    moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    backend = 'triton' if torch.device(device).type == 'cuda' else 'torch'
+    out, grads = _grads(lambda **kw: fn(**kw, **kwargs, backend=backend), moved)
+    assert out.device.type == torch.device(device).type
+    return {'out': out.cpu(), **{k: v.cpu() for k, v in grads.items()}}
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=['fp32', 'bf16'])
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'nhwc'])
 @pytest.mark.parametrize('size', [(64, 96), (33, 17)])
-def test_fused_layer_kernels_equal_the_cpu_twins(size):
-    from test_triton_ss2d import _gated_case, _haar_case
-    case = _haar_case(size, channels=40)
-    assert_all_close_rel(_grads_on(DEVICE, haar_inverse_add, case, backend='triton'),
-                         _grads_on('cpu', haar_inverse_add, case, backend='torch'))
-    gated = _gated_case(channels_last=False)
-    assert_all_close_rel(_grads_on(DEVICE, gated_layer_norm, gated, eps=1e-5, backend='triton'),
-                         _grads_on('cpu', gated_layer_norm, gated, eps=1e-5, backend='torch'))
+def test_fused_layer_kernels_equal_the_cpu_twins(size, channels_last, dtype):
+    from test_fused_ops import _frozen_bn, _gated_inputs, _haar_inputs, _params
+    rel = 1e-4 if dtype == torch.float32 else 2e-2
+    haar = _haar_inputs(size, channels=40, channels_last=channels_last, dtype=dtype)
+    assert_all_close_rel(_fused_on(DEVICE, haar_inverse_add, haar),
+                         _fused_on('cpu', haar_inverse_add, haar), rel)
+    gated = _gated_inputs(2, channels_last, size=size, dtype=dtype)
+    assert_all_close_rel(_fused_on(DEVICE, gated_layer_norm, gated, eps=1e-5),
+                         _fused_on('cpu', gated_layer_norm, gated, eps=1e-5), rel)
+    bn1, bn2 = _frozen_bn(40, 1), _frozen_bn(40, 2)
+    x = torch.randn(3, 40, *size).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    chain = dict(x=x, residual=torch.randn_like(x), outer=torch.randn_like(x),
+                 scale=torch.rand(40, 1, 1, 1), sample_scale=torch.tensor([1.0, 0.0, 1.0]))
+
+    def frozen(x, residual, outer, scale, sample_scale, backend):
+        device = x.device
+        first = [t.to(device) for t in _params(bn1)[:4]]
+        second = tuple(t.to(device) for t in _params(bn2)[:4]) + (bn2.eps,)
+        return frozen_bn_act(x, *first, bn1.eps, relu=True, scale=scale, second=second,
+                             residual=residual, sample_scale=sample_scale, sample_gain=1.25,
+                             outer=outer, backend=backend)
+
+    assert_all_close_rel(_fused_on(DEVICE, frozen, chain), _fused_on('cpu', frozen, chain), rel)
+    conv = torch.randn(40, 1, 3, 3)
+
+    def folded(weight, backend):
+        params = [t.to(weight.device) for t in _params(bn1)[:4]]
+        return fold_frozen_bn(weight, *params, bn1.eps, identity=True, dtype=dtype,
+                              backend=backend)[0]
+
+    assert_all_close_rel(_fused_on(DEVICE, folded, dict(weight=conv)),
+                         _fused_on('cpu', folded, dict(weight=conv)), rel)
 
 
 def test_cuda_deploy_form_on_the_gpu_equals_the_unfused_model_on_the_cpu():

@@ -88,8 +88,8 @@ def test_report_from_saved_runs(tmp_path, capsys):
                     'CUDA tests: 82 passed', '--markdown', md) == 0
     text = md.read_text()
     assert '- CUDA tests: 82 passed' in text and 'torch x, cuda; train step: batch 2' in text
-    assert ('**FAIL** Mask R-CNN B1 training step vs RegNetX-800MF (target <= 1.2x; first GPU '
-            'run 1.63x): 1.63x') in text
+    assert ('**FAIL** Mask R-CNN B1 training step vs RegNetX-800MF (the whole model, same head '
+            'and neck, eager) (target <= 1.2x; first GPU run 1.63x): 1.63x') in text
     # missing inputs still give a report saying so
     assert run_tool(TOOL, '--from-json', tmp_path / 'none.json', '--whole-model-json',
                     tmp_path / 'none2.json', '--markdown', md) == 0
@@ -154,23 +154,25 @@ if '--from-json' in args:
 if args[:2] == ['-m', 'pytest']:
     print('===== 82 passed, 3 skipped in 96.10s =====')
 elif args[0].endswith('benchmark_gpu.py'):
-    ev = [dict(model='MobileMamba-B1', form='deployed', batch=32, size=512, dtype='fp32',
-               ms=14.0),
-          dict(model='RegNetX-800MF', form='eager', batch=32, size=512, dtype='fp32', ms=10.0)]
-    json.dump(dict(environment='stub', eval=ev, train=[], kernels=[], graphs=[], notes=[]),
-              open(args[args.index('--json') + 1], 'w'))
+    part = args[args.index('--targets') + 1] if '--targets' in args else 'table'
+    cells = {{'eval': [('MobileMamba-B1', 'deployed', 14.0), ('RegNetX-800MF', 'eager', 10.0)],
+              'compiled': [('MobileMamba-B1', 'compiled', 9.0)]}}.get(part, [])
+    ev = [dict(model=m, form=f, batch=32, size=512, dtype='fp32', ms=ms) for m, f, ms in cells]
+    json.dump(dict(environment='stub ' + part, eval=ev, train=[], kernels=[], graphs=[],
+                   notes=[]), open(args[args.index('--json') + 1], 'w'))
 elif '--compare' in args:
-    fig = dict(task='Semantic FPN', params_m=1.0, latency_ms=2.0)
-    json.dump(dict(note='stub note', figures=[dict(fig, label='MobileMamba-B4', train_ms=4.0),
-                                              dict(fig, label='ResNet-50', train_ms=3.5)]),
+    task = args[args.index('--compare') + 1]
+    fig = dict(task=task, params_m=1.0, latency_ms=2.0)
+    ours, peer = ('MobileMamba-B4', 'ResNet-50') if task == 'Semantic FPN' else \\
+        ('MobileMamba-B1', 'RegNetX-800MF')
+    json.dump(dict(note='stub note', figures=[dict(fig, label=ours, train_ms=4.0),
+                                              dict(fig, label=peer, train_ms=3.5)]),
               open(args[args.index('--json') + 1], 'w'))
 print('ran', ' '.join(args))
 '''
 
 
-@pytest.mark.parametrize('probe_rc', [0, 1])
-def test_gpu_check_script_plumbing(tmp_path, probe_rc):
-    """Every step is called as meant, and the figures end in one report under $OUT."""
+def _run_gpu_check(tmp_path, probe_rc=0, *args):
     stub = tmp_path / 'python'
     stub.write_text(STUB.format(python=sys.executable))
     stub.chmod(stub.stat().st_mode | stat.S_IXUSR)
@@ -178,27 +180,61 @@ def test_gpu_check_script_plumbing(tmp_path, probe_rc):
     env = dict(os.environ, PYTHON=str(stub), OUT=str(out), STUB_CALLS=str(calls),
                PROBE_RC=str(probe_rc),
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
-    proc = subprocess.run(['bash', str(GPU_CHECK)], env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(['bash', str(GPU_CHECK), *args], env=env, capture_output=True,
+                          text=True, timeout=120)
+    called = [json.loads(line) for line in calls.read_text().splitlines()]
+    return proc, called, out
+
+
+def _what(call):
+    """A call's script and, for the backbone tool, its targets; for the whole models, the
+    task."""
+    if call[0].startswith('-'):
+        return ' '.join(call[:2])[:40]
+    name = call[0].split('/')[-1]
+    for flag in ('--targets', '--compare'):
+        if flag in call:
+            return f'{name} {flag} {call[call.index(flag) + 1]}'
+    return name
+
+
+@pytest.mark.parametrize('probe_rc', [0, 1])
+def test_gpu_check_measures_the_targets_first(tmp_path, probe_rc):
+    """The six targets' measurements first, each a step of its own, then the CUDA tests and
+    the rest; every figure ends in one report under $OUT, the targets naming the forms."""
+    proc, called, out = _run_gpu_check(tmp_path, probe_rc)
     assert proc.returncode == probe_rc, proc.stdout + proc.stderr
-    scripts = [json.loads(line)[0] if not json.loads(line)[0].startswith('-') else
-               ' '.join(json.loads(line)[:2]) for line in calls.read_text().splitlines()]
-    expected = ['-c import sys, torch; sys.exit(not torch.cuda.is_available())', '-m pytest',
-                'tools/analysis/benchmark_gpu.py']
-    assert scripts[:3] == expected
-    compare = [json.loads(line) for line in calls.read_text().splitlines()
-               if '--compare' in line][0]
-    tasks = compare[compare.index('--compare') + 1:compare.index('--device')]
-    assert tasks == (['Mask R-CNN', 'Semantic FPN'] if probe_rc == 0 else ['Semantic FPN'])
-    ran_retinanet = any('retinanet' in line for line in calls.read_text().splitlines())
-    assert ran_retinanet == (probe_rc == 0)
-    assert sorted(p.name for p in out.iterdir()) == [
-        'backbone.json', 'gpu_check.log', 'gpu_report.md', 'whole_model.json']
+    steps = [_what(c) for c in called if '--from-json' not in c]
+    targets = ['benchmark_gpu.py --targets eval', 'benchmark_gpu.py --targets train',
+               '-c import torch\nfrom mmcv.ops import nms'[:40]] + \
+        (['benchmark.py --compare Mask R-CNN'] if probe_rc == 0 else []) + \
+        ['benchmark.py --compare Semantic FPN', 'benchmark_gpu.py --targets compiled']
+    assert steps[1:len(targets) + 1] == targets
+    rest = steps[len(targets) + 1:]
+    assert rest[:2] == ['-m pytest', 'benchmark_gpu.py']
+    assert ('benchmark.py' in rest) == (probe_rc == 0)  # RetinaNet FPS
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ['backbone.json', 'gpu_check.log', 'gpu_report.md', 'target_compiled.json',
+         'target_eval.json', 'target_semantic_fpn.json', 'target_train.json']
+        + (['target_mask_rcnn.json'] if probe_rc == 0 else []))
     report = (out / 'gpu_report.md').read_text()
     assert '- CUDA tests (pytest -m cuda): 82 passed, 3 skipped in 96.10s' in report
-    assert '**PASS** B1 eval 512²×b32 fp32, deployed vs RegNetX-800MF eager' in report
-    assert ('**PASS** Semantic FPN B4 training step vs ResNet-50 (target <= 1.3x; first GPU run '
-            '2.22x): 1.14x') in report
+    assert ('**PASS** B1 eval 512²×b32 fp32: B1 deployed for CUDA (BN folded, Triton kernels, '
+            'NCHW) vs RegNetX-800MF eager (BN unfolded)') in report
+    assert ('**PASS** Semantic FPN B4 training step vs ResNet-50 (the whole model, same head '
+            'and neck, eager) (target <= 1.3x; first GPU run 2.22x): 1.14x') in report
     assert '| Semantic FPN | MobileMamba-B4 |' in report
     if probe_rc:
         assert 'Mask R-CNN and RetinaNet skipped' in report
+
+
+def test_gpu_check_quick_stops_after_the_targets(tmp_path):
+    proc, called, out = _run_gpu_check(tmp_path, 0, '--quick')
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    steps = [_what(c) for c in called if '--from-json' not in c]
+    assert '-m pytest' not in steps and steps[-1] == 'benchmark_gpu.py --targets compiled'
+    assert 'backbone.json' not in {p.name for p in out.iterdir()}
+    report = (out / 'gpu_report.md').read_text()
+    assert 'gpu_check --quick: the targets only' in report
+    assert '**PASS** B1 eval 512²×b32 fp32' in report and '**FAIL**' not in report
+    assert _run_gpu_check(tmp_path, 0, '--fast')[0].returncode == 2  # a clear refusal

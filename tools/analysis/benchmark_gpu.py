@@ -1,17 +1,26 @@
-"""The backbone table of the GPU check, with the targets of issue 15, in one markdown report.
+"""The backbone table of the GPU check, with its targets (issue 19, item 6), in one markdown
+report.
 
     python tools/analysis/benchmark_gpu.py [--device cuda] [--archs b1 t2]
         [--references regnetx_800mf resnet18 resnet50 mobilenetv2]
         [--settings 256x256 32x512 8x1024] [--dtypes fp32 bf16]
-        [--forms eager deployed deployed-cpu-form compiled] [--compile [MODE]]
-        [--compile-at 32x512] [--compile-dtypes bf16] [--compile-models b1 regnetx_800mf]
-        [--train-setting 16x512] [--kernels-at 32x512] [--graph-size 512]
-        [--repeats 10] [--warmup 3] [--budget-s S] [--json run.json] [--markdown report.md]
+        [--forms eager deployed deployed-channels-last deployed-cpu-form compiled]
+        [--compile [MODE]] [--compile-at 32x512] [--compile-dtypes bf16]
+        [--compile-models b1 regnetx_800mf] [--train-setting 16x512] [--kernels-at 32x512]
+        [--graph-size 512] [--repeats 10] [--warmup 3] [--budget-s S] [--json run.json]
+        [--markdown report.md]
 
-Re-render a saved run, with a whole-model comparison's figures
-(``tools/analysis/benchmark.py --compare ... --json whole.json``) and its targets:
-    python tools/analysis/benchmark_gpu.py --from-json run.json --whole-model-json whole.json \
-        --note 'cuda tests: 82 passed' --markdown gpu_report.md
+Only the measurements some targets need (``eval``: B1 deployed and RegNetX-800MF eager at
+512² b32, fp32 and bf16, and the deployed form channels-last in bf16; ``train``: the training
+steps at 512² b16; ``compiled``: B1 compiled and RegNetX eager, bf16), what the GPU check runs
+first, each part with its own time limit:
+    python tools/analysis/benchmark_gpu.py --targets eval --json targets_eval.json
+
+Re-render saved runs as one report, with whole-model comparisons' figures
+(``tools/analysis/benchmark.py --compare ... --json whole.json``) and the targets:
+    python tools/analysis/benchmark_gpu.py --from-json targets_eval.json run.json \
+        --whole-model-json maskrcnn.json fpn.json --note 'cuda tests: 82 passed' \
+        --markdown gpu_report.md
 
 What is measured and how: :mod:`mmmobilemamba.analysis.gpu_benchmark`. On a CPU (for tests)
 it runs with tiny settings; kernel counts, CUDA graphs and memory are skipped with a note.
@@ -21,8 +30,9 @@ import json
 import sys
 
 from mmmobilemamba.analysis.benchmark import publish_report
-from mmmobilemamba.analysis.gpu_benchmark import (COMPILE_MODES, MM_FORMS, GpuBenchmark,
-                                                  format_report, parse_setting, save_json)
+from mmmobilemamba.analysis.gpu_benchmark import (COMPILE_MODES, MM_FORMS, TARGET_CELLS,
+                                                  GpuBenchmark, format_report, merge_results,
+                                                  parse_setting, save_json)
 
 
 def _setting(text: str):
@@ -87,47 +97,64 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--json', help='write the results there (after every measurement)')
     parser.add_argument('--markdown', help='also write the report there (after every '
                         'measurement, so a killed run leaves what it measured)')
-    parser.add_argument('--from-json', metavar='FILE',
-                        help='render the report of a saved run instead of measuring')
-    parser.add_argument('--whole-model-json', metavar='FILE',
-                        help='add the whole-model comparison saved by tools/analysis/'
-                        'benchmark.py --compare ... --json FILE (and its targets)')
+    parser.add_argument('--targets', nargs='+', choices=sorted(TARGET_CELLS), metavar='PART',
+                        help='measure only what these targets need, in this order: '
+                        f'{", ".join(sorted(TARGET_CELLS))}')
+    parser.add_argument('--from-json', nargs='+', metavar='FILE',
+                        help='render the report of saved runs (merged) instead of measuring')
+    parser.add_argument('--whole-model-json', nargs='+', metavar='FILE',
+                        help='add the whole-model comparisons saved by tools/analysis/'
+                        'benchmark.py --compare ... --json FILE (and their targets)')
     parser.add_argument('--note', action='append', default=[],
                         help='a line for the top of the report (repeatable)')
     return parser.parse_args(argv)
 
 
-def _load_whole_model(path):
-    """The whole-model figures and their note; a missing or broken file becomes a note."""
-    if not path:
-        return None, ''
-    try:
-        with open(path) as f:
-            saved = json.load(f)
-    except (OSError, ValueError) as err:
-        return None, f'whole-model figures unreadable ({type(err).__name__}: {err})'
-    return saved.get('figures'), saved.get('note', '')
+def _load_whole_model(paths):
+    """The whole-model figures of every file and their notes; a missing or broken file
+    becomes a note."""
+    figures, notes, problems = [], [], []
+    for path in paths or ():
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as err:
+            problems.append(f'whole-model figures unreadable ({type(err).__name__}: {err})')
+            continue
+        figures += saved.get('figures') or []
+        if saved.get('note'):
+            notes.append(saved['note'])
+    return figures or None, '; '.join(notes), problems
+
+
+def _load_runs(paths):
+    """The saved backbone runs, merged; a missing or broken file becomes a note."""
+    runs, problems = [], []
+    for path in paths:
+        try:
+            with open(path) as f:
+                runs.append(json.load(f))
+        except (OSError, ValueError) as err:
+            # the report still says what else was measured
+            problems.append(f'backbone results unreadable ({type(err).__name__}: {err})')
+    merged = merge_results(runs)
+    if problems and merged['environment'] == '?':
+        merged['environment'] = '; '.join(problems)
+    else:
+        merged['notes'] += problems
+    return merged
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    whole_model, whole_note = _load_whole_model(args.whole_model_json)
-    notes = list(args.note)
-    if args.whole_model_json and whole_model is None:
-        notes.append(whole_note)
+    whole_model, whole_note, problems = _load_whole_model(args.whole_model_json)
+    notes = list(args.note) + problems
 
     def render(results):
         return format_report(results, whole_model, whole_note if whole_model else '', notes)
 
     if args.from_json:
-        try:
-            with open(args.from_json) as f:
-                results = json.load(f)
-        except (OSError, ValueError) as err:
-            # the report still says what else was measured
-            results = {'environment': f'backbone results unreadable ({type(err).__name__}: '
-                                      f'{err})'}
-        publish_report(render(results), args.markdown)
+        publish_report(render(_load_runs(args.from_json)), args.markdown)
         return 0
 
     def save(results):
@@ -147,7 +174,10 @@ def main(argv=None) -> int:
         train_models=args.train_models, kernels_at=args.kernels_at,
         kernel_models=args.kernel_models, graph_size=args.graph_size or None,
         graph_models=args.graph_models, budget_s=args.budget_s, on_update=save)
-    results = bench.run()
+    if args.targets:
+        results = bench.run_cells([cell for part in args.targets for cell in TARGET_CELLS[part]])
+    else:
+        results = bench.run()
     if args.json:
         save_json(results, args.json)
     publish_report(render(results), args.markdown)

@@ -26,12 +26,14 @@ from mmengine.model import BaseModule
 from timm.layers import DropPath, SqueezeExcite
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mmmobilemamba.ops.frozen_bn import frozen_bn_act
 from ..layers import (ConvBN, InferenceConv2d, ResidualDWConv, ResidualFFN, WTEMamba,
                       fuse_activation, fuse_conv_bn)
+from ..layers.conv_bn import frozen_bn_params, fuses_frozen_bn
 from ..registry import register_model
 
 __all__ = ['MobileMamba', 'MobileMambaBlock', 'MRFFI', 'MKDeConv', 'Downsample', 'ARCH_SETTINGS',
-           'split_channels']
+           'CUDA_FORM_CHANNELS_LAST', 'split_channels']
 
 _STAGE_KEYS = ('embed_dims', 'depths', 'global_ratios', 'local_ratios', 'kernel_sizes')
 
@@ -46,6 +48,12 @@ ARCH_SETTINGS: Dict[str, dict] = {
 }
 ARCH_SETTINGS['b2'] = dict(ARCH_SETTINGS['b1'])
 ARCH_SETTINGS['b4'] = dict(ARCH_SETTINGS['b1'])
+
+# The CUDA deploy form's memory format where ``channels_last`` is None. cuDNN's tensor-core
+# 1x1 convolutions want NHWC in bfloat16, while NCHW needs no layout change anywhere; no GPU
+# has measured both yet (tools/analysis/gpu_check.sh measures the deployed form both ways, the
+# 'deployed-channels-last' rows), so NCHW stays the default until a measurement favours NHWC.
+CUDA_FORM_CHANNELS_LAST = False
 
 
 def split_channels(channels: int, global_ratio: float, local_ratio: float) -> Tuple[int, int, int]:
@@ -75,6 +83,8 @@ class MKDeConv(nn.Module):
         norm_cfg (dict, optional): norm layer config (BatchNorm by default).
     """
 
+    scan_backend = ConvBN.scan_backend  # the custom ops' setting (see ConvBN)
+
     def __init__(self, channels: int, kernel_sizes: Sequence[int],
                  norm_cfg: Optional[dict] = None) -> None:
         super().__init__()
@@ -99,6 +109,12 @@ class MKDeConv(nn.Module):
         else:
             parts = x.split(self.part_channels, dim=1)
             x = torch.cat([conv(p) for conv, p in zip(self.dwconvs, parts)], dim=1)
+        if isinstance(self.act, nn.ReLU) and fuses_frozen_bn(self.scan_backend, x, self.bn1,
+                                                              self.bn2):
+            # frozen norms: BN, ReLU, per-channel scale and BN as one op
+            return frozen_bn_act(x, *frozen_bn_params(self.bn1), relu=True,
+                                 scale=self.dw1x1.weight, second=frozen_bn_params(self.bn2),
+                                 backend='triton')
         return self.bn2(self.dw1x1(self.act(self.bn1(x))))
 
     @torch.no_grad()
@@ -145,7 +161,7 @@ class MRFFI(nn.Module):
         global_kernel_size (int): kernel of the wavelet-domain depthwise conv.
         ssm_ratio (float): SS2D inner width ratio.
         norm_cfg (dict, optional): norm layer config.
-        scan_backend (str): selective-scan backend.
+        scan_backend (str): the custom ops' implementation (see :class:`MobileMamba`).
     """
 
     def __init__(self, channels: int, global_ratio: float, local_ratio: float,
@@ -163,7 +179,9 @@ class MRFFI(nn.Module):
         self.act = nn.ReLU(inplace=True)
         self.proj = ConvBN(channels, channels, bn_weight_init=0.0, norm_cfg=norm_cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The mixer's output, plus ``residual`` if given (added by the projection's fused
+        norm on the Triton path, else in place)."""
         x_global, x_local, x_identity = x.split(self.splits, dim=1)
         parts = []
         if self.global_branch is not None:
@@ -172,7 +190,7 @@ class MRFFI(nn.Module):
             parts.append(self.local_branch(x_local))
         if x_identity.shape[1]:
             parts.append(x_identity)
-        return self.proj(self.act(torch.cat(parts, dim=1)))
+        return self.proj.forward_fused(self.act(torch.cat(parts, dim=1)), residual=residual)
 
 
 class MobileMambaBlock(nn.Module):
@@ -190,7 +208,7 @@ class MobileMambaBlock(nn.Module):
         ssm_ratio (float): SS2D inner width ratio.
         drop_path (float): stochastic depth rate of this block.
         norm_cfg (dict, optional): norm layer config.
-        scan_backend (str): selective-scan backend.
+        scan_backend (str): the custom ops' implementation (see :class:`MobileMamba`).
     """
 
     def __init__(self, channels: int, global_ratio: float, local_ratio: float,
@@ -208,9 +226,9 @@ class MobileMambaBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.ffn0(self.dw0(x))
-        y = self.mixer(y).add_(y)  # in place on fresh outputs: no extra tensor
-        y = self.ffn1(self.dw1(y))
-        return self.drop_path(y).add_(x)
+        y = self.mixer(y, residual=y)
+        # x + drop_path(ffn1(y)): one op with the FFN's last norm on the Triton path
+        return self.ffn1(self.dw1(y), drop_path=self.drop_path, outer=x)
 
 
 class PatchMerging(nn.Module):
@@ -234,9 +252,12 @@ class PatchMerging(nn.Module):
         self.conv3 = ConvBN(hidden, out_channels, norm_cfg=norm_cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.conv1(x))
-        x = self.se(self.act2(self.conv2(x)))
-        return self.conv3(x)
+        relus = isinstance(self.act1, nn.ReLU) and isinstance(self.act2, nn.ReLU)
+        if relus and fuses_frozen_bn(self.conv1.scan_backend, x, self.conv1.bn, self.conv2.bn):
+            x = self.conv2.forward_fused(self.conv1.forward_fused(x, relu=True), relu=True)
+        else:
+            x = self.act2(self.conv2(self.act1(self.conv1(x))))
+        return self.conv3(self.se(x))
 
     @torch.no_grad()
     def switch_to_deploy(self) -> None:
@@ -360,12 +381,21 @@ class MobileMamba(BaseModule):
             release layout: one kernel per stage, ``kernel_sizes`` of ``arch``.
         norm_cfg (dict): config of the BatchNorm layers (e.g. ``dict(type='SyncBN')``).
             Default: ``dict(type='BN', requires_grad=True)``.
-        scan_backend (str): selective-scan backend ('auto', 'torch', 'cuda', 'reference').
+        scan_backend (str): the implementation of every custom op: the scans, the fused
+            layers (SS2D's gated norm, WTE-Mamba's inverse transform) and the frozen
+            BatchNorms fused with what follows them. 'auto' (default): Triton's kernels on
+            CUDA (a warning, once, if Triton does not import: then the PyTorch twins run),
+            the PyTorch twins and plain modules elsewhere; 'triton': the kernels anywhere
+            (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``: the whole CUDA code
+            path on a CPU); 'torch': the twins; 'reference' / 'cuda' / 'export': the scan's
+            sequential twin / mamba_ssm's kernel / the ONNX-exportable scan (see
+            :class:`~mmmobilemamba.models.layers.SS2D`). Every layer of the model takes it.
         channels_last (bool, optional): compute in channels-last (NHWC) memory. None (default)
             does so on CPU, where oneDNN's convolutions are faster in NHWC and the selective
             scan reads a flattened NHWC map without transposes, but not under
-            ``torch.compile`` or in the CUDA deploy form; False keeps NCHW. An internal
-            choice: the results are the same and the returned maps are NCHW-contiguous.
+            ``torch.compile``; the CUDA deploy form takes :data:`CUDA_FORM_CHANNELS_LAST`;
+            False keeps NCHW. An internal choice: the results are the same and the returned
+            maps are NCHW-contiguous.
         init_cfg (dict | list[dict], optional): ``dict(type='Pretrained', checkpoint=PATH)``
             loads a released classification checkpoint, a downstream mmdet/mmseg checkpoint
             (``backbone.`` keys) or our own format, reporting what was loaded.
@@ -427,6 +457,10 @@ class MobileMamba(BaseModule):
                 global_kernel_size=settings['kernel_sizes'][i], ssm_ratio=settings['ssm_ratio'],
                 norm_cfg=self.norm_cfg, scan_backend=scan_backend))
         self.out_channels = [dims[i] for i in out_indices]
+        # one setting for every custom op of the model: the scans' and the fused norms'
+        for module in self.modules():
+            if hasattr(module, 'scan_backend'):
+                module.scan_backend = scan_backend
         self.feature_info = [
             dict(num_chs=dims[i], reduction=16 * 2**i, module=f'stages.{i}')
             for i in range(len(self.stages))
@@ -549,16 +583,33 @@ class MobileMamba(BaseModule):
         return self
 
     # ----------------------------------------------------------------- forward
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The patch embedding: ConvBN, ReLU, ... (each norm and its ReLU one op when the
+        norms are frozen on the Triton path)."""
+        layers = list(self.patch_embed)
+        i = 0
+        while i < len(layers):
+            if (isinstance(layers[i], ConvBN) and i + 1 < len(layers)
+                    and isinstance(layers[i + 1], nn.ReLU)):
+                x = layers[i].forward_fused(x, relu=True)
+                i += 2
+            else:
+                x = layers[i](x)
+                i += 1
+        return x
+
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f'MobileMamba expects (N, 3, H, W) images, got {tuple(x.shape)}')
         channels_last = self.channels_last
-        if channels_last is None:  # for oneDNN in eager mode; compiled, inductor picks layouts
-            channels_last = x.device.type == 'cpu' and not torch.compiler.is_compiling() \
-                and self.deployed != 'cuda'
+        if channels_last is None:
+            if self.deployed == 'cuda':
+                channels_last = CUDA_FORM_CHANNELS_LAST
+            else:  # for oneDNN in eager mode; compiled, inductor picks layouts
+                channels_last = x.device.type == 'cpu' and not torch.compiler.is_compiling()
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        x = self.patch_embed(x)
+        x = self._stem(x)
         outs = []
         for i, stage in enumerate(self.stages):
             x = stage(x)

@@ -1,13 +1,44 @@
-"""Convolution + BatchNorm units that fold into one biased convolution for inference."""
-from typing import Optional
+"""Convolution + BatchNorm units that fold into one biased convolution for inference.
+
+On the Triton path (``scan_backend`` resolving to 'triton': CUDA by default) a BatchNorm with
+frozen statistics (eval mode: training with ``norm_eval``, or undeployed inference) runs
+with the ReLU and the residual add after it as one custom op
+(:func:`mmmobilemamba.ops.frozen_bn.frozen_bn_act`): one kernel forwards and one backwards
+instead of one per op and per gradient. Elsewhere (the CPU path, the twins) the modules run as
+they are.
+"""
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
+from torch.nn.modules.batchnorm import _BatchNorm
 
+from mmmobilemamba.ops.frozen_bn import fold_frozen_bn, frozen_bn_act
+from mmmobilemamba.ops.selective_scan import custom_op_backend
 from .inference_conv import InferenceConv2d
 
-__all__ = ['ConvBN', 'ResidualDWConv', 'ResidualFFN', 'fuse_conv_bn', 'fuse_activation']
+__all__ = ['ConvBN', 'ResidualDWConv', 'ResidualFFN', 'fuse_conv_bn', 'fuse_activation',
+           'frozen_bn_params', 'fuses_frozen_bn']
+
+
+def frozen_bn_params(bn: nn.Module) -> Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                      torch.Tensor, float]]:
+    """``(weight, bias, running_mean, running_var, eps)`` of an affine BatchNorm that uses its
+    running statistics now (eval mode), else None."""
+    if (isinstance(bn, _BatchNorm) and not bn.training and bn.affine
+            and bn.track_running_stats and bn.running_mean is not None):
+        return bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps
+    return None
+
+
+def fuses_frozen_bn(scan_backend: str, x: torch.Tensor, *norms: nn.Module) -> bool:
+    """Whether a layer runs its frozen BatchNorms ``norms`` (and what follows them) as one
+    :func:`~mmmobilemamba.ops.frozen_bn.frozen_bn_act` op on ``x``: on the Triton path, with
+    every norm in eval mode, on a (B, C, H, W) map."""
+    return (x.dim() == 4 and custom_op_backend(scan_backend, x.device) == 'triton'
+            and all(frozen_bn_params(bn) is not None for bn in norms))
 
 
 def fuse_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> InferenceConv2d:
@@ -48,7 +79,14 @@ class ConvBN(nn.Sequential):
         bn_weight_init (float): initial norm weight; 0 makes a residual branch start as
             identity ("zero-init"). Default: 1.
         norm_cfg (dict): config of the norm layer. Default: ``dict(type='BN')``.
+
+    Attributes:
+        scan_backend (str): the custom ops' implementation setting (see
+            :class:`~mmmobilemamba.models.layers.SS2D`), set by the backbone for every layer:
+            'triton' (or 'auto' on CUDA) fuses a frozen norm with what follows it.
     """
+
+    scan_backend = 'auto'
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1,
                  stride: int = 1, padding: int = 0, groups: int = 1,
@@ -61,6 +99,25 @@ class ConvBN(nn.Sequential):
             nn.init.constant_(norm.weight, bn_weight_init)
             nn.init.zeros_(norm.bias)
         self.add_module('bn', norm)
+
+    def forward_fused(self, x: torch.Tensor, relu: bool = False,
+                      residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``[residual +] act(BN(conv(x)))``: one op after the conv when the norm is frozen
+        on the Triton path (:func:`fuses_frozen_bn`), else the modules, then an in-place
+        ReLU and add.
+
+        Args:
+            x (Tensor): the input map.
+            relu (bool): a ReLU after the norm. Default: False.
+            residual (Tensor, optional): added at the end.
+        """
+        if fuses_frozen_bn(self.scan_backend, x, self.bn):
+            return frozen_bn_act(self.conv(x), *frozen_bn_params(self.bn), relu=relu,
+                                 residual=residual, backend='triton')
+        out = nn.Sequential.forward(self, x)  # conv, norm (a subclass may add to its forward)
+        if relu:
+            out = torch.relu_(out)
+        return out if residual is None else out.add_(residual)
 
     @torch.no_grad()
     def switch_to_deploy(self) -> None:
@@ -87,8 +144,20 @@ class ResidualDWConv(ConvBN):
         self.identity_folded = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = super().forward(x)
-        return out if self.identity_folded else out.add_(x)
+        if self.identity_folded:
+            return super().forward(x)
+        conv = self.conv
+        if conv.bias is None and fuses_frozen_bn(self.scan_backend, x, self.bn):
+            # frozen norm and identity folded into the kernel (one small op over the weights):
+            # one conv, whose input gradient holds the identity's
+            device = x.device.type
+            dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) \
+                else None  # autocast's: the conv then casts nothing, nor back in the backward
+            weight, bias = fold_frozen_bn(conv.weight, *frozen_bn_params(self.bn),
+                                          identity=True, dtype=dtype, backend='triton')
+            return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation,
+                            conv.groups)
+        return nn.Sequential.forward(self, x).add_(x)
 
     @torch.no_grad()
     def switch_to_deploy(self) -> None:
@@ -107,6 +176,8 @@ class ResidualFFN(nn.Module):
         norm_cfg (dict, optional): config of the norm layers.
     """
 
+    scan_backend = ConvBN.scan_backend  # see ConvBN
+
     def __init__(self, channels: int, hidden_channels: int,
                  norm_cfg: Optional[dict] = None) -> None:
         super().__init__()
@@ -114,8 +185,30 @@ class ResidualFFN(nn.Module):
         self.act = nn.ReLU(inplace=True)
         self.pw2 = ConvBN(hidden_channels, channels, bn_weight_init=0.0, norm_cfg=norm_cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pw2(self.act(self.pw1(x))).add_(x)
+    def forward(self, x: torch.Tensor, drop_path: Optional[nn.Module] = None,
+                outer: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``x + FFN(x)``, or with ``outer`` (a block's input around it)
+        ``outer + drop_path(x + FFN(x))``.
+
+        Args:
+            x (Tensor): the input map.
+            drop_path (nn.Module, optional): timm's ``DropPath`` (or an identity) applied to
+                the unit's output before ``outer`` is added.
+            outer (Tensor, optional): added at the end.
+        """
+        if isinstance(self.act, nn.ReLU) and fuses_frozen_bn(self.scan_backend, x, self.pw1.bn,
+                                                              self.pw2.bn):
+            # each conv's norm with the ReLU / the residual adds and the drop path after it:
+            # one op each
+            hidden = self.pw1.forward_fused(x, relu=True)
+            mask, gain = _drop_path_mask(drop_path, x)
+            return frozen_bn_act(self.pw2.conv(hidden), *frozen_bn_params(self.pw2.bn),
+                                 residual=x, sample_scale=mask, sample_gain=gain, outer=outer,
+                                 backend='triton')
+        out = self.pw2(self.act(self.pw1(x))).add_(x)
+        if drop_path is not None:
+            out = drop_path(out)
+        return out if outer is None else out.add_(outer)
 
     @torch.no_grad()
     def switch_to_deploy(self) -> None:
@@ -123,6 +216,18 @@ class ResidualFFN(nn.Module):
         self.pw1.switch_to_deploy()
         self.pw2.switch_to_deploy()
         fuse_activation(self.pw1, self, 'act', 'relu')
+
+
+def _drop_path_mask(drop_path: Optional[nn.Module],
+                    x: torch.Tensor) -> Tuple[Optional[torch.Tensor], float]:
+    """timm's ``DropPath`` as ``(mask, gain)``: a 0/1 value per image (one kernel) and the
+    factor it is scaled by, or ``(None, 1)`` where it is an identity (eval mode, rate 0)."""
+    prob = getattr(drop_path, 'drop_prob', 0.0)
+    if drop_path is None or not drop_path.training or not prob:
+        return None, 1.0
+    keep = 1.0 - prob
+    gain = 1.0 / keep if getattr(drop_path, 'scale_by_keep', True) and keep > 0 else 1.0
+    return x.new_empty(x.shape[0]).bernoulli_(keep), gain
 
 
 def fuse_activation(conv_bn: 'ConvBN', owner: nn.Module, act_name: str, activation: str) -> None:

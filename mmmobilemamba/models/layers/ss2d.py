@@ -29,9 +29,12 @@ class SS2D(nn.Module):
         dt_rank (int, optional): rank of the step-size projection; ``ceil(d / 16)`` if None.
         directions (int): scan directions ``K`` (forward and reversed). Default: 2.
         norm_cfg (dict, optional): norm of the in/out projections (BatchNorm by default).
-        scan_backend (str): 'auto', 'torch', 'export' (see
+        scan_backend (str): the implementation of the scan and of every custom op around it:
+            'auto' (Triton's kernels on CUDA, the PyTorch twins elsewhere), 'triton' (the
+            kernels anywhere: CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``),
+            'torch' (the twins), 'export' (see
             :func:`mmmobilemamba.ops.selective_scan_channels_last`), 'reference' or 'cuda'
-            (see :func:`mmmobilemamba.ops.selective_scan`).
+            (see :func:`mmmobilemamba.ops.selective_scan`). Default: 'auto'.
     """
 
     def __init__(self, channels: int, ssm_ratio: float = 2.0, d_state: int = 1,
@@ -58,6 +61,9 @@ class SS2D(nn.Module):
         self.Ds = nn.Parameter(torch.ones(k * inner))
         self.out_norm = nn.LayerNorm(inner)
         self.out_proj = ConvBN(inner, channels, norm_cfg=norm_cfg)
+        # the CUDA deploy form's projections (switch_to_deploy): not in checkpoints
+        self.register_buffer('x_proj_deployed', None, persistent=False)
+        self.register_buffer('dt_proj_block', None, persistent=False)
         self.reset_ssm_parameters()
 
     @torch.no_grad()
@@ -71,23 +77,43 @@ class SS2D(nn.Module):
         self.Ds.fill_(1.0)
 
     def _scan_fused(self, u: torch.Tensor, backend: str) -> torch.Tensor:
-        """(B, D, H, W) NCHW -> (B, L, D) float32: both directions by one :func:`ss2d_scan` op
-        (one kernel on CUDA), reading the map and the projections where they are.
+        """(B, D, H, W) -> (B, K, L, D) float32, each direction's output: both directions by
+        one :func:`ss2d_scan` op (Triton kernels on CUDA), reading the map and the projections
+        where they are; :func:`gated_layer_norm` sums the directions as it reads them (no sum
+        kernel, and its gradient reaches every direction as one expanded view).
 
         The projections act per token, so the reversed direction is the backward scan of the
-        unflipped tokens with their own projections: no flips and no concatenation. The first
-        projection is a 1x1 conv; the low-rank step sizes are batched products per direction
-        (not a grouped conv, which cuDNN would run group by group).
+        unflipped tokens with their own projections: no flips and no concatenation.
+        """
+        delta, bs, cs = self._projections(u)
+        return ss2d_scan(u.flatten(2), delta, self.A_logs, bs, cs, self.Ds,
+                         self.dt_projs_bias.view(-1), backend=backend, sum_directions=False)
+
+    def _projections(self, u: torch.Tensor):
+        """The scan's step sizes (B, K, D, L) and projections B, C (B, K, N, L), views where
+        they can be.
+
+        The first projection is a 1x1 conv; the low-rank step sizes are a batched product per
+        direction (not a grouped conv, which cuDNN may run group by group), whose weight is
+        copied per image at batch > 1 (it cannot be broadcast along two batch dims). The CUDA
+        deploy form reorders the conv's outputs (every direction's step-size rows first) and
+        keeps both directions' step-size weights as one block-diagonal matrix
+        (:meth:`switch_to_deploy`): one product broadcast over the batch, no copy.
         """
         b, d, h, w = u.shape
         k, r, n = self.directions, self.dt_rank, self.d_state
         length = h * w
+        if self.dt_proj_block is not None:
+            flat = F.conv2d(u, self.x_proj_deployed).view(b, k * (r + 2 * n), length)
+            dts, bs, cs = flat.split([k * r, k * n, k * n], dim=1)
+            delta = torch.bmm(self.dt_proj_block.expand(b, k * d, k * r), dts)
+            return delta.view(b, k, d, length), bs.view(b, k, n, length), \
+                cs.view(b, k, n, length)
         proj = F.conv2d(u, self.x_proj_weight.view(k * (r + 2 * n), d, 1, 1))
         dts, bs, cs = proj.view(b, k, r + 2 * n, length).split([r, n, n], dim=2)
         delta = torch.bmm(self.dt_projs_weight.expand(b, k, d, r).reshape(b * k, d, r),
                           dts.reshape(b * k, r, length))
-        return ss2d_scan(u.flatten(2), delta.view(b, k, d, length), self.A_logs, bs, cs,
-                         self.Ds, self.dt_projs_bias.view(-1), backend=backend)
+        return delta.view(b, k, d, length), bs, cs
 
     def _scan_channels_last(self, u: torch.Tensor, backend: str = 'torch') -> torch.Tensor:
         """(B, D, H, W) -> (B, L, D): both directions as one token-major scan.
@@ -135,25 +161,38 @@ class SS2D(nn.Module):
         return (ys[:, 0] + ys[:, 1].flip(-1)).view(b, d, h, w)
 
     @torch.no_grad()
-    def switch_to_deploy(self) -> None:
-        """Fold the projections' norms; the SiLU runs fused in the depthwise conv."""
+    def switch_to_deploy(self, device_type: str = 'cpu') -> None:
+        """Fold the projections' norms; the SiLU runs fused in the depthwise conv. For CUDA
+        (``device_type`` 'cuda') also the scan's projections in the form of one conv and one
+        product broadcast over the batch (see :meth:`_projections`).
+
+        Args:
+            device_type (str): 'cpu' or 'cuda': the device the form is fast on.
+        """
         self.in_proj.switch_to_deploy()
         self.out_proj.switch_to_deploy()
         if not isinstance(self.act, nn.Identity):
             self.conv2d = InferenceConv2d.from_conv(self.conv2d, 'silu')
             self.act = nn.Identity()
+        if device_type == 'cuda' and self.dt_proj_block is None:
+            k, r, n, d = self.directions, self.dt_rank, self.d_state, self.inner_channels
+            rows = self.x_proj_weight.view(k, r + 2 * n, d)
+            # every direction's step-size rows, then their B rows, then their C rows
+            order = torch.cat([rows[:, :r].reshape(k * r, d), rows[:, r:r + n].reshape(k * n, d),
+                               rows[:, r + n:].reshape(k * n, d)])
+            self.x_proj_deployed = order.view(k * (r + 2 * n), d, 1, 1).contiguous()
+            self.dt_proj_block = torch.block_diag(*self.dt_projs_weight.unbind(0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u, z = self.in_proj(x).chunk(2, dim=1)
         u = self.act(self.conv2d(u))
         b, d, h, w = u.shape
         backend = resolve_backend(self.scan_backend, u.device)
-        if backend in ('torch', 'triton') and not channels_innermost(u):
-            # NCHW (CUDA, compiled): the fused scan, then LayerNorm, gate and the layout change
-            # as one op
+        if backend == 'triton' or (backend == 'torch' and not channels_innermost(u)):
+            # the GPU path in either layout, and NCHW anywhere (compiled, the CUDA form): the
+            # fused scan, then LayerNorm, gate and the layout change as one op
             y = gated_layer_norm(self._scan_fused(u, backend), z, self.out_norm.weight,
-                                 self.out_norm.bias, self.out_norm.eps,
-                                 resolve_backend('auto', u.device, mamba_ssm=False))
+                                 self.out_norm.bias, self.out_norm.eps, backend)
             return self.out_proj(y)
         if backend in ('torch', 'triton', 'export'):
             # channels-last (CPU): the token-major map is already the scan's layout

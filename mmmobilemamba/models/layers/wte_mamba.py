@@ -8,7 +8,7 @@ from mmmobilemamba.ops import (channels_innermost, from_polyphase, inverse_wavel
                                to_polyphase, wavelet_domain_kernel, wavelet_filters,
                                wavelet_transform)
 from mmmobilemamba.ops.fused_ops import haar_inverse_add
-from mmmobilemamba.ops.selective_scan import resolve_backend
+from mmmobilemamba.ops.selective_scan import custom_op_backend
 from mmmobilemamba.ops.wavelet import pad_to_even
 from .inference_conv import InferenceConv2d
 from .ss2d import SS2D
@@ -28,7 +28,8 @@ class WTEMamba(nn.Module):
         ssm_ratio (float): inner width ratio of the SS2D. Default: 2.
         wavelet (str): a ``pywt`` wavelet name. Default: 'db1' (Haar).
         norm_cfg (dict, optional): norm of the SS2D projections.
-        scan_backend (str): selective-scan backend. Default: 'auto'.
+        scan_backend (str): the implementation of the custom ops, SS2D's scan and the fused
+            inverse transform (see :class:`SS2D`). Default: 'auto'.
     """
 
     def __init__(self, channels: int, kernel_size: int, ssm_ratio: float = 2.0,
@@ -60,22 +61,25 @@ class WTEMamba(nn.Module):
                                     backend=self._kernels(x.device))
         bands = wavelet_transform(x, self.wt_filter)                  # (B, C, 4, h/2, w/2)
         bands = self.wavelet_conv(bands.reshape(b, 4 * c, *bands.shape[-2:]))
-        if self.iwt_filter.shape[-2:] == (2, 2) and not channels_innermost(bands):
-            # NCHW (CUDA, compiled): both scales, the inverse and the sum as one op
+        backend = self._kernels(x.device)
+        if self.iwt_filter.shape[-2:] == (2, 2) and (backend == 'triton'
+                                                     or not channels_innermost(bands)):
+            # the GPU path in either layout, and NCHW anywhere (compiled): both scales, the
+            # inverse and the sum as one op
             scales = (None, None) if self.scales_folded else \
                 (self.wavelet_scale.view(-1), self.ssm_scale.view(-1))
             return haar_inverse_add(bands, global_out, self.iwt_filter, *scales,
-                                    backend=self._kernels(x.device))
+                                    backend=backend)
         if not self.scales_folded:
             bands = bands * self.wavelet_scale
             global_out = global_out * self.ssm_scale
         bands = bands.reshape(b, c, 4, *bands.shape[-2:])
         return global_out + inverse_wavelet_transform(bands, self.iwt_filter, (h, w))
 
-    @staticmethod
-    def _kernels(device: torch.device) -> str:
-        """The fused ops' implementation on ``device``: Triton on CUDA, else the PyTorch twin."""
-        return resolve_backend('auto', device, mamba_ssm=False)
+    def _kernels(self, device: torch.device) -> str:
+        """The fused op's implementation, 'triton' or 'torch', as SS2D's ``scan_backend``
+        chooses it on ``device`` (one setting for every custom op of the module)."""
+        return custom_op_backend(self.ss2d.scan_backend, device)
 
     @torch.no_grad()
     def switch_to_deploy(self, device_type: str = 'cpu') -> None:
