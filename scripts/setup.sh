@@ -60,8 +60,10 @@ fi
 
 # 3. mmcv with ops. scripts/mmcv_build_plan.py decides (it needs torch): CUDA ops for the GPUs
 # present when torch sees one, else CPU ops; FORCE_CUDA=1 / FORCE_CUDA=0 override. Without an
-# nvcc of torch's CUDA major version, NVIDIA's compiler wheels come from PyPI into .venv; when
-# CUDA ops cannot be built after all, the CPU ops are built and the fix is printed.
+# nvcc of torch's CUDA major version, NVIDIA's compiler wheels come from PyPI into .venv; the
+# headers torch's CUDA headers need and the toolkit lacks (cuSPARSE, cuBLAS, ... in a minimal
+# toolkit) come from torch's own nvidia-* wheels through CPATH. When CUDA ops cannot be built
+# after all, the CPU ops are built and the fix is printed.
 PIP_CUDA_HOME="$VENV/cuda-toolkit"
 # The cache key of the installed mmcv build ('fallback:KEY': CUDA ops for KEY failed, CPU ops
 # installed instead; only FORCE_CUDA=1 tries again).
@@ -156,6 +158,12 @@ else
         if [ "$MMCV_NEEDS_PIP_TOOLKIT" = 1 ]; then
             cuda_failed cuda-toolkit "$LOGS/cuda-toolkit.log"
         fi
+    fi
+    # torch's CUDA headers need a header found neither in the toolkit nor in torch's wheels
+    if [ "$MMCV_OPS" = cuda ] && [ -n "$MMCV_PLAN_BLOCKED" ] && ! has_wheel; then
+        say "$MMCV_PLAN_MESSAGE"
+        printf '%s\n' "$MMCV_PLAN_BLOCKED" >"$LOGS/cuda-headers.log"
+        cuda_failed cuda-headers "$LOGS/cuda-headers.log"
     fi
     if [ "$MMCV_OPS" = cuda ] && ! has_wheel; then
         say "$MMCV_PLAN_MESSAGE (log: .venv/setup-logs/mmcv-build.log)"
