@@ -49,10 +49,16 @@ MMCV_VERSION = '2.1.0'
 # g++ ~1.5-2 GB. More parallel jobs than memory allows end in the OOM killer mid-build.
 GB_PER_CUDA_JOB = 3
 GB_PER_CPU_JOB = 2
-# Measured: CPU ops take about 15 minutes on 2 cores. CUDA ops compile ~100 .cu files, each
-# several times slower than a .cpp, once per architecture.
+# Build times in minutes of one compiler job (docs/setup.md has the measurements). CPU ops: 77
+# .cpp files, 15 minutes on 2 cores. CUDA ops: 78 .cpp and 58 .cu files, 25 minutes on 2 cores
+# for one architecture; each .cu file's host part is compiled once, its device code once
+# per architecture (+20% for a typical op, +75% for filtered_lrelu.cu's templates).
 CPU_JOB_MINUTES = 30
-CUDA_JOB_MINUTES = 120
+CUDA_JOB_MINUTES = 50
+CUDA_ARCH_JOB_MINUTES = 12
+# However many cores: the slowest file (filtered_lrelu.cu, 2.5 minutes for one architecture,
+# +1.8 per further one) and the link.
+CUDA_MIN_MINUTES, CUDA_MIN_ARCH_MINUTES = 3, 2
 README_HINT = "README.md, 'Installing into your own environment'"
 
 
@@ -217,10 +223,14 @@ def max_jobs(cpu_count: int, mem_gb: float, gb_per_job: int) -> int:
 
 
 def build_minutes(ops: str, jobs: int, n_archs: int = 1) -> int:
-    """A rough build time: 15 minutes for CPU ops on 2 cores; CUDA ops ~4x per architecture."""
+    """A rough build time on idle cores: CPU ops 15 minutes on 2 cores; CUDA ops 25 minutes
+    for one architecture on 2 cores, 6 more per further architecture; both shrink with the
+    parallel jobs down to the slowest file's time."""
     if ops == 'cpu':
         return max(2, round(CPU_JOB_MINUTES / jobs))
-    return max(5, round(CUDA_JOB_MINUTES * (1 + 0.5 * (n_archs - 1)) / jobs))
+    extra = n_archs - 1
+    return round(max(CUDA_MIN_MINUTES + CUDA_MIN_ARCH_MINUTES * extra,
+                     (CUDA_JOB_MINUTES + CUDA_ARCH_JOB_MINUTES * extra) / jobs))
 
 
 def pip_toolkit_packages(cuda_version: str) -> List[str]:
