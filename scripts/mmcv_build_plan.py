@@ -582,9 +582,10 @@ def _nvcc_dependencies(nvcc: str, torch_includes: Sequence[str],
         source, deps = osp.join(tmp, 'probe.cu'), osp.join(tmp, 'probe.d')
         with open(source, 'w') as f:
             f.writelines(f'#include <{h}>\n' for h in TORCH_CUDA_EXTENSION_HEADERS)
-        # torch >= 2.5 needs C++20, as mmcv's patched build uses
-        cmd = [nvcc, '-M', '-std=c++20', *(f'-I{d}' for d in torch_includes), source,
-               '-o', deps]
+        # as torch's extension builder: its includes, then the toolkit's; C++20 (torch >= 2.5)
+        toolkit_include = osp.join(osp.dirname(osp.dirname(nvcc)), 'include')
+        cmd = [nvcc, '-M', '-std=c++20', *(f'-I{d}' for d in torch_includes),
+               f'-I{toolkit_include}', source, '-o', deps]
         try:
             result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         except (OSError, subprocess.SubprocessError) as err:
