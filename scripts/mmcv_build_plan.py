@@ -267,9 +267,9 @@ def _install_toolkit_fix(torch_cuda: str, pip_packages: Sequence[str]) -> str:
 
 def _failed_build_fix(toolkit: Toolkit) -> str:
     """A usable toolkit, yet the build failed: its log says why (installing nvcc again would
-    not help)."""
+    not help). setup.sh keeps that log apart from the CPU build's that follows."""
     return (f'the CUDA build with nvcc {toolkit.version} from {toolkit.home} failed (the end '
-            'of .venv/setup-logs/mmcv-build.log says why); once that is fixed, run ' + RETRY)
+            'of .venv/setup-logs/mmcv-build-cuda.log says why); once that is fixed, run ' + RETRY)
 
 
 # CUDA components by the prefix of their headers' names (cusparseLt.h before cusparse.h).

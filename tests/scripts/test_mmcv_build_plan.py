@@ -49,7 +49,7 @@ def test_gpu_and_matching_nvcc_build_cuda_ops_for_that_gpu():
     assert 'CUDA ops' in plan.message and 'compute capability 9.0' in plan.message
     assert 'nvcc 13.0' in plan.message and 'about 3 minutes' in plan.message
     # what to do should the build fail: its log, not another nvcc (this one is there)
-    assert 'FORCE_CUDA=1 make setup' in plan.fix and 'mmcv-build.log' in plan.fix
+    assert 'FORCE_CUDA=1 make setup' in plan.fix and 'mmcv-build-cuda.log' in plan.fix
     assert 'nvcc 13.0 from /usr/local/cuda-13.0' in plan.fix and 'nvidia-cuda-nvcc' not in plan.fix
 
 

@@ -209,11 +209,14 @@ def test_failed_cuda_build_falls_back_to_cpu_ops(setup):
     setup.facts(gpus=[(9, 0)], toolkits=[('/usr/local/cuda-13.0', '13.0')])
     (setup.fake / 'cuda-build-fails').touch()
     result = setup.run()
-    assert 'mmcv CUDA ops could not be built (mmcv-build; log: .venv/setup-logs/mmcv-build.log)' \
+    assert 'mmcv CUDA ops could not be built (mmcv-build-cuda; log: .venv/setup-logs/mmcv-build-cuda.log)' \
         in result.stderr
     assert [b.split()[1] for b in setup.builds()] == ['FORCE_CUDA=1', 'FORCE_CUDA=0']
     assert not (setup.cache / 'wheels' / CUDA_DIR).exists()  # no half-built cache entry
     assert setup.installed() == 'cpu'
+    # the CUDA build's log is not overwritten by the CPU build after it
+    logs = setup.root / '.venv' / 'setup-logs'
+    assert (logs / 'mmcv-build-cuda.log').is_file() and (logs / 'mmcv-build.log').is_file()
 
 
 MINIMAL_TK13 = dict(home='/usr/local/cuda-13.0', version='13.0',
