@@ -60,8 +60,10 @@ fi
 
 # 3. mmcv with ops. scripts/mmcv_build_plan.py decides (it needs torch): CUDA ops for the GPUs
 # present when torch sees one, else CPU ops; FORCE_CUDA=1 / FORCE_CUDA=0 override. Without an
-# nvcc of torch's CUDA major version, NVIDIA's compiler wheels come from PyPI into .venv; when
-# CUDA ops cannot be built after all, the CPU ops are built and the fix is printed.
+# nvcc of torch's CUDA major version, NVIDIA's compiler wheels come from PyPI into .venv; the
+# headers torch's CUDA headers need and the toolkit lacks (cuSPARSE, cuBLAS, ... in a minimal
+# toolkit) come from torch's own nvidia-* wheels through CPATH. When CUDA ops cannot be built
+# after all, the CPU ops are built and the fix is printed.
 PIP_CUDA_HOME="$VENV/cuda-toolkit"
 # The cache key of the installed mmcv build ('fallback:KEY': CUDA ops for KEY failed, CPU ops
 # installed instead; only FORCE_CUDA=1 tries again).
@@ -102,10 +104,10 @@ PYEOF
 
 has_wheel() { ls "$WHEEL_DIR"/mmcv-*.whl >/dev/null 2>&1; }
 
-# build_mmcv: compile the mmcv sdist into $WHEEL_DIR with the plan's environment (status of the
-# build; its output in .venv/setup-logs/mmcv-build.log).
+# build_mmcv LOG: compile the mmcv sdist into $WHEEL_DIR with the plan's environment (status of
+# the build; its output in LOG: a failed CUDA build's log is kept apart from the CPU build after it).
 build_mmcv() {
-    local src rc=0
+    local log="$1" src rc=0
     src="$(mktemp -d)"
     mkdir -p "$WHEEL_DIR"
     run_step mmcv-download "could not download the mmcv $MMCV_VERSION source distribution from PyPI" \
@@ -115,7 +117,7 @@ build_mmcv() {
     # torch >= 2.5 headers need C++20; mmcv 2.1.0 asks for C++14/17.
     sed -i -E 's/-std=c\+\+1[47]/-std=c++20/g' "$src/mmcv-$MMCV_VERSION/setup.py"
     env "${MMCV_BUILD_ENV[@]}" "$PY" -m pip wheel --disable-pip-version-check --no-deps \
-        --no-build-isolation -w "$WHEEL_DIR" "$src/mmcv-$MMCV_VERSION" >"$LOGS/mmcv-build.log" 2>&1 || rc=$?
+        --no-build-isolation -w "$WHEEL_DIR" "$src/mmcv-$MMCV_VERSION" >"$log" 2>&1 || rc=$?
     rm -rf "$src"
     [ "$rc" -eq 0 ] || rm -rf "$WHEEL_DIR"  # no half-built cache entry
     return "$rc"
@@ -157,15 +159,21 @@ else
             cuda_failed cuda-toolkit "$LOGS/cuda-toolkit.log"
         fi
     fi
+    # torch's CUDA headers need a header found neither in the toolkit nor in torch's wheels
+    if [ "$MMCV_OPS" = cuda ] && [ -n "$MMCV_PLAN_BLOCKED" ] && ! has_wheel; then
+        say "$MMCV_PLAN_MESSAGE"
+        printf '%s\n' "$MMCV_PLAN_BLOCKED" >"$LOGS/cuda-headers.log"
+        cuda_failed cuda-headers "$LOGS/cuda-headers.log"
+    fi
     if [ "$MMCV_OPS" = cuda ] && ! has_wheel; then
-        say "$MMCV_PLAN_MESSAGE (log: .venv/setup-logs/mmcv-build.log)"
-        build_mmcv || cuda_failed mmcv-build "$LOGS/mmcv-build.log"
+        say "$MMCV_PLAN_MESSAGE (log: .venv/setup-logs/mmcv-build-cuda.log)"
+        build_mmcv "$LOGS/mmcv-build-cuda.log" || cuda_failed mmcv-build-cuda "$LOGS/mmcv-build-cuda.log"
     fi
     if has_wheel; then
         say "reusing the mmcv wheel cached in $WHEEL_DIR"
     else  # CPU ops
         say "$MMCV_PLAN_MESSAGE (log: .venv/setup-logs/mmcv-build.log)"
-        build_mmcv || fail mmcv-build "$LOGS/mmcv-build.log" \
+        build_mmcv "$LOGS/mmcv-build.log" || fail mmcv-build "$LOGS/mmcv-build.log" \
             "mmcv failed to compile; a C++20 compiler (g++ >= 10) and the Python headers (python3-dev) are needed"
     fi
     run_step mmcv-install "could not install the mmcv wheel from $WHEEL_DIR (delete that folder to rebuild)" \

@@ -47,9 +47,10 @@ def test_gpu_and_matching_nvcc_build_cuda_ops_for_that_gpu():
                         'TORCH_CUDA_ARCH_LIST': '9.0', 'CUDA_HOME': '/usr/local/cuda-13.0'}
     assert plan.cache_key == 'torch2.14.1_cu130-cuda13.0-sm90'
     assert 'CUDA ops' in plan.message and 'compute capability 9.0' in plan.message
-    assert 'nvcc 13.0' in plan.message and 'about 8 minutes' in plan.message
-    # what to do should the build fail
-    assert 'FORCE_CUDA=1 make setup' in plan.fix and "'nvidia-cuda-nvcc==13.0.*'" in plan.fix
+    assert 'nvcc 13.0' in plan.message and 'about 3 minutes' in plan.message
+    # what to do should the build fail: its log, not another nvcc (this one is there)
+    assert 'FORCE_CUDA=1 make setup' in plan.fix and 'mmcv-build-cuda.log' in plan.fix
+    assert 'nvcc 13.0 from /usr/local/cuda-13.0' in plan.fix and 'nvidia-cuda-nvcc' not in plan.fix
 
 
 def test_gpus_of_different_capability_are_all_listed_once():
@@ -154,9 +155,14 @@ def test_cache_keys_differ_for_cpu_cuda_and_arch_lists():
 
 def test_build_time_estimates():
     assert bp.build_minutes('cpu', 2) == 15
-    assert bp.build_minutes('cuda', 16) == 8
-    assert bp.build_minutes('cuda', 16, 2) > bp.build_minutes('cuda', 16, 1)
-    assert bp.build_minutes('cuda', 2) == 60
+    # measured: one architecture on 2 cores (docs/setup.md)
+    assert bp.build_minutes('cuda', 2) == 25
+    # each further architecture compiles every .cu file's device code once more
+    assert [bp.build_minutes('cuda', 2, n) for n in (2, 4)] == [31, 43]
+    assert bp.build_minutes('cuda', 4) == 12
+    # many cores: bounded by the slowest file, which grows with the architectures
+    assert bp.build_minutes('cuda', 16) == bp.build_minutes('cuda', 64) == 3
+    assert bp.build_minutes('cuda', 64, 4) == 9
 
 
 # ------------------------------------------------------------------------- reading facts
@@ -285,3 +291,206 @@ def test_shell_lines_quote_every_value():
     out = subprocess.run(['bash', '-c', text + '\necho "${MMCV_BUILD_ENV[3]}|$MMCV_PLAN_MESSAGE"'],
                          capture_output=True, text=True, check=True).stdout
     assert out.startswith('TORCH_CUDA_ARCH_LIST=8.6 9.0|building mmcv 2.1.0 with CUDA ops')
+
+
+# ------------------------------------------------------- torch's CUDA headers and a toolkit
+GCC_MISSING = ("/venv/torch/include/ATen/cuda/CUDAContextLight.h:10:10: fatal error: "
+               "cusparse.h: No such file or directory\n   10 | #include <cusparse.h>\n"
+               "compilation terminated.\n")
+CLANG_MISSING = ("/venv/torch/include/ATen/cuda/CUDAContextLight.h:10:10: fatal error: "
+                 "'cusparse.h' file not found\n")
+# What torch 2.14.1+cu130's CUDA headers read from outside torch, as nvcc finds them.
+TORCH_NEEDS = ('cuda_runtime_api.h', 'cusparse.h', 'cublas_v2.h', 'cublasLt.h', 'cusolverDn.h')
+
+
+def fake_preprocessor(needs=TORCH_NEEDS, calls=None):
+    """Stands in for ``nvcc -M``: each header of ``needs`` is looked up in the toolkit's
+    include/, then the CPATH folders; the first one missing is a gcc fatal error."""
+    def run(nvcc, torch_includes, cpath):
+        if calls is not None:
+            calls.append(list(cpath))
+        home = Path(nvcc).parents[1]
+        read = []
+        for header in needs:
+            where = next((d for d in [home / 'include', *map(Path, cpath)]
+                          if (d / header).is_file()), None)
+            if where is None:
+                return None, GCC_MISSING.replace('cusparse.h', header)
+            read.append(str(where / header))
+        return 'probe.o: probe.cu \\\n ' + ' \\\n '.join(read) + '\n', ''
+    return run
+
+
+def _headers(folder: Path, *names: str) -> str:
+    for name in names:
+        _touch(folder / name)
+    return str(folder)
+
+
+def test_missing_header_is_read_from_gcc_and_clang_errors():
+    assert bp.missing_header_of(GCC_MISSING) == 'cusparse.h'
+    assert bp.missing_header_of(CLANG_MISSING) == 'cusparse.h'
+    assert bp.missing_header_of('error: #error C++20 or later compatible compiler') is None
+
+
+def test_a_complete_toolkit_needs_nothing_from_the_wheels(tmp_path):
+    home = _toolkit(tmp_path, 'cuda-13.0')
+    _headers(Path(home) / 'include', *TORCH_NEEDS)
+    wheels = _headers(tmp_path / 'nvidia' / 'cu13' / 'include', 'cusparse.h')
+    toolkit = bp.check_torch_headers(bp.Toolkit(home, '13.0'), [], [wheels],
+                                     dependencies=fake_preprocessor())
+    assert toolkit.usable and toolkit.include_fill == () and toolkit.filled_headers == ()
+
+
+def test_a_minimal_toolkit_takes_the_headers_it_lacks_from_torchs_wheels(tmp_path):
+    home = _toolkit(tmp_path, 'cuda-13.0')  # nvcc and the runtime headers only
+    _headers(Path(home) / 'include', 'cuda_runtime_api.h')
+    cudnn = _headers(tmp_path / 'nvidia' / 'cudnn' / 'include', 'cudnn.h')
+    cu13 = _headers(tmp_path / 'nvidia' / 'cu13' / 'include', 'cuda_runtime_api.h',
+                    'cusparse.h', 'cublas_v2.h', 'cublasLt.h', 'cusolverDn.h')
+    calls = []
+    toolkit = bp.check_torch_headers(bp.Toolkit(home, '13.0'), [], [cudnn, cu13],
+                                     cpath=['/my/include'],
+                                     dependencies=fake_preprocessor(calls=calls))
+    assert toolkit.usable and toolkit.include_fill == (cu13,)
+    # the toolkit's own cuda_runtime_api.h is not counted as filled
+    assert toolkit.filled_headers == ('cublasLt.h', 'cublas_v2.h', 'cusolverDn.h', 'cusparse.h')
+    # the user's CPATH stays first; one more run once cu13/include joined
+    assert calls == [['/my/include'], ['/my/include', cu13]]
+
+
+def test_a_header_found_nowhere_is_named(tmp_path):
+    home = _toolkit(tmp_path, 'cuda-13.0')
+    cu13 = _headers(tmp_path / 'nvidia' / 'cu13' / 'include', 'cusparse.h')  # no cuBLAS
+    toolkit = bp.check_torch_headers(bp.Toolkit(home, '13.0'), [], [cu13],
+                                     dependencies=fake_preprocessor(needs=('cusparse.h',
+                                                                           'cublas_v2.h')))
+    assert not toolkit.usable
+    assert toolkit.missing_header == 'cublas_v2.h' and toolkit.include_fill == (cu13,)
+
+
+def test_another_preprocessor_failure_is_kept_as_the_toolkits_error(tmp_path):
+    home = _toolkit(tmp_path, 'cuda-13.0')
+    old_gcc = ('In file included from x.cu:1:\n/t/include/ATen/ATen.h:5:2: error: #error C++20 '
+               'or later compatible compiler is required to use ATen.\n')
+    toolkit = bp.check_torch_headers(bp.Toolkit(home, '13.0'), [], [],
+                                     dependencies=lambda *args: (None, old_gcc))
+    assert not toolkit.usable and not toolkit.missing_header
+    assert toolkit.header_error.startswith('/t/include/ATen/ATen.h:5:2: error: #error C++20')
+
+
+def test_toolkits_are_checked_in_order_until_one_is_usable(tmp_path):
+    bare = bp.Toolkit(_toolkit(tmp_path, 'bare-13'), '13.0')
+    full = bp.Toolkit(_toolkit(tmp_path, 'full-13'), '13.0')
+    _headers(Path(full.home) / 'include', *TORCH_NEEDS)
+    later = bp.Toolkit(_toolkit(tmp_path, 'later-13'), '13.0')
+    other = bp.Toolkit(_toolkit(tmp_path, 'cuda-12'), '12.6')
+    checked = bp.check_toolkits([other, bare, full, later], '13.0', [], [],
+                                dependencies=fake_preprocessor())
+    assert checked[0] == other  # another major: not checked
+    assert checked[1].missing_header == 'cuda_runtime_api.h'
+    assert checked[2].usable and checked[3] == later
+
+
+def test_torchs_wheel_include_folders_of_its_cuda_major(tmp_path):
+    nvidia = tmp_path / 'nvidia'
+    for rel in ('cu12/include/a.h', 'cu13/include/b.h', 'cudnn/include/cudnn.h', 'nccl/lib/x'):
+        _touch(nvidia / rel)
+    assert bp.wheel_include_dirs(str(nvidia), '13.0') == [
+        str(nvidia / 'cu13' / 'include'), str(nvidia / 'cudnn' / 'include')]
+    assert bp.wheel_include_dirs(None, '13.0') == []
+
+
+def test_the_probed_torch_headers_exist_in_torch():
+    import torch
+    include = Path(bp.torch_include_dirs(str(Path(torch.__file__).parent))[0])
+    missing = [h for h in bp.TORCH_CUDA_EXTENSION_HEADERS if not (include / h).is_file()]
+    assert not missing, f'torch {torch.__version__} no longer has {missing}'
+
+
+FILLED_TK13 = bp.Toolkit('/usr/local/cuda-13.0', '13.0',
+                         include_fill=('/venv/nvidia/cu13/include',),
+                         filled_headers=('cublas_v2.h', 'cusparse.h'))
+TORCH_REQUIRES = ('cuda-toolkit[cublas,cudart,cusolver,cusparse]==13.0.3; '
+                  'platform_system == "Linux"',
+                  'nvidia-cudnn-cu13==9.24.0.43; platform_system == "Linux"',
+                  'nvidia-cusparselt-cu13==0.8.1; platform_system == "Linux"')
+
+
+def test_a_filled_toolkit_builds_with_the_wheels_on_cpath_after_the_users():
+    plan = bp.make_plan(facts(gpus=((9, 0),), toolkits=(FILLED_TK13,), cpath='/my/include'))
+    assert plan.ops == 'cuda' and not plan.blocked and plan.cuda_home == FILLED_TK13.home
+    assert plan.env['CPATH'] == '/my/include:/venv/nvidia/cu13/include'
+    assert plan.env['CUDA_HOME'] == '/usr/local/cuda-13.0'
+    assert ('the headers it lacks (cublas_v2.h cusparse.h) from torch\'s wheels in '
+            '/venv/nvidia/cu13/include') in plan.message
+    # a complete toolkit leaves CPATH alone
+    assert 'CPATH' not in bp.make_plan(facts(gpus=((9, 0),), toolkits=(TK13,))).env
+
+
+def test_a_header_missing_everywhere_blocks_cuda_ops_naming_torchs_requirement():
+    blocked = bp.Toolkit('/usr/local/cuda-13.0', '13.0', missing_header='cusparse.h')
+    plan = bp.make_plan(facts(gpus=((9, 0),), toolkits=(blocked,),
+                              cuda_wheels='/venv/nvidia', torch_requirements=TORCH_REQUIRES))
+    assert plan.ops == 'cuda' and not plan.needs_pip_toolkit and not plan.env
+    assert plan.blocked == ("torch's CUDA headers include cusparse.h, which is neither in "
+                            '/usr/local/cuda-13.0/include (nvcc 13.0) nor in torch\'s nvidia-* '
+                            'wheels in /venv/nvidia')
+    assert plan.fix.startswith("install cusparse.h with the package torch 2.14.1+cu130 requires "
+                               "for it: .venv/bin/pip install 'cuda-toolkit[cusparse]==13.0.3', "
+                               'then run FORCE_CUDA=1 make setup')
+    # the CPU fallback prints the same fix (not: install the nvcc that is there)
+    fallback = bp.make_plan(facts(gpus=((9, 0),), toolkits=(blocked,),
+                                  torch_requirements=TORCH_REQUIRES), cpu_fallback=True)
+    assert fallback.ops == 'cpu' and 'cuda-toolkit[cusparse]==13.0.3' in fallback.fix
+    assert 'CUDA ops could not be built' in fallback.message
+
+
+def test_a_torch_without_nvidia_wheels_is_sent_to_the_toolkits_dev_package():
+    blocked = bp.Toolkit('/usr/local/cuda-13.0', '13.0', missing_header='cusparse.h')
+    plan = bp.make_plan(facts(gpus=((9, 0),), toolkits=(blocked,)))
+    assert "nor in torch's nvidia-* wheels (none installed)" in plan.blocked
+    assert 'apt-get install libcusparse-dev-13-0' in plan.fix
+    assert 'FORCE_CUDA=1 make setup' in plan.fix
+
+
+def test_a_later_usable_toolkit_wins_over_a_blocked_one():
+    blocked = bp.Toolkit('/opt/cuda-13.0', '13.0', header_error='error: #error C++20')
+    plan = bp.make_plan(facts(gpus=((9, 0),), toolkits=(blocked, TK13)))
+    assert not plan.blocked and plan.cuda_home == TK13.home
+    alone = bp.make_plan(facts(gpus=((9, 0),), toolkits=(blocked,)))
+    assert alone.blocked.endswith('from /opt/cuda-13.0: error: #error C++20')
+    assert 'set CUDA_HOME to another CUDA 13.x toolkit' in alone.fix
+
+
+@pytest.mark.parametrize('header,requirements,wanted', [
+    ('cusparse.h', TORCH_REQUIRES, 'cuda-toolkit[cusparse]==13.0.3'),
+    ('cublasLt.h', TORCH_REQUIRES, 'cuda-toolkit[cublas]==13.0.3'),
+    ('cusparseLt.h', TORCH_REQUIRES, 'nvidia-cusparselt-cu13==0.8.1'),
+    ('cudnn.h', TORCH_REQUIRES, 'nvidia-cudnn-cu13==9.24.0.43'),
+    ('curand.h', TORCH_REQUIRES, None),  # not among the extras
+    ('cusparse.h', ('nvidia-cusparse-cu12==12.5.8.93; platform_system == "Linux"',),
+     'nvidia-cusparse-cu12==12.5.8.93'),
+    ('nvrtc.h', ('nvidia-cuda-nvrtc-cu12==12.8.93',), 'nvidia-cuda-nvrtc-cu12==12.8.93'),
+    ('mystery.h', TORCH_REQUIRES, None),
+])
+def test_the_torch_requirement_holding_a_header(header, requirements, wanted):
+    assert bp.torch_requirement_for(header, requirements) == wanted
+
+
+def test_json_facts_with_checked_toolkits_read_back_equal(tmp_path):
+    made = facts(gpus=((9, 0),), toolkits=(FILLED_TK13, TK12), torch_requirements=TORCH_REQUIRES)
+    data = json.loads(json.dumps(bp.asdict(made)))
+    assert bp.facts_from_json(data) == made
+
+
+def test_a_cpu_plan_does_not_check_torchs_headers(monkeypatch):
+    calls = []
+    monkeypatch.setattr(bp, 'check_toolkits', lambda *args, **kw: calls.append(args) or args[0])
+    base = {k: v for k, v in os.environ.items() if k not in ('FORCE_CUDA', 'CUDA_VISIBLE_DEVICES')}
+    bp.gather_facts(env=dict(base, FORCE_CUDA='0'))
+    assert calls == []  # seconds of preprocessing saved on every CPU set-up
+    import torch
+    if torch.version.cuda:
+        bp.gather_facts(env=dict(base, FORCE_CUDA='1'))
+        assert len(calls) == 1 and calls[0][1] == torch.version.cuda

@@ -47,7 +47,7 @@ case "$1" in
         tar -czf "$dest/mmcv-2.1.0.tar.gz" -C "$FAKE/sdist" mmcv-2.1.0 ;;
     wheel)
         while [ $# -gt 0 ]; do [ "$1" = -w ] && dest="$2"; shift; done
-        env | grep -E '^(MMCV_WITH_OPS|FORCE_CUDA|MAX_JOBS|TORCH_CUDA_ARCH_LIST|CUDA_HOME|CUDA_VISIBLE_DEVICES)=' \
+        env | grep -E '^(MMCV_WITH_OPS|FORCE_CUDA|MAX_JOBS|TORCH_CUDA_ARCH_LIST|CUDA_HOME|CPATH|CUDA_VISIBLE_DEVICES)=' \
             | sort | tr '\n' ' ' >>"$FAKE/builds"
         echo >>"$FAKE/builds"
         if [ "$FORCE_CUDA" = 1 ] && [ -f "$FAKE/cuda-build-fails" ]; then echo "nvcc fatal" >&2; exit 1; fi
@@ -69,11 +69,14 @@ exit 0
 '''
 
 
-def _facts(gpus=(), toolkits=(), force_cuda=None):
+def _facts(gpus=(), toolkits=(), force_cuda=None, **more):
+    """Facts as ``--json`` writes them; a toolkit is (home, version) or a dict with the
+    header check's fields."""
     return dict(torch_version=TORCH, torch_cuda='13.0', gpus=[list(g) for g in gpus],
-                toolkits=[dict(home=h, version=v) for h, v in toolkits], cpu_count=2,
+                toolkits=[t if isinstance(t, dict) else dict(home=t[0], version=t[1])
+                          for t in toolkits], cpu_count=2,
                 mem_gb=20.0, force_cuda=force_cuda, max_jobs=None, arch_list=None,
-                torch_arch_list=['sm_90'], pip_cuda_home=None)
+                torch_arch_list=['sm_90'], pip_cuda_home=None, **more)
 
 
 class Setup:
@@ -102,8 +105,8 @@ class Setup:
         (self.fake / name).write_text(json.dumps(_facts(**kwargs)))
 
     def run(self, check=True, **env):
-        full = {k: v for k, v in os.environ.items()
-                if k not in ('FORCE_CUDA', 'MAX_JOBS', 'TORCH_CUDA_ARCH_LIST', 'CUDA_HOME')}
+        full = {k: v for k, v in os.environ.items() if k not in
+                ('FORCE_CUDA', 'MAX_JOBS', 'TORCH_CUDA_ARCH_LIST', 'CUDA_HOME', 'CPATH')}
         full.update(FAKE=str(self.fake), REAL_PY=sys.executable, FAKE_TORCH=TORCH,
                     MMM_CACHE=str(self.cache), **env)
         result = subprocess.run(['bash', str(self.root / 'scripts' / 'setup.sh')], env=full,
@@ -206,11 +209,59 @@ def test_failed_cuda_build_falls_back_to_cpu_ops(setup):
     setup.facts(gpus=[(9, 0)], toolkits=[('/usr/local/cuda-13.0', '13.0')])
     (setup.fake / 'cuda-build-fails').touch()
     result = setup.run()
-    assert 'mmcv CUDA ops could not be built (mmcv-build; log: .venv/setup-logs/mmcv-build.log)' \
+    assert 'mmcv CUDA ops could not be built (mmcv-build-cuda; log: .venv/setup-logs/mmcv-build-cuda.log)' \
         in result.stderr
     assert [b.split()[1] for b in setup.builds()] == ['FORCE_CUDA=1', 'FORCE_CUDA=0']
     assert not (setup.cache / 'wheels' / CUDA_DIR).exists()  # no half-built cache entry
     assert setup.installed() == 'cpu'
+    # the CUDA build's log is not overwritten by the CPU build after it
+    logs = setup.root / '.venv' / 'setup-logs'
+    assert (logs / 'mmcv-build-cuda.log').is_file() and (logs / 'mmcv-build.log').is_file()
+
+
+MINIMAL_TK13 = dict(home='/usr/local/cuda-13.0', version='13.0',
+                   include_fill=['/venv/nvidia/cu13/include'], filled_headers=['cusparse.h'])
+BLOCKED_TK13 = dict(home='/usr/local/cuda-13.0', version='13.0', missing_header='cusparse.h')
+TORCH_REQUIRES = ['cuda-toolkit[cublas,cusparse]==13.0.3; platform_system == "Linux"']
+
+
+def test_minimal_toolkit_builds_with_torchs_wheel_headers_on_cpath(setup):
+    setup.facts(gpus=[(9, 0)], toolkits=[MINIMAL_TK13], force_cuda='1')
+    out = setup.run(FORCE_CUDA='1').stdout
+    assert "headers it lacks (cusparse.h) from torch's wheels in /venv/nvidia/cu13/include" in out
+    assert setup.builds() == ['CPATH=/venv/nvidia/cu13/include CUDA_HOME=/usr/local/cuda-13.0 '
+                              'FORCE_CUDA=1 MAX_JOBS=2 MMCV_WITH_OPS=1 TORCH_CUDA_ARCH_LIST=9.0 ']
+    assert setup.installed() == 'cuda'
+
+
+def test_header_missing_everywhere_falls_back_naming_it_without_a_cuda_build(setup):
+    setup.facts(gpus=[(9, 0)], toolkits=[BLOCKED_TK13], torch_requirements=TORCH_REQUIRES)
+    result = setup.run()
+    assert "torch's CUDA headers include cusparse.h, which is neither in" in result.stdout
+    assert 'mmcv CUDA ops could not be built (cuda-headers' in result.stderr
+    assert ("WARNING: mmcv has CPU ops only; install cusparse.h with the package torch "
+            "2.14.1+cu130 requires for it: .venv/bin/pip install "
+            "'cuda-toolkit[cusparse]==13.0.3'") in result.stdout
+    # no CUDA build tried (it would fail minutes later), CPU ops instead
+    assert setup.builds() == ['CUDA_VISIBLE_DEVICES= FORCE_CUDA=0 MAX_JOBS=2 MMCV_WITH_OPS=1 ']
+    assert setup.stamp() == 'fallback:torch2.14.1_cu130-cuda13.0-sm90'
+    # FORCE_CUDA=1 fails, naming the header and the fix
+    setup.facts(gpus=[(9, 0)], toolkits=[BLOCKED_TK13], force_cuda='1',
+                torch_requirements=TORCH_REQUIRES)
+    result = setup.run(check=False, FORCE_CUDA='1')
+    assert result.returncode == 1 and '[setup] FAILED: cuda-headers' in result.stderr
+    assert 'include cusparse.h, which is neither in /usr/local/cuda-13.0/include' in result.stderr
+    assert ("FORCE_CUDA=1 but CUDA ops cannot be built: install cusparse.h with the package "
+            "torch 2.14.1+cu130 requires") in result.stderr
+    assert len(setup.builds()) == 1
+
+
+def test_header_missing_everywhere_still_reuses_a_cached_cuda_wheel(setup):
+    setup.facts(gpus=[(9, 0)], toolkits=[BLOCKED_TK13])
+    setup.cache_wheel(CUDA_DIR, 'cuda')
+    out = setup.run().stdout
+    assert f'reusing the mmcv wheel cached in {setup.cache}/wheels/{CUDA_DIR}' in out
+    assert setup.builds() == [] and setup.installed() == 'cuda'
 
 
 def test_force_cuda_0_builds_cpu_ops_on_a_gpu_machine(setup):
