@@ -41,11 +41,16 @@ OPSET = 18
 
 
 def prepare_for_export(model: nn.Module) -> nn.Module:
-    """Fold ``model`` for inference and switch its scans to the exportable form, in place."""
+    """Fold ``model`` for inference in the form graph runtimes run (MobileMamba's export form:
+    ``switch_to_deploy('export')``), in place."""
     from mmmobilemamba.analysis.benchmark import fuse_for_inference
+    from mmmobilemamba.models import MobileMamba
     from mmmobilemamba.models.layers import SS2D
 
     model.eval()
+    for module in model.modules():
+        if isinstance(module, MobileMamba) and module.deployed is None:  # else keep its form
+            module.switch_to_deploy('export')
     fuse_for_inference(model)
     for module in model.modules():
         if isinstance(module, SS2D):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from mmmobilemamba.ops import (channels_innermost, memory_format_of, selective_scan,
                                selective_scan_channels_last, ss2d_scan)
 from mmmobilemamba.ops.fused_ops import gated_layer_norm
+from mmmobilemamba.ops.scan_chunked import ss2d_scan_graph
 from mmmobilemamba.ops.selective_scan import resolve_backend
 from .conv_bn import ConvBN
 from .inference_conv import InferenceConv2d
@@ -29,9 +30,10 @@ class SS2D(nn.Module):
         dt_rank (int, optional): rank of the step-size projection; ``ceil(d / 16)`` if None.
         directions (int): scan directions ``K`` (forward and reversed). Default: 2.
         norm_cfg (dict, optional): norm of the in/out projections (BatchNorm by default).
-        scan_backend (str): 'auto', 'torch', 'export' (see
-            :func:`mmmobilemamba.ops.selective_scan_channels_last`), 'reference' or 'cuda'
-            (see :func:`mmmobilemamba.ops.selective_scan`).
+        scan_backend (str): 'auto', 'torch', 'export' (the form exported graphs run: NCHW
+            throughout, the scan as :func:`mmmobilemamba.ops.scan_chunked.ss2d_scan_graph`,
+            plain ops only), 'reference' or 'cuda' (see
+            :func:`mmmobilemamba.ops.selective_scan`).
     """
 
     def __init__(self, channels: int, ssm_ratio: float = 2.0, d_state: int = 1,
@@ -58,6 +60,7 @@ class SS2D(nn.Module):
         self.Ds = nn.Parameter(torch.ones(k * inner))
         self.out_norm = nn.LayerNorm(inner)
         self.out_proj = ConvBN(inner, channels, norm_cfg=norm_cfg)
+        self.graph_form = None  # the export form's folded tensors (switch_to_deploy('export'))
         self.reset_ssm_parameters()
 
     @torch.no_grad()
@@ -135,15 +138,103 @@ class SS2D(nn.Module):
         return (ys[:, 0] + ys[:, 1].flip(-1)).view(b, d, h, w)
 
     @torch.no_grad()
-    def switch_to_deploy(self) -> None:
-        """Fold the projections' norms; the SiLU runs fused in the depthwise conv."""
+    def switch_to_deploy(self, device_type: str = 'cpu') -> None:
+        """Fold the projections' norms; the SiLU runs fused in the depthwise conv.
+
+        Args:
+            device_type (str): 'cpu' or 'cuda' (the forms of eager PyTorch), or 'export': the
+                form exported graphs run (ONNX, ExecuTorch): the in-projection as two convs
+                (``u`` and the gate), the scan's projections as two convs with their weights
+                in scan order and the step sizes' bias folded in, ``A = -exp(A_log)``, the
+                skip weights summed over the directions and the LayerNorm's averaging row
+                computed once (:meth:`_graph_tensors`), and ``scan_backend`` 'export'.
+                Default: 'cpu'.
+        """
         self.in_proj.switch_to_deploy()
         self.out_proj.switch_to_deploy()
+        if device_type == 'export':
+            self._build_graph_form()
+            return
         if not isinstance(self.act, nn.Identity):
             self.conv2d = InferenceConv2d.from_conv(self.conv2d, 'silu')
             self.act = nn.Identity()
 
+    def _build_graph_form(self) -> None:
+        """The export form (see :meth:`switch_to_deploy`): tensors a graph holds as constants,
+        so that XNNPACK sees static conv weights and nothing is recomputed per image."""
+        inner = self.inner_channels
+        fused = self.in_proj.conv
+        in_u, in_z = (nn.Conv2d(fused.in_channels, inner, 1, device=fused.weight.device,
+                                dtype=fused.weight.dtype) for _ in range(2))
+        for conv, part in ((in_u, slice(0, inner)), (in_z, slice(inner, 2 * inner))):
+            conv.weight.copy_(fused.weight[part])
+            conv.bias.copy_(fused.bias[part])
+        form = nn.Module()
+        form.in_u, form.in_z = in_u, in_z
+        for name, tensor in self._graph_tensors().items():
+            form.register_buffer(name, tensor.detach().clone())
+        self.graph_form = form
+        self.scan_backend = 'export'
+
+    def _graph_tensors(self) -> dict:
+        """The export form's tensors from the parameters (differentiable): the scan's
+        projection as one 1x1 conv with its rows in scan order (every direction's step-size
+        rank, then its B, then its C), the step-size projection as a grouped 1x1 conv with
+        the bias folded in, ``A``, the summed skip weights and the channel-averaging row of
+        the LayerNorm's statistics (XNNPACK reduces a mean over H and W only)."""
+        k, r, n, inner = self.directions, self.dt_rank, self.d_state, self.inner_channels
+        w = self.x_proj_weight                                       # (K, R + 2N, D)
+        x_proj = torch.cat([w[:, :r].reshape(k * r, inner), w[:, r:r + n].reshape(k * n, inner),
+                            w[:, r + n:].reshape(k * n, inner)])
+        return dict(x_proj=x_proj.view(-1, inner, 1, 1),
+                    dt_proj=self.dt_projs_weight.reshape(k * inner, r, 1, 1),
+                    dt_bias=self.dt_projs_bias.reshape(-1),
+                    A=-torch.exp(self.A_logs.float()),
+                    skip=self.Ds.view(k, inner).sum(0),
+                    mean_row=torch.full((1, 1, inner), 1.0 / inner, device=w.device,
+                                        dtype=w.dtype))
+
+    def _forward_graph(self, x: torch.Tensor) -> torch.Tensor:
+        """The export form (``scan_backend='export'``): NCHW maps and plain ops throughout,
+        every op one that onnxruntime runs fast and XNNPACK delegates (no split, no
+        LayerNorm or mean over channels, no custom op)."""
+        form = self.graph_form
+        if form is not None:
+            tensors = dict(form.named_buffers())
+            u, z = form.in_u(x), form.in_z(x)
+        else:
+            tensors = self._graph_tensors()
+            xz = self.in_proj(x)
+            u, z = xz[:, :self.inner_channels], xz[:, self.inner_channels:]
+        u = self.conv2d(u)
+        if getattr(self.conv2d, 'activation', None) != 'silu':  # else fused in the CPU form
+            u = u * torch.sigmoid(u)
+        b, d, h, w = u.shape
+        k, r, n = self.directions, self.dt_rank, self.d_state
+        proj = F.conv2d(u, tensors['x_proj'])                        # (B, K(R + 2N), H, W)
+        delta = F.conv2d(proj[:, :k * r], tensors['dt_proj'], tensors['dt_bias'], groups=k)
+        y = ss2d_scan_graph(u.reshape(b, d, h * w), delta.reshape(b, k, d, h * w),
+                            tensors['A'], proj[:, k * r:k * (r + n)].reshape(b, k, n, h * w),
+                            proj[:, k * (r + n):].reshape(b, k, n, h * w), tensors['skip'])
+        y = self._channel_layer_norm(y.to(x.dtype), tensors['mean_row']).reshape(b, d, h, w)
+        return self.out_proj(y * (z * torch.sigmoid(z)))
+
+    def _channel_layer_norm(self, y: torch.Tensor, mean_row: torch.Tensor) -> torch.Tensor:
+        """``out_norm`` over the channels ``d`` of ``y (B, d, L)``, its means as products with
+        a constant row (a batched matrix product XNNPACK delegates and onnxruntime runs ~20x
+        faster than its ReduceMean over channels)."""
+        b = y.shape[0]
+        rows = mean_row if b == 1 else mean_row.expand(b, -1, -1)
+        mean = torch.bmm(rows, y)                                    # (B, 1, L)
+        centred = y - mean
+        variance = torch.bmm(rows, centred * centred)
+        scale = torch.rsqrt(variance + self.out_norm.eps)
+        weight = self.out_norm.weight.view(1, -1, 1)
+        return centred * scale * weight + self.out_norm.bias.view(1, -1, 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scan_backend == 'export':
+            return self._forward_graph(x)
         u, z = self.in_proj(x).chunk(2, dim=1)
         u = self.act(self.conv2d(u))
         b, d, h, w = u.shape
@@ -155,7 +246,7 @@ class SS2D(nn.Module):
                                  self.out_norm.bias, self.out_norm.eps,
                                  resolve_backend('auto', u.device, mamba_ssm=False))
             return self.out_proj(y)
-        if backend in ('torch', 'triton', 'export'):
+        if backend in ('torch', 'triton'):
             # channels-last (CPU): the token-major map is already the scan's layout
             y = self.out_norm(self._scan_channels_last(u, backend))  # LayerNorm over D, as is
             y = y.view(b, h, w, d).permute(0, 3, 1, 2)                # (B, D, H, W), NHWC memory
