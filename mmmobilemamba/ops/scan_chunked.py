@@ -86,12 +86,13 @@ def _untraced_constant(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
-def _mirrored(matrix: np.ndarray, positions: int) -> np.ndarray:
-    """``matrix`` (inputs by position x outputs) for the reversed scan: input positions
-    mirrored, and the first ``positions`` output columns (one per position); the columns
-    after them (per chunk, not per position) keep their place."""
-    out = matrix[::-1].copy()
-    out[:, :positions] = out[:, :positions][:, ::-1]
+def _mirrored(matrix: np.ndarray, rows: int, columns: int) -> np.ndarray:
+    """``matrix`` (inputs x outputs) for the reversed scan: its first ``rows`` rows and
+    ``columns`` columns (one per step) mirrored; those after them (per chunk, not per step)
+    keep their place."""
+    out = matrix.copy()
+    out[:rows] = out[:rows][::-1]
+    out[:, :columns] = out[:, :columns][:, ::-1]
     return out
 
 
@@ -105,7 +106,8 @@ def _chunk_matrices(c: int, exclusive: bool) -> dict:
     * ``source`` (c, c): ``S_m - S_s``, the exponent of input ``s``'s factor (``-target``
       unless ``exclusive``);
     * ``prefix_sum`` (c, c): which factored inputs output ``t`` sums (``s <= t``;
-      ``exclusive``: ``s < t``);
+      ``exclusive``: ``s < t``); ``carried_sum`` (c + 1, c) adds a row of ones: the chunk's
+      carried state, appended to the inputs, reaches every output (:func:`_states`);
     * ``per_chunk`` (c, 3): ``S_end - S_m``, ``S_m`` and ``S_end``: the exponents of the
       chunk's end state and of its carry, and the chunk's total log decay;
     * ``whole`` (c, 1): the sum of all factored inputs (the end state's).
@@ -119,9 +121,10 @@ def _chunk_matrices(c: int, exclusive: bool) -> dict:
 
     last = t - 1 if exclusive else t
     per_chunk = np.concatenate([r > m, r <= m, np.ones_like(r, bool)], 1).astype(np.float32)
-    return dict(target=from_middle(last), source=-from_middle(t),
-                prefix_sum=(r <= last).astype(np.float32), per_chunk=per_chunk,
-                whole=np.ones((c, 1), np.float32))
+    prefix_sum = (r <= last).astype(np.float32)
+    return dict(target=from_middle(last), source=-from_middle(t), prefix_sum=prefix_sum,
+                carried_sum=np.concatenate([prefix_sum, np.ones((1, c), np.float32)]),
+                per_chunk=per_chunk, whole=np.ones((c, 1), np.float32))
 
 
 def _block_matrix(n: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -141,8 +144,9 @@ def _chunk_constants(c: int, exclusive: bool, reverse: Tuple[bool, ...]) -> dict
     """:func:`_chunk_matrices` per direction, stacked ``(K, rows, cols)`` (a reversed
     direction's mirrored: its steps and outputs run backwards); built once."""
     forward = _chunk_matrices(c, exclusive)
-    positions = dict(target=c, source=c, prefix_sum=c, per_chunk=0, whole=0)
-    return {name: _untraced_constant(np.stack([_mirrored(m, positions[name]) if rev else m
+    columns = dict(target=c, source=c, prefix_sum=c, carried_sum=c, per_chunk=0,
+                   whole=0)  # per step
+    return {name: _untraced_constant(np.stack([_mirrored(m, c, columns[name]) if rev else m
                                                for rev in reverse]))
             for name, m in forward.items()}
 
@@ -179,32 +183,36 @@ def _unpad_last(x: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def _factored_chunks(g: torch.Tensor, x: torch.Tensor, reverse: Tuple[bool, ...],
-                     exclusive: bool):
-    """One level: ``g, x (K, rows, c)`` (clamped log decays, inputs), each row a chunk scanned
-    from a zero state, in factored form: ``state_t = e_t * sums_t`` with ``e = exp(Q)``.
+                     exclusive: bool) -> dict:
+    """One level: ``g, x (K, rows, c)`` (clamped log decays, inputs), each row a chunk of the
+    recurrence in factored form: ``state_t = e_t (sum_{s<=t} f_s x_s + exp(S_m) H)`` with
+    ``e = exp(Q)``, ``f = exp(-Q)`` and ``H`` the state entering the chunk
+    (:func:`_states`). ``exclusive``: the states entering each step instead of after it.
 
-    Returns ``e, sums (K, rows, c)``; the chunk's end state from a zero start, its total log
-    decay and its carry scale ``exp(S_m)`` ``(K, rows, 1)``: the state entering the chunk,
-    ``H``, adds ``exp(S_t) H = e_t exp(S_m) H`` to every state (:func:`_with_carry`).
-    ``exclusive``: the states entering each step instead of after it.
+    Returns a dict: ``target`` (``e``) and ``weighted`` (``f x``), (K, rows, c); per chunk,
+    (K, rows, 1): ``end`` (its end state from a zero start), ``total`` (its summed log decay)
+    and ``carry`` (``exp(S_m)``).
     """
     k = _chunk_constants(g.shape[-1], exclusive, reverse)
-    exponent = torch.bmm(g, _on(k['target'], g))
-    target = torch.exp(exponent)
-    # exp(-(S_s - S_m)) x_s: a product, not x / e (whose gradient, -x / e^2, overflows)
-    source = -exponent if not exclusive else torch.bmm(g, _on(k['source'], g))
-    weighted = torch.exp(source) * x
-    sums = torch.bmm(weighted, _on(k['prefix_sum'], g))
+    target = torch.exp(torch.bmm(g, _on(k['target'], g)))
+    # exp(-(S_s - S_m)) x_s as a product (the gradient of x / e, -x / e^2, would overflow)
+    weighted = torch.exp(torch.bmm(g, _on(k['source'], g))) * x
     whole = torch.bmm(weighted, _on(k['whole'], g))              # all inputs of the chunk
     per_chunk = torch.bmm(g, _on(k['per_chunk'], g))
     to_end, to_middle, total = per_chunk[..., 0:1], per_chunk[..., 1:2], per_chunk[..., 2:3]
-    return target, sums, torch.exp(to_end) * whole, total, torch.exp(to_middle)
+    return dict(target=target, weighted=weighted, end=torch.exp(to_end) * whole, total=total,
+                carry=torch.exp(to_middle), prefix_sum=_on(k['prefix_sum'], g),
+                carried_sum=_on(k['carried_sum'], g))
 
 
-def _with_carry(target: torch.Tensor, sums: torch.Tensor, carry_scale: torch.Tensor,
-                entering: torch.Tensor) -> torch.Tensor:
-    """The states of factored chunks given the state entering each chunk ``(K, rows, 1)``."""
-    return target * (sums + carry_scale * entering)
+def _states(level: dict, entering: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The states of a level's chunks (:func:`_factored_chunks`) given the state entering
+    each chunk ``(K, rows, 1)`` (None: zero). The carried state joins the inputs as one more
+    column of the prefix sum's product: no broadcast over the chunk."""
+    if entering is None:
+        return level['target'] * torch.bmm(level['weighted'], level['prefix_sum'])
+    inputs = torch.cat([level['weighted'], level['carry'] * entering], dim=-1)
+    return level['target'] * torch.bmm(inputs, level['carried_sum'])
 
 
 def _entering_blocks(g: torch.Tensor, ends: torch.Tensor,
@@ -227,17 +235,16 @@ def _entering_states(g: torch.Tensor, ends: torch.Tensor,
     kk, rows, n = g.shape
     g, ends = _pad_last(g, CHUNK), _pad_last(ends, CHUNK)
     blocks = g.shape[-1] // CHUNK
-    target, sums, block_ends, total, carry_scale = _factored_chunks(
-        g.reshape(kk, rows * blocks, CHUNK), ends.reshape(kk, rows * blocks, CHUNK), reverse,
-        exclusive=True)
+    level = _factored_chunks(g.reshape(kk, rows * blocks, CHUNK),
+                             ends.reshape(kk, rows * blocks, CHUNK), reverse, exclusive=True)
     if blocks == 1:  # one block: it enters from the zero state
-        states = target * sums
+        states = _states(level)
     else:
-        total = torch.clamp(total, min=MIN_LOG_DECAY).reshape(kk, rows, blocks)
-        block_ends = block_ends.reshape(kk, rows, blocks)
+        total = torch.clamp(level['total'], min=MIN_LOG_DECAY).reshape(kk, rows, blocks)
+        block_ends = level['end'].reshape(kk, rows, blocks)
         entering = (_entering_states if blocks > _TOP_MAX else _entering_blocks)(
             total, block_ends, reverse)
-        states = _with_carry(target, sums, carry_scale, entering.reshape(kk, rows * blocks, 1))
+        states = _states(level, entering.reshape(kk, rows * blocks, 1))
     return _unpad_last(states.reshape(kk, rows, blocks * CHUNK), n)
 
 
@@ -268,15 +275,15 @@ def chunked_linear_scan(log_decay: torch.Tensor, inputs: torch.Tensor,
     g = _pad_last(torch.clamp(_f32(log_decay), min=MIN_LOG_DECAY), CHUNK)
     x = _pad_last(_f32(inputs), CHUNK)
     chunks = g.shape[-1] // CHUNK
-    target, sums, ends, total, carry_scale = _factored_chunks(
-        g.reshape(kk, rows * chunks, CHUNK), x.reshape(kk, rows * chunks, CHUNK), reverse,
-        exclusive=False)
+    level = _factored_chunks(g.reshape(kk, rows * chunks, CHUNK),
+                             x.reshape(kk, rows * chunks, CHUNK), reverse, exclusive=False)
     if chunks == 1:
-        states = target * sums
+        states = _states(level)
     else:
-        entering = _entering_states(torch.clamp(total, min=MIN_LOG_DECAY).reshape(kk, rows, chunks),
-                                    ends.reshape(kk, rows, chunks), reverse)
-        states = _with_carry(target, sums, carry_scale, entering.reshape(kk, rows * chunks, 1))
+        entering = _entering_states(
+            torch.clamp(level['total'], min=MIN_LOG_DECAY).reshape(kk, rows, chunks),
+            level['end'].reshape(kk, rows, chunks), reverse)
+        states = _states(level, entering.reshape(kk, rows * chunks, 1))
     return _unpad_last(states.reshape(kk, rows, chunks * CHUNK), length)
 
 
@@ -341,9 +348,14 @@ def ss2d_scan_graph(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
         y = h.reshape(directions, batch, channels, length) * Ck
     else:
         y = (h.reshape(directions, batch, channels, n_state, length) * Ck.unsqueeze(2)).sum(3)
-    if directions == 2:
-        y = y[0:1] + y[1:2]
+    if directions == 2:  # the sum over directions as a product with [1, 1]: no copies
+        y = torch.bmm(_on(_direction_sum(), y), y.reshape(1, directions, -1))
     return y.reshape(batch, channels, length) + _f32(u) * _f32(skip).reshape(channels, 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _direction_sum() -> torch.Tensor:
+    return _untraced_constant(np.ones((1, 1, 2), np.float32))
 
 
 def _directions_first(t: torch.Tensor) -> torch.Tensor:
