@@ -7,7 +7,7 @@ what its arithmetic does not. Here the recurrence ``h_t = exp(g_t) h_{t-1} + x_t
 constant matrices, ``exp``, elementwise products and sums, and nothing else (no cumsum, flip,
 where, gather, sum or softplus as such: every op is one XNNPACK delegates).
 
-**Chunks of 8, in factored form.** Within a chunk the state is ``h_t = sum_{s<=t}
+**Chunks of up to 8, in factored form.** Within a chunk the state is ``h_t = sum_{s<=t}
 exp(S_t - S_s) x_s`` (``S`` the prefix sums of ``g`` from the chunk's start), and
 ``exp(S_t - S_s) = exp(Q_t) exp(-Q_s)`` with ``Q = S - S_m`` taken against the chunk's middle
 step ``m``. So the chunk is two exponentials, a product and a prefix sum (a matrix product
@@ -16,6 +16,8 @@ matrix of the state-space-duality form costs ``c`` per token and channel (the de
 per channel: no matrix is shared across channels; measured in docs/benchmarks.md, that form ran
 6-9x slower in onnxruntime at MobileMamba's sizes). All sums of ``g`` are matrix products with
 0/+-1 constants over at most one chunk: local sums, no long prefix sum that would cancel.
+A chunk has 8 steps, or 5 to 7 where that divides the length (:func:`chunk_size`: 196 tokens,
+a 14x14 map, are 28 chunks of 7), so that few lengths need padding.
 
 **Bounded exponents.** Each step's log decay is clamped at ``-16`` (a decay below
 ``exp(-16) = 1.1e-7`` of the state, float32's resolution, leaves it as ``exp(-16)``), so over
@@ -25,7 +27,7 @@ the form's error bound; with ordinary decays it is ~1e-7.
 
 **Levels.** The chunk ends form a shorter recurrence (chunk decay = the chunk's summed log
 decay, clamped again; input = the chunk's end state from a zero start), scanned by the same
-factored form in chunks of 8; the state entering each block of 64 tokens then comes from a
+factored form in chunks of up to 8; the state entering each block of chunks then comes from a
 masked matrix over the blocks (exact segment sums of their decays by one matrix product, exp
 of non-positive numbers only). Two levels and the block matrix serve every ``L <= 4096`` with
 the same ops (a 1024x1024 image at stride 16); longer sequences get one more level per 8x.
@@ -35,17 +37,16 @@ Padding at the end (decay 1, input 0) leaves both directions' states unchanged.
 both directions of SS2D run as one batch of two in every matrix product (no flips).
 """
 import functools
-import math
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ['graph_softplus', 'chunked_linear_scan', 'selective_scan_chunked',
+__all__ = ['graph_softplus', 'chunked_linear_scan', 'chunk_size', 'selective_scan_chunked',
            'ss2d_scan_chunked', 'ss2d_scan_graph', 'CHUNK', 'MIN_LOG_DECAY']
 
-CHUNK = 8               # tokens per factored chunk (and chunks per level-2 block)
+CHUNK = 8               # most steps per factored chunk (and chunks per level-2 block)
 MIN_LOG_DECAY = -16.0   # per-step clamp: |Q| <= (CHUNK / 2) * 16 = 64
 _TOP_MAX = 64           # blocks in the masked top level (its constant is n x n^2)
 _MASKED = -1.0e4        # exponent of masked entries: exp() gives exactly 0
@@ -171,6 +172,15 @@ def _on(constant: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------- the levels
+def chunk_size(length: int) -> int:
+    """Steps per chunk for a sequence of ``length``: all of it up to 8, else the largest
+    divisor from 8 down to 5 (no padding: 196 tokens, a 14x14 map, are 28 chunks of 7), else
+    8 with padding."""
+    if length <= CHUNK:
+        return length
+    return next((c for c in range(CHUNK, 4, -1) if length % c == 0), CHUNK)
+
+
 def _pad_last(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """``x`` zero-padded at the end of its last dim to a multiple of ``multiple``."""
     pad = -x.shape[-1] % multiple
@@ -230,13 +240,14 @@ def _entering_blocks(g: torch.Tensor, ends: torch.Tensor,
 def _entering_states(g: torch.Tensor, ends: torch.Tensor,
                      reverse: Tuple[bool, ...]) -> torch.Tensor:
     """The state entering each item of the recurrence ``H_k = exp(g_k) H_{k-1} + ends_k``
-    (``g, ends (K, rows, n)``; ``g`` clamped): a factored level of chunks of 8 items, then
-    the blocks (:func:`_entering_blocks`), or further levels while more than 64 blocks."""
+    (``g, ends (K, rows, n)``; ``g`` clamped): a factored level of chunks of up to 8 items,
+    then the blocks (:func:`_entering_blocks`), or further levels while more than 64 blocks."""
     kk, rows, n = g.shape
-    g, ends = _pad_last(g, CHUNK), _pad_last(ends, CHUNK)
-    blocks = g.shape[-1] // CHUNK
-    level = _factored_chunks(g.reshape(kk, rows * blocks, CHUNK),
-                             ends.reshape(kk, rows * blocks, CHUNK), reverse, exclusive=True)
+    c = chunk_size(n)
+    g, ends = _pad_last(g, c), _pad_last(ends, c)
+    blocks = g.shape[-1] // c
+    level = _factored_chunks(g.reshape(kk, rows * blocks, c), ends.reshape(kk, rows * blocks, c),
+                             reverse, exclusive=True)
     if blocks == 1:  # one block: it enters from the zero state
         states = _states(level)
     else:
@@ -245,7 +256,7 @@ def _entering_states(g: torch.Tensor, ends: torch.Tensor,
         entering = (_entering_states if blocks > _TOP_MAX else _entering_blocks)(
             total, block_ends, reverse)
         states = _states(level, entering.reshape(kk, rows * blocks, 1))
-    return _unpad_last(states.reshape(kk, rows, blocks * CHUNK), n)
+    return _unpad_last(states.reshape(kk, rows, blocks * c), n)
 
 
 def chunked_linear_scan(log_decay: torch.Tensor, inputs: torch.Tensor,
@@ -272,11 +283,12 @@ def chunked_linear_scan(log_decay: torch.Tensor, inputs: torch.Tensor,
     if len(reverse) != kk:
         raise ValueError(f'chunked_linear_scan: {len(reverse)} reverse flags for K = {kk} '
                          'directions: give one per direction')
-    g = _pad_last(torch.clamp(_f32(log_decay), min=MIN_LOG_DECAY), CHUNK)
-    x = _pad_last(_f32(inputs), CHUNK)
-    chunks = g.shape[-1] // CHUNK
-    level = _factored_chunks(g.reshape(kk, rows * chunks, CHUNK),
-                             x.reshape(kk, rows * chunks, CHUNK), reverse, exclusive=False)
+    c = chunk_size(length)
+    g = _pad_last(torch.clamp(_f32(log_decay), min=MIN_LOG_DECAY), c)
+    x = _pad_last(_f32(inputs), c)
+    chunks = g.shape[-1] // c
+    level = _factored_chunks(g.reshape(kk, rows * chunks, c), x.reshape(kk, rows * chunks, c),
+                             reverse, exclusive=False)
     if chunks == 1:
         states = _states(level)
     else:
@@ -284,7 +296,7 @@ def chunked_linear_scan(log_decay: torch.Tensor, inputs: torch.Tensor,
             torch.clamp(level['total'], min=MIN_LOG_DECAY).reshape(kk, rows, chunks),
             level['end'].reshape(kk, rows, chunks), reverse)
         states = _states(level, entering.reshape(kk, rows * chunks, 1))
-    return _unpad_last(states.reshape(kk, rows, chunks * CHUNK), length)
+    return _unpad_last(states.reshape(kk, rows, chunks * c), length)
 
 
 # ------------------------------------------------------------------------- selective scans

@@ -15,7 +15,7 @@ import onnx  # noqa: E402
 from mmmobilemamba.deploy import export_onnx  # noqa: E402
 from mmmobilemamba.models import MobileMamba  # noqa: E402
 from mmmobilemamba.models.layers import SS2D  # noqa: E402
-from mmmobilemamba.ops.scan_chunked import ss2d_scan_graph  # noqa: E402
+from mmmobilemamba.models.layers.ss2d import GraphScan  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / 'tests' / 'tools'))
@@ -63,22 +63,12 @@ def test_small_mobilemamba_has_no_node_per_scan_step(tmp_path):
         assert len(counts) == 3 and max(counts.values()) <= 110, (size, counts)
 
 
-class _Scan(torch.nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.register_buffer('A', -torch.rand(2 * channels, 1) - 0.05)
-        self.register_buffer('skip', torch.randn(channels))
-
-    def forward(self, u, delta, B, C):
-        return ss2d_scan_graph(u, delta, self.A, B, C, self.skip)
-
-
 def _scan_nodes(tmp_path, channels: int, length: int) -> int:
     args = (torch.randn(1, channels, length), torch.randn(1, 2, channels, length),
             torch.randn(1, 2, 1, length), torch.randn(1, 2, 1, length))
     onnx_file = tmp_path / f'scan_{channels}_{length}.onnx'
-    torch.onnx.export(_Scan(channels), args, str(onnx_file), dynamo=True, opset_version=18,
-                      verbose=False)
+    scan = GraphScan(-torch.rand(2 * channels, 1) - 0.05, torch.randn(channels))
+    torch.onnx.export(scan, args, str(onnx_file), dynamo=True, opset_version=18, verbose=False)
     return len(onnx.load(str(onnx_file)).graph.node)
 
 

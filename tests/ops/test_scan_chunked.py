@@ -9,8 +9,8 @@ from scan_checks import assert_same_scan, scan_and_grads
 from mmmobilemamba.ops import (selective_scan_channels_last,
                                selective_scan_channels_last_reference, ss2d_scan,
                                ss2d_scan_reference)
-from mmmobilemamba.ops.scan_chunked import (MIN_LOG_DECAY, chunked_linear_scan, graph_softplus,
-                                            ss2d_scan_graph)
+from mmmobilemamba.ops.scan_chunked import (MIN_LOG_DECAY, chunk_size, chunked_linear_scan,
+                                            graph_softplus, ss2d_scan_graph)
 
 ATOL = RTOL = 1e-5          # fp32, the form against the sequential twin
 GRAD_ATOL, GRAD_RTOL = 1e-4, 1e-5
@@ -50,8 +50,8 @@ def _sequential(log_decay: np.ndarray, inputs: np.ndarray, reverse: bool) -> np.
 
 
 # ------------------------------------------------------------------ the recurrence
-@pytest.mark.parametrize('length', [1, 2, 7, 8, 9, 63, 64, 65, 127, 200, 511, 512, 513, 1024,
-                                    4096, 4097, 16384])
+@pytest.mark.parametrize('length', [1, 2, 7, 8, 9, 49, 63, 64, 65, 127, 196, 200, 511, 512,
+                                    513, 1024, 4096, 4097, 16384])
 def test_recurrence_equals_the_sequential_one_in_float64(length):
     """Both directions at once (a batch of two with mirrored constants), every padding and
     level count: the first level alone, the block matrix, and a third level beyond 4096."""
@@ -62,6 +62,12 @@ def test_recurrence_equals_the_sequential_one_in_float64(length):
     expected = np.stack([_sequential(log_decay[k].double().numpy(), inputs[k].double().numpy(),
                                      reverse=k == 1) for k in range(2)])
     torch.testing.assert_close(h.double(), torch.from_numpy(expected), atol=ATOL, rtol=RTOL)
+
+
+def test_chunks_divide_the_length_where_they_can():
+    assert [chunk_size(n) for n in (1, 5, 8, 16, 49, 196, 200, 4200, 13)] == \
+        [1, 5, 8, 8, 7, 7, 8, 8, 8]
+    assert chunk_size(25) == 5 and chunk_size(42) == 7 and chunk_size(36) == 6
 
 
 def test_recurrence_checks_its_arguments():

@@ -14,7 +14,27 @@ from mmmobilemamba.ops.selective_scan import resolve_backend
 from .conv_bn import ConvBN
 from .inference_conv import InferenceConv2d
 
-__all__ = ['SS2D']
+__all__ = ['SS2D', 'GraphScan']
+
+
+class GraphScan(nn.Module):
+    """:func:`~mmmobilemamba.ops.scan_chunked.ss2d_scan_graph` with its folded ``A`` and
+    summed skip weights: the export form's scan as a module of its own, so that an exported
+    graph names its nodes (``...ss2d.graph_form.scan``: what tools count as the scan).
+
+    Args:
+        A (Tensor): the state matrix (negative), (K*d, N).
+        skip (Tensor): the skip weights summed over the directions, (d,).
+    """
+
+    def __init__(self, A: torch.Tensor, skip: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer('A', A)
+        self.register_buffer('skip', skip)
+
+    def forward(self, u: torch.Tensor, delta: torch.Tensor, B: torch.Tensor,
+                C: torch.Tensor) -> torch.Tensor:
+        return ss2d_scan_graph(u, delta, self.A, B, C, self.skip)
 
 
 class SS2D(nn.Module):
@@ -169,10 +189,12 @@ class SS2D(nn.Module):
         for conv, part in ((in_u, slice(0, inner)), (in_z, slice(inner, 2 * inner))):
             conv.weight.copy_(fused.weight[part])
             conv.bias.copy_(fused.bias[part])
+        tensors = {name: t.detach().clone() for name, t in self._graph_tensors().items()}
         form = nn.Module()
         form.in_u, form.in_z = in_u, in_z
-        for name, tensor in self._graph_tensors().items():
-            form.register_buffer(name, tensor.detach().clone())
+        form.scan = GraphScan(tensors.pop('A'), tensors.pop('skip'))
+        for name, tensor in tensors.items():
+            form.register_buffer(name, tensor)
         self.graph_form = form
         self.scan_backend = 'export'
 
@@ -200,10 +222,11 @@ class SS2D(nn.Module):
         LayerNorm or mean over channels, no custom op)."""
         form = self.graph_form
         if form is not None:
-            tensors = dict(form.named_buffers())
+            tensors, scan = dict(form.named_buffers(recurse=False)), form.scan
             u, z = form.in_u(x), form.in_z(x)
         else:
             tensors = self._graph_tensors()
+            scan = GraphScan(tensors['A'], tensors['skip'])
             xz = self.in_proj(x)
             u, z = xz[:, :self.inner_channels], xz[:, self.inner_channels:]
         u = self.conv2d(u)
@@ -213,9 +236,9 @@ class SS2D(nn.Module):
         k, r, n = self.directions, self.dt_rank, self.d_state
         proj = F.conv2d(u, tensors['x_proj'])                        # (B, K(R + 2N), H, W)
         delta = F.conv2d(proj[:, :k * r], tensors['dt_proj'], tensors['dt_bias'], groups=k)
-        y = ss2d_scan_graph(u.reshape(b, d, h * w), delta.reshape(b, k, d, h * w),
-                            tensors['A'], proj[:, k * r:k * (r + n)].reshape(b, k, n, h * w),
-                            proj[:, k * (r + n):].reshape(b, k, n, h * w), tensors['skip'])
+        y = scan(u.reshape(b, d, h * w), delta.reshape(b, k, d, h * w),
+                 proj[:, k * r:k * (r + n)].reshape(b, k, n, h * w),
+                 proj[:, k * (r + n):].reshape(b, k, n, h * w))
         y = self._channel_layer_norm(y.to(x.dtype), tensors['mean_row']).reshape(b, d, h, w)
         return self.out_proj(y * (z * torch.sigmoid(z)))
 
