@@ -128,16 +128,20 @@ def _chunk_matrices(c: int, exclusive: bool) -> dict:
                 per_chunk=per_chunk, whole=np.ones((c, 1), np.float32))
 
 
-def _block_matrix(n: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Exact segment sums for the masked top level over ``n`` blocks: ``(n, n*n)`` with column
-    ``(k, j)`` summing the log decays of blocks ``j < i < k`` (the decay from the end of block
-    ``j`` to the start of block ``k``), and the bias that masks ``j >= k``."""
+def _block_matrix(n: int) -> Tuple[np.ndarray, ...]:
+    """The masked top level over ``n`` blocks, as matrices on a row's ``n * n`` pairs
+    ``(k, j)``: ``(n, n*n)`` exact segment sums (the log decays of blocks ``j < i < k``: from
+    the end of block ``j`` to the start of block ``k``), the ``(1, n*n)`` bias that masks
+    ``j >= k``, ``(n, n*n)`` copying end state ``j`` to its pairs and ``(n*n, n)`` summing the
+    pairs of block ``k``: large matrix products, not ``rows`` products of ``n x n`` matrices."""
     i = np.arange(n)[:, None, None]
     k = np.arange(n)[None, :, None]
     j = np.arange(n)[None, None, :]
     weights = ((j < i) & (i < k)).astype(np.float32).reshape(n, n * n)
     bias = np.where(j[0] < k[0], 0.0, _MASKED).astype(np.float32).reshape(1, n * n)
-    return weights, bias
+    spread = np.broadcast_to(i == j, (n, n, n)).astype(np.float32).reshape(n, n * n)
+    gather = np.broadcast_to(i == k, (n, n, n)).astype(np.float32).reshape(n, n * n).T
+    return weights, bias, spread, np.ascontiguousarray(gather)
 
 
 @functools.lru_cache(maxsize=None)
@@ -153,17 +157,20 @@ def _chunk_constants(c: int, exclusive: bool, reverse: Tuple[bool, ...]) -> dict
 
 
 @functools.lru_cache(maxsize=None)
-def _block_constants(n: int, reverse: Tuple[bool, ...]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_block_matrix` per direction: weights ``(K, n, n*n)`` and bias ``(K, 1, n*n)``
-    (mirrored for reversed directions: block ``k`` of the reversed scan is ``n - 1 - k``)."""
-    weights, bias = _block_matrix(n)
-    w3, b3 = weights.reshape(n, n, n), bias.reshape(n, n)
-    stacked_w, stacked_b = [], []
+def _block_constants(n: int, reverse: Tuple[bool, ...]) -> Tuple[torch.Tensor, ...]:
+    """:func:`_block_matrix` per direction, stacked ``(K, ...)``; a reversed direction's
+    mirrored (its block ``k`` is block ``n - 1 - k``)."""
+    stacked = [[] for _ in range(4)]
     for rev in reverse:
-        w, b = (w3[::-1, ::-1, ::-1], b3[::-1, ::-1]) if rev else (w3, b3)
-        stacked_w.append(w.reshape(n, n * n))
-        stacked_b.append(b.reshape(1, n * n))
-    return _untraced_constant(np.stack(stacked_w)), _untraced_constant(np.stack(stacked_b))
+        weights, bias, spread, gather = _block_matrix(n)
+        if rev:  # every block index runs backwards
+            weights = weights.reshape(n, n, n)[::-1, ::-1, ::-1].reshape(n, n * n)
+            bias = bias.reshape(n, n)[::-1, ::-1].reshape(1, n * n)
+            spread = spread.reshape(n, n, n)[::-1, ::-1, ::-1].reshape(n, n * n)
+            gather = gather.reshape(n, n, n)[::-1, ::-1, ::-1].reshape(n * n, n)
+        for out, matrix in zip(stacked, (weights, bias, spread, gather)):
+            out.append(matrix)
+    return tuple(_untraced_constant(np.stack(m)) for m in stacked)
 
 
 def _on(constant: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -230,11 +237,10 @@ def _entering_blocks(g: torch.Tensor, ends: torch.Tensor,
     """The state entering each of ``n`` blocks ``(K, rows, n)`` from their clamped log decays
     ``g`` and end states from a zero start ``ends``: one masked ``n x n`` matrix per row
     (``exp`` of exact segment sums, masked entries ``exp(-1e4) = 0``) times the end states."""
-    kk, rows, n = g.shape
-    weights, bias = _block_constants(n, reverse)
-    exponents = torch.bmm(g, _on(weights, g)) + _on(bias, g)     # (K, rows, n*n)
-    decays = torch.exp(exponents).reshape(kk * rows, n, n)     # [entering k, from block j]
-    return torch.bmm(decays, ends.reshape(kk * rows, n, 1)).reshape(kk, rows, n)
+    weights, bias, spread, gather = _block_constants(g.shape[-1], reverse)
+    exponents = torch.bmm(g, _on(weights, g)) + _on(bias, g)     # (K, rows, n*n): pairs (k, j)
+    contributions = torch.exp(exponents) * torch.bmm(ends, _on(spread, g))
+    return torch.bmm(contributions, _on(gather, g))
 
 
 def _entering_states(g: torch.Tensor, ends: torch.Tensor,

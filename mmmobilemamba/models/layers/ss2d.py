@@ -17,6 +17,13 @@ from .inference_conv import InferenceConv2d
 __all__ = ['SS2D', 'GraphScan']
 
 
+def _left_product(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``weight @ x`` for ``weight (G, M, N)`` and ``x (G, N, L)`` (one image) or ``(..., G,
+    N, L)``: a batched matrix product, which XNNPACK delegates with either operand constant."""
+    return torch.bmm(weight, x) if x.dim() == 3 and x.shape[0] == weight.shape[0] else \
+        torch.matmul(weight, x)
+
+
 class GraphScan(nn.Module):
     """:func:`~mmmobilemamba.ops.scan_chunked.ss2d_scan_graph` with its folded ``A`` and
     summed skip weights: the export form's scan as a module of its own, so that an exported
@@ -200,17 +207,18 @@ class SS2D(nn.Module):
 
     def _graph_tensors(self) -> dict:
         """The export form's tensors from the parameters (differentiable): the scan's
-        projection as one 1x1 conv with its rows in scan order (every direction's step-size
-        rank, then its B, then its C), the step-size projection as a grouped 1x1 conv with
-        the bias folded in, ``A``, the summed skip weights and the channel-averaging row of
-        the LayerNorm's statistics (XNNPACK reduces a mean over H and W only)."""
+        projection ``(1, K(R + 2N), D)`` with its rows in scan order (every direction's
+        step-size rank, then its B, then its C), the step-size projections ``(K, D, R)`` and
+        their bias ``(K, D, 1)``, ``A``, the summed skip weights and the channel-averaging row
+        of the LayerNorm's statistics (XNNPACK reduces a mean over H and W only). The
+        projections are matrix products on the flattened map: as 1x1 convs with 24 to 40
+        outputs they take onnxruntime several times as long."""
         k, r, n, inner = self.directions, self.dt_rank, self.d_state, self.inner_channels
         w = self.x_proj_weight                                       # (K, R + 2N, D)
         x_proj = torch.cat([w[:, :r].reshape(k * r, inner), w[:, r:r + n].reshape(k * n, inner),
                             w[:, r + n:].reshape(k * n, inner)])
-        return dict(x_proj=x_proj.view(-1, inner, 1, 1),
-                    dt_proj=self.dt_projs_weight.reshape(k * inner, r, 1, 1),
-                    dt_bias=self.dt_projs_bias.reshape(-1),
+        return dict(x_proj=x_proj.unsqueeze(0), dt_proj=self.dt_projs_weight,
+                    dt_bias=self.dt_projs_bias.unsqueeze(-1),
                     A=-torch.exp(self.A_logs.float()),
                     skip=self.Ds.view(k, inner).sum(0),
                     mean_row=torch.full((1, 1, inner), 1.0 / inner, device=w.device,
@@ -234,11 +242,15 @@ class SS2D(nn.Module):
             u = u * torch.sigmoid(u)
         b, d, h, w = u.shape
         k, r, n = self.directions, self.dt_rank, self.d_state
-        proj = F.conv2d(u, tensors['x_proj'])                        # (B, K(R + 2N), H, W)
-        delta = F.conv2d(proj[:, :k * r], tensors['dt_proj'], tensors['dt_bias'], groups=k)
-        y = scan(u.reshape(b, d, h * w), delta.reshape(b, k, d, h * w),
-                 proj[:, k * r:k * (r + n)].reshape(b, k, n, h * w),
-                 proj[:, k * (r + n):].reshape(b, k, n, h * w))
+        length = h * w
+        u = u.reshape(b, d, length)
+        proj = _left_product(tensors['x_proj'], u)                   # (B, K(R + 2N), L)
+        dts = proj[:, :k * r].reshape(b * k, r, length) if b == 1 else \
+            proj[:, :k * r].reshape(b, k, r, length)
+        delta = _left_product(tensors['dt_proj'], dts) + tensors['dt_bias']  # (K, D, L)
+        y = scan(u, delta.reshape(b, k, d, length),
+                 proj[:, k * r:k * (r + n)].reshape(b, k, n, length),
+                 proj[:, k * (r + n):].reshape(b, k, n, length))
         y = self._channel_layer_norm(y.to(x.dtype), tensors['mean_row']).reshape(b, d, h, w)
         return self.out_proj(y * (z * torch.sigmoid(z)))
 
