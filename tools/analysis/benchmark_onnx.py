@@ -3,7 +3,7 @@ same way and against PyTorch eager, in one run on this machine; the exported gra
 counts and export times, and where onnxruntime spends its time.
 
     python tools/analysis/benchmark_onnx.py [--arch b1] [--sizes 512] [--repeats 20]
-        [--threads N] [--profile] [--markdown FILE]
+        [--threads N] [--profile] [--compare LABEL=FILE.onnx ...] [--markdown FILE]
 
 Each backbone is exported with mmmobilemamba.deploy.export_onnx (MobileMamba in its export
 form, static input) and run by onnxruntime's CPU provider, and in PyTorch eager (MobileMamba
@@ -12,7 +12,11 @@ that a load change on the machine hits all alike; the table gives the median ms/
 ratio to RegNetX-800MF in onnxruntime at that size, then per exported graph its ONNX nodes (for
 MobileMamba also those of its SS2D blocks and, within them, of its scans), the export time and
 onnxruntime's difference to PyTorch. ``--profile`` adds onnxruntime's profile of each graph
-(``SessionOptions.enable_profiling``): kernel time per op type.
+(``SessionOptions.enable_profiling``): kernel time per op type. ``--compare`` times ONNX files
+exported elsewhere (e.g. by an earlier commit) in the same rounds, at the size of their input.
+With one thread the table also gives the CPU time of each run (onnxruntime then runs in the
+calling thread): on a loaded machine the wall clock also counts the time a run waits for a
+core, the CPU time only the work.
 """
 import argparse
 import collections
@@ -44,6 +48,8 @@ def parse_args():
                         help="add onnxruntime's kernel time per op type of each graph")
     parser.add_argument('--profile-runs', type=int, default=10)
     parser.add_argument('--no-eager', action='store_true', help='onnxruntime rows only')
+    parser.add_argument('--compare', nargs='+', default=[], metavar='LABEL=FILE',
+                        help='also time these ONNX files (one image input) at their size')
     parser.add_argument('--markdown', default=None, help='also write the report to this file')
     return parser.parse_args()
 
@@ -106,18 +112,34 @@ def build_models(arch: str) -> dict:
 
 
 def time_rounds(runners: dict, repeats: int, warmup: int) -> dict:
-    """Median ms of each runner over interleaved rounds."""
-    times = {label: [] for label in runners}
+    """Median wall-clock and calling-thread CPU ms of each runner over interleaved rounds:
+    ``{label: (wall, cpu)}``."""
+    wall, cpu = ({label: [] for label in runners} for _ in range(2))
     with torch.inference_mode():
         for _ in range(warmup):
             for run in runners.values():
                 run()
         for _ in range(repeats):
             for label, run in runners.items():
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.thread_time()
                 run()
-                times[label].append((time.perf_counter() - start) * 1000)
-    return {label: statistics.median(t) for label, t in times.items()}
+                wall[label].append((time.perf_counter() - start) * 1000)
+                cpu[label].append((time.thread_time() - start_cpu) * 1000)
+    return {label: (statistics.median(wall[label]), statistics.median(cpu[label]))
+            for label in runners}
+
+
+def compared_files(specs) -> dict:
+    """``{label: (file, (H, W))}`` from ``LABEL=FILE`` arguments."""
+    import onnx
+    files = {}
+    for spec in specs:
+        label, sep, path = spec.partition('=')
+        if not sep or not os.path.isfile(path):
+            raise SystemExit(f'--compare {spec!r}: expected LABEL=FILE.onnx with an existing file')
+        dims = onnx.load(path, load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+        files[label] = (path, (dims[2].dim_value, dims[3].dim_value))
+    return files
 
 
 def main() -> int:
@@ -129,6 +151,7 @@ def main() -> int:
 
     from mmmobilemamba.deploy import export_onnx
     models = build_models(args.arch)
+    compared = compared_files(args.compare)
     lines, details, profiles = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
@@ -141,14 +164,22 @@ def main() -> int:
                 session = _session(onnx_file, threads)
                 feed = {'input': x.numpy()}
                 runners[f'{model_name}, onnxruntime'] = (lambda s=session, f=feed: s.run(None, f))
+            for label, (path, shape) in compared.items():
+                if shape == (size, size):
+                    session = _session(path, threads)
+                    feed = {session.get_inputs()[0].name: x.numpy()}
+                    runners[f'{label}, onnxruntime'] = (lambda s=session, f=feed: s.run(None, f))
             if not args.no_eager:
                 for model_name, model in models.items():
                     deployed = _eager(model)
                     runners[f'{model_name}, PyTorch eager'] = (lambda m=deployed: m(x))
             medians = time_rounds(runners, args.repeats, args.warmup)
-            reference = medians[f'{REFERENCE}, onnxruntime']
-            lines += [f'| {label} | {size}x{size} | {ms:.1f} | {ms / reference:.2f}x |'
-                      for label, ms in medians.items()]
+            wall_ref, cpu_ref = medians[f'{REFERENCE}, onnxruntime']
+            for label, (wall, cpu) in medians.items():
+                row = f'| {label} | {size}x{size} | {wall:.1f} | {wall / wall_ref:.2f}x |'
+                if threads == 1:
+                    row += f' {cpu:.1f} | {cpu / cpu_ref:.2f}x |'
+                lines.append(row)
             for model_name, (result, counts) in exports.items():
                 graph = f'{counts["all"]} ONNX nodes'
                 if 'ss2d' in counts:
@@ -167,7 +198,12 @@ def main() -> int:
     env = (f'torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {threads} '
            f'threads, {platform.processor() or platform.machine()}, median of {args.repeats} '
            f'interleaved rounds, load average {os.getloadavg()[0]:.1f} at the end')
-    table = ['| backbone, runtime | input | ms/img | ratio |', '|---|---|---:|---:|'] + lines
+    header = '| backbone, runtime | input | ms/img | ratio |'
+    rule = '|---|---|---:|---:|'
+    if threads == 1:
+        header += ' CPU ms/img | ratio |'
+        rule += '---:|---:|'
+    table = [header, rule] + lines
     text = (f'Ratios are to {REFERENCE} in onnxruntime at the same size, measured in the same '
             f'run ({env}).\n\n' + '\n'.join(table) + '\n\n' + '\n'.join(details) + '\n')
     if profiles:
