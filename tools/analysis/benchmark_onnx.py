@@ -129,16 +129,17 @@ def time_rounds(runners: dict, repeats: int, warmup: int) -> dict:
             for label in runners}
 
 
-def compared_files(specs) -> dict:
-    """``{label: (file, (H, W))}`` from ``LABEL=FILE`` arguments."""
+def compared_files(specs) -> list:
+    """``[(label, file, (H, W))]`` from ``LABEL=FILE`` arguments (a label may name a file per
+    input size)."""
     import onnx
-    files = {}
+    files = []
     for spec in specs:
         label, sep, path = spec.partition('=')
         if not sep or not os.path.isfile(path):
             raise SystemExit(f'--compare {spec!r}: expected LABEL=FILE.onnx with an existing file')
         dims = onnx.load(path, load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-        files[label] = (path, (dims[2].dim_value, dims[3].dim_value))
+        files.append((label, path, (dims[2].dim_value, dims[3].dim_value)))
     return files
 
 
@@ -164,7 +165,7 @@ def main() -> int:
                 session = _session(onnx_file, threads)
                 feed = {'input': x.numpy()}
                 runners[f'{model_name}, onnxruntime'] = (lambda s=session, f=feed: s.run(None, f))
-            for label, (path, shape) in compared.items():
+            for label, path, shape in compared:
                 if shape == (size, size):
                     session = _session(path, threads)
                     feed = {session.get_inputs()[0].name: x.numpy()}
