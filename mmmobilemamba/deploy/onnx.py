@@ -14,12 +14,12 @@ Post-processing (anchors and NMS, rescaling, resizing logits to the image) is mm
 mmseg's own head code run on the runtime's outputs (:class:`OnnxRuntimeModel`), so predictions
 and metrics are those of the PyTorch model.
 
-Before export the model is folded for inference (``switch_to_deploy``, conv + BN fusion) and
-its selective scans take their out-of-place form (``scan_backend='export'``): the chunked
-recurrence traced as ``2 sqrt(L)`` steps of whole-tensor ops (the default scan updates views
-in place, which the exporter traces slowly). The input shape is static (one export per input
-size; an image must be padded or resized to it), as the scan's chunking depends on the
-feature-map sizes. Nothing needs CUDA or a compiled kernel.
+Before export MobileMamba takes its export form (``switch_to_deploy('export')``: conv + BN
+fusion and plain ops that graph runtimes run fast and XNNPACK delegates; its selective scans,
+``scan_backend='export'``, a fixed set of large ops whatever the map size) and the rest of the
+model is folded for inference. The input shape is static (one export per input size; an image
+must be padded or resized to it), as the scan's chunking depends on the feature-map sizes.
+Nothing needs CUDA or a compiled kernel.
 """
 import copy
 import json
@@ -41,11 +41,16 @@ OPSET = 18
 
 
 def prepare_for_export(model: nn.Module) -> nn.Module:
-    """Fold ``model`` for inference and switch its scans to the exportable form, in place."""
+    """Fold ``model`` for inference in the form graph runtimes run (MobileMamba's export form:
+    ``switch_to_deploy('export')``), in place."""
     from mmmobilemamba.analysis.benchmark import fuse_for_inference
+    from mmmobilemamba.models import MobileMamba
     from mmmobilemamba.models.layers import SS2D
 
     model.eval()
+    for module in model.modules():
+        if isinstance(module, MobileMamba) and module.deployed is None:  # else keep its form
+            module.switch_to_deploy('export')
     fuse_for_inference(model)
     for module in model.modules():
         if isinstance(module, SS2D):

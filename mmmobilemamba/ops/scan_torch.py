@@ -10,7 +10,7 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ['chunked_recurrence', 'chunked_recurrence_out_of_place', 'shift',
+__all__ = ['chunked_recurrence', 'shift',
            'ss2d_scan_forward_torch', 'ss2d_scan_backward_torch', 'check_ss2d_scan_inputs']
 
 _SEQUENTIAL_MAX = 16  # up to this length one sequential pass; beyond, two levels of chunks
@@ -61,43 +61,6 @@ def chunked_recurrence(a: torch.Tensor, b: torch.Tensor, reverse: bool = False,
             state[:, 1:].addcmul_(decay[:, 1:], carry[:, :-1, None])
     h = state.view(rows, num_chunks * chunk, inner)
     return h[:, :length] if pad else h
-
-
-def chunked_recurrence_out_of_place(a: torch.Tensor, b: torch.Tensor,
-                                    reverse: bool = False) -> torch.Tensor:
-    """:func:`chunked_recurrence` written with out-of-place ops only.
-
-    A tracer (``torch.onnx.export``) records it as ``2 sqrt(L)`` steps of a few elementwise ops
-    over ``rows * chunks * inner`` values: the steps inside the chunks, all chunks at once, then
-    the recurrence over the chunk ends. Only products of decays in ``(0, 1]`` are formed. About
-    half the speed of :func:`chunked_recurrence` in eager PyTorch (it allocates what that one
-    updates in place); differentiable by autograd.
-    """
-    if reverse:
-        return chunked_recurrence_out_of_place(a.flip(1), b.flip(1)).flip(1)
-    rows, length, inner = a.shape
-    chunk = length if length <= _SEQUENTIAL_MAX else math.ceil(math.sqrt(length))
-    num_chunks = -(-length // chunk)
-    pad = num_chunks * chunk - length
-    if pad:  # identity steps at the end: decay 1, input 0
-        a = F.pad(a, (0, 0, 0, pad), value=1.0)
-        b = F.pad(b, (0, 0, 0, pad))
-    # steps as size-1 slices (one Split each when exported, no per-step Gather/Squeeze)
-    decay = a.reshape(rows, num_chunks, chunk, inner).split(1, dim=2)
-    step_in = b.reshape(rows, num_chunks, chunk, inner).split(1, dim=2)
-    states, decays = [step_in[0]], [decay[0]]
-    for t in range(1, chunk):  # every chunk from a zero state; decay since the chunk's start
-        states.append(decay[t] * states[-1] + step_in[t])
-        decays.append(decay[t] * decays[-1])
-    h = torch.cat(states, dim=2)                                     # (rows, chunks, chunk, inner)
-    if num_chunks > 1:  # the state each chunk starts from, scaled by its decay so far
-        end_decay = decays[-1].split(1, dim=1)
-        end_state = states[-1].split(1, dim=1)
-        entering = [torch.zeros_like(end_state[0]), end_state[0]]
-        for k in range(1, num_chunks - 1):
-            entering.append(end_decay[k] * entering[-1] + end_state[k])
-        h = h + torch.cat(decays, dim=2) * torch.cat(entering, dim=1)
-    return h.reshape(rows, num_chunks * chunk, inner)[:, :length]
 
 
 def shift(x: torch.Tensor, towards_end: bool) -> torch.Tensor:

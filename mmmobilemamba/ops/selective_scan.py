@@ -23,6 +23,8 @@ reverse. ``B``/``C`` are ``(batch, L, N)``, shared by all channels, or ``(batch,
   so memory stays O(L).
 * :func:`selective_scan_channels_last_reference`: its sequential twin, same arguments: a plain
   loop over ``L``, the definition the fast scan is tested against.
+* ``backend='export'``: the form exported graphs run (ONNX, ExecuTorch): a fixed set of large
+  ops whatever ``L`` (:mod:`.scan_chunked`), equal to the twin up to float32 rounding.
 
 The reference layout (the authors' release, ``mamba_ssm``: ``u, delta (batch, K*D, L)``,
 ``A (K*D, N)``, ``B, C (batch, K, N, L)`` with one B/C per direction, ``D, delta_bias (K*D,)``)
@@ -44,9 +46,9 @@ from typing import Callable, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .scan_chunked import selective_scan_chunked, ss2d_scan_chunked
 from .scan_ops import linear_recurrence, ss2d_scan_op
-from .scan_torch import (check_ss2d_scan_inputs, chunked_recurrence,
-                         chunked_recurrence_out_of_place)
+from .scan_torch import check_ss2d_scan_inputs, chunked_recurrence
 
 __all__ = ['selective_scan', 'selective_scan_reference', 'selective_scan_channels_last',
            'selective_scan_channels_last_reference', 'ss2d_scan', 'ss2d_scan_reference']
@@ -172,9 +174,9 @@ def selective_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.
             i.e. the scan of the flipped sequence, flipped back. Default: False.
         backend (str): 'torch' (the chunked PyTorch scan), 'triton' (the recurrence as a
             Triton kernel: CUDA tensors), 'auto' (Triton on CUDA when it imports, else
-            'torch'; see :func:`resolve_backend`), 'export' (the chunked recurrence with
-            out-of-place ops only: what ONNX export traces, ``2 sqrt(L)`` steps) or
-            'reference' (the sequential twin). Default: 'auto'.
+            'torch'; see :func:`resolve_backend`), 'export' (a fixed set of large ops, what
+            exported graphs run: :mod:`.scan_chunked`) or 'reference' (the sequential
+            twin). Default: 'auto'.
 
     Returns:
         Tensor: (batch, L, D) in the dtype of ``u``; arithmetic is float32 throughout.
@@ -188,11 +190,11 @@ def selective_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.
                                                       delta_softplus, reverse)
     batch, length, channels, n_state = _check_channels_last(
         u, delta, A, B, C, D, delta_bias, 'selective_scan_channels_last')
-    if backend in ('export', 'triton'):  # the plain ops a tracer records / Triton's kernel
-        recurrence = chunked_recurrence_out_of_place if backend == 'export' \
-            else _triton_recurrence
-        return _token_major_scan(recurrence, u, delta, A, B, C, D, delta_bias, delta_softplus,
-                                 reverse)
+    if backend == 'export':
+        return selective_scan_chunked(u, delta, A, B, C, D, delta_bias, delta_softplus, reverse)
+    if backend == 'triton':
+        return _token_major_scan(_triton_recurrence, u, delta, A, B, C, D, delta_bias,
+                                 delta_softplus, reverse)
     tensors = (u, delta, A, B, C, D, delta_bias)
     track = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     u32, A32 = u.float().contiguous(), A.float()
@@ -223,7 +225,7 @@ def selective_scan_channels_last(u: torch.Tensor, delta: torch.Tensor, A: torch.
 def _token_major_scan(recurrence: Callable, u, delta, A, B, C, D, delta_bias, delta_softplus,
                       reverse) -> torch.Tensor:
     """The token-major scan with ``recurrence(a, b, reverse)`` for its recurrence, out of
-    place (autograd through it): the Triton kernel's op, or the ONNX-traceable chunked scan."""
+    place (autograd through it): the Triton kernel's op."""
     u32, A32 = u.float(), A.float()
     delta32 = _step_sizes(delta, delta_bias, delta_softplus)
     a, b = _scan_inputs(u32, delta32, A32, _as_groups(B.float()))
@@ -293,7 +295,7 @@ def selective_scan_reference(u: torch.Tensor, delta: torch.Tensor, A: torch.Tens
                          delta_bias, delta_softplus)
 
 
-_SS2D_BACKENDS = ('auto', 'torch', 'triton')
+_SS2D_BACKENDS = ('auto', 'torch', 'triton', 'export')
 
 
 @_float32_under_autocast
@@ -324,11 +326,12 @@ def ss2d_scan(u: torch.Tensor, delta: torch.Tensor, A_log: torch.Tensor, B: torc
         D (Tensor): skip connection, (K*d,).
         delta_bias (Tensor): added to ``delta`` before the softplus, (K*d,).
         backend (str): 'torch' (:mod:`.scan_torch`: the chunked scan, any device), 'triton'
-            (:mod:`.triton_scan`: CUDA) or 'auto' (Triton on CUDA when it imports, else
-            'torch'). Default: 'auto'.
+            (:mod:`.triton_scan`: CUDA), 'export' (:mod:`.scan_chunked`: a fixed set of large
+            ops, what exported graphs run; plain ops, not a custom op) or 'auto' (Triton on
+            CUDA when it imports, else 'torch'). Default: 'auto'.
         sum_directions (bool): return the sum over the directions (True) or each direction's
-            output (False: the op's result, for an op after it that sums them itself).
-            Default: True.
+            output (False: the op's result, for an op after it that sums them itself; not
+            with 'export', whose form sums them inside). Default: True.
 
     Returns:
         Tensor: float32, token-major, differentiable: ``y`` (batch, L, d) with
@@ -338,6 +341,11 @@ def ss2d_scan(u: torch.Tensor, delta: torch.Tensor, A_log: torch.Tensor, B: torc
         raise ValueError(f'ss2d_scan: unknown backend {backend!r}; choose one of '
                          f'{_SS2D_BACKENDS}')
     check_ss2d_scan_inputs(u, delta, A_log, B, C, D, delta_bias)
+    if backend == 'export':
+        if not sum_directions:
+            raise ValueError("ss2d_scan: backend='export' returns the directions' sum; pass "
+                             "sum_directions=True or another backend")
+        return ss2d_scan_chunked(u, delta, A_log, B, C, D, delta_bias).transpose(1, 2)
     backend = resolve_backend(backend, u.device, mamba_ssm=False)
     y = ss2d_scan_op(u, delta, A_log, B, C, D, delta_bias, backend)
     return _sum_directions(y) if sum_directions else y

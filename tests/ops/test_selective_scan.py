@@ -127,7 +127,7 @@ def test_scan_grads_equal_its_twin_at_4096():
 
 @pytest.mark.parametrize('delta_scale', [1e-6, 30.0, 1e4])
 @pytest.mark.parametrize('reverse', [False, True])
-@pytest.mark.parametrize('backend', ['torch', 'export'])
+@pytest.mark.parametrize('backend', ['torch'])  # 'export': tests/ops/test_scan_chunked.py
 def test_extreme_deltas_equal_the_twin_and_stay_finite(delta_scale, reverse, backend):
     inputs = _tokens(length=300, delta_scale=delta_scale)
     fast = scan_and_grads(selective_scan_channels_last, inputs, reverse=reverse, backend=backend)

@@ -33,7 +33,10 @@ from ..layers.conv_bn import frozen_bn_params, fuses_frozen_bn
 from ..registry import register_model
 
 __all__ = ['MobileMamba', 'MobileMambaBlock', 'MRFFI', 'MKDeConv', 'Downsample', 'ARCH_SETTINGS',
-           'CUDA_FORM_CHANNELS_LAST', 'split_channels']
+           'CUDA_FORM_CHANNELS_LAST', 'DEPLOY_FORMS', 'split_channels']
+
+# switch_to_deploy's forms: eager CPU, eager CUDA, graph runtimes (ONNX, ExecuTorch)
+DEPLOY_FORMS = ('cpu', 'cuda', 'export')
 
 _STAGE_KEYS = ('embed_dims', 'depths', 'global_ratios', 'local_ratios', 'kernel_sizes')
 
@@ -107,7 +110,7 @@ class MKDeConv(nn.Module):
         if len(self.dwconvs) == 1:
             x = self.dwconvs[0](x)
         else:
-            parts = x.split(self.part_channels, dim=1)
+            parts = channel_slices(x, self.part_channels)
             x = torch.cat([conv(p) for conv, p in zip(self.dwconvs, parts)], dim=1)
         if isinstance(self.act, nn.ReLU) and fuses_frozen_bn(self.scan_backend, x, self.bn1,
                                                               self.bn2):
@@ -131,6 +134,16 @@ class MKDeConv(nn.Module):
                 fuse_conv_bn(conv, _slice_bn(self.bn1, part)), 'relu')
         self.dw1x1 = fuse_conv_bn(self.dw1x1, self.bn2)
         self.bn1, self.bn2, self.act = nn.Identity(), nn.Identity(), nn.Identity()
+
+
+def channel_slices(x: torch.Tensor, sizes: Sequence[int]) -> List[torch.Tensor]:
+    """``x.split(sizes, dim=1)`` as one slice per part (views in eager mode, as the split's):
+    exported, a split is one op XNNPACK does not delegate, a slice one it does."""
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(x[:, start:start + size])
+        start += size
+    return parts
 
 
 def _build_norm(norm_cfg: Optional[dict], channels: int) -> nn.Module:
@@ -182,7 +195,7 @@ class MRFFI(nn.Module):
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The mixer's output, plus ``residual`` if given (added by the projection's fused
         norm on the Triton path, else in place)."""
-        x_global, x_local, x_identity = x.split(self.splits, dim=1)
+        x_global, x_local, x_identity = channel_slices(x, self.splits)
         parts = []
         if self.global_branch is not None:
             parts.append(self.global_branch(x_global))
@@ -551,21 +564,30 @@ class MobileMamba(BaseModule):
           (Triton kernels on CUDA, their PyTorch twins elsewhere, so the form also runs and is
           tested on CPU).
 
-        Both compute what the unfused model computes in eval mode. Irreversible.
+        * Export form (``device='export'``: ONNX, ExecuTorch): NCHW maps and plain ops that
+          graph runtimes run fast and XNNPACK delegates: the wavelet transform, its conv and
+          the inverse as three convs, SS2D's scan as a fixed set of large ops
+          (``scan_backend='export'``, :mod:`mmmobilemamba.ops.scan_chunked`), its LayerNorm's
+          means as convs, no custom op.
+
+        All compute what the unfused model computes in eval mode. Irreversible.
 
         Args:
             device (str | torch.device, optional): the device type to build the form for
-                ('cpu' or 'cuda'); None takes the device of the model's parameters.
+                ('cpu' or 'cuda'), or 'export'; None takes the device of the model's parameters
+                (or keeps the form of a model folded before).
 
         Returns:
             MobileMamba: ``self``.
         """
+        if device is None and self.deployed is not None:
+            return self  # folded before (e.g. for export): nothing left to fold
         if device is None:
             device = next(self.parameters()).device
-        device_type = torch.device(device).type
-        if device_type not in ('cpu', 'cuda'):
-            raise ValueError(f"MobileMamba.switch_to_deploy: device must be 'cpu' or 'cuda' (the "
-                             f'forms there are), got {device!r}')
+        device_type = device if device == 'export' else torch.device(device).type
+        if device_type not in DEPLOY_FORMS:
+            raise ValueError(f"MobileMamba.switch_to_deploy: device must be one of {DEPLOY_FORMS} "
+                             f'(the forms there are), got {device!r}')
         if self.deployed not in (None, device_type):
             raise RuntimeError(f'MobileMamba.switch_to_deploy: already deployed for '
                                f'{self.deployed!r}; build the model again for {device_type!r}')
@@ -605,6 +627,8 @@ class MobileMamba(BaseModule):
         if channels_last is None:
             if self.deployed == 'cuda':
                 channels_last = CUDA_FORM_CHANNELS_LAST
+            elif self.deployed == 'export':  # NCHW throughout, as graph runtimes take it
+                channels_last = False
             else:  # for oneDNN in eager mode; compiled, inductor picks layouts
                 channels_last = x.device.type == 'cpu' and not torch.compiler.is_compiling()
         if channels_last:

@@ -9,11 +9,39 @@ import torch.nn.functional as F
 from mmmobilemamba.ops import (channels_innermost, memory_format_of, selective_scan,
                                selective_scan_channels_last, ss2d_scan)
 from mmmobilemamba.ops.fused_ops import gated_layer_norm
+from mmmobilemamba.ops.scan_chunked import ss2d_scan_graph
 from mmmobilemamba.ops.selective_scan import resolve_backend
 from .conv_bn import ConvBN
 from .inference_conv import InferenceConv2d
 
-__all__ = ['SS2D']
+__all__ = ['SS2D', 'GraphScan']
+
+
+def _left_product(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``weight @ x`` for ``weight (G, M, N)`` and ``x (G, N, L)`` (one image) or ``(..., G,
+    N, L)``: a batched matrix product, which XNNPACK delegates with either operand constant."""
+    return torch.bmm(weight, x) if x.dim() == 3 and x.shape[0] == weight.shape[0] else \
+        torch.matmul(weight, x)
+
+
+class GraphScan(nn.Module):
+    """:func:`~mmmobilemamba.ops.scan_chunked.ss2d_scan_graph` with its folded ``A`` and
+    summed skip weights: the export form's scan as a module of its own, so that an exported
+    graph names its nodes (``...ss2d.graph_form.scan``: what tools count as the scan).
+
+    Args:
+        A (Tensor): the state matrix (negative), (K*d, N).
+        skip (Tensor): the skip weights summed over the directions, (d,).
+    """
+
+    def __init__(self, A: torch.Tensor, skip: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer('A', A)
+        self.register_buffer('skip', skip)
+
+    def forward(self, u: torch.Tensor, delta: torch.Tensor, B: torch.Tensor,
+                C: torch.Tensor) -> torch.Tensor:
+        return ss2d_scan_graph(u, delta, self.A, B, C, self.skip)
 
 
 class SS2D(nn.Module):
@@ -32,9 +60,10 @@ class SS2D(nn.Module):
         scan_backend (str): the implementation of the scan and of every custom op around it:
             'auto' (Triton's kernels on CUDA, the PyTorch twins elsewhere), 'triton' (the
             kernels anywhere: CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``),
-            'torch' (the twins), 'export' (see
-            :func:`mmmobilemamba.ops.selective_scan_channels_last`), 'reference' or 'cuda'
-            (see :func:`mmmobilemamba.ops.selective_scan`). Default: 'auto'.
+            'torch' (the twins), 'export' (the form exported graphs run: NCHW throughout, the
+            scan as :func:`mmmobilemamba.ops.scan_chunked.ss2d_scan_graph`, plain ops only),
+            'reference' or 'cuda' (see :func:`mmmobilemamba.ops.selective_scan`).
+            Default: 'auto'.
     """
 
     def __init__(self, channels: int, ssm_ratio: float = 2.0, d_state: int = 1,
@@ -64,6 +93,7 @@ class SS2D(nn.Module):
         # the CUDA deploy form's projections (switch_to_deploy): not in checkpoints
         self.register_buffer('x_proj_deployed', None, persistent=False)
         self.register_buffer('dt_proj_block', None, persistent=False)
+        self.graph_form = None  # the export form's folded tensors (switch_to_deploy('export'))
         self.reset_ssm_parameters()
 
     @torch.no_grad()
@@ -162,15 +192,23 @@ class SS2D(nn.Module):
 
     @torch.no_grad()
     def switch_to_deploy(self, device_type: str = 'cpu') -> None:
-        """Fold the projections' norms; the SiLU runs fused in the depthwise conv. For CUDA
-        (``device_type`` 'cuda') also the scan's projections in the form of one conv and one
-        product broadcast over the batch (see :meth:`_projections`).
+        """Fold the projections' norms; the SiLU runs fused in the depthwise conv.
 
         Args:
-            device_type (str): 'cpu' or 'cuda': the device the form is fast on.
+            device_type (str): 'cpu' or 'cuda' (the forms of eager PyTorch; for CUDA also the
+                scan's projections in the form of one conv and one product broadcast over the
+                batch, see :meth:`_projections`), or 'export': the form exported graphs run
+                (ONNX, ExecuTorch): the in-projection as two convs (``u`` and the gate), the
+                scan's projections as two convs with their weights in scan order and the step
+                sizes' bias folded in, ``A = -exp(A_log)``, the skip weights summed over the
+                directions and the LayerNorm's averaging row computed once
+                (:meth:`_graph_tensors`), and ``scan_backend`` 'export'. Default: 'cpu'.
         """
         self.in_proj.switch_to_deploy()
         self.out_proj.switch_to_deploy()
+        if device_type == 'export':
+            self._build_graph_form()
+            return
         if not isinstance(self.act, nn.Identity):
             self.conv2d = InferenceConv2d.from_conv(self.conv2d, 'silu')
             self.act = nn.Identity()
@@ -183,7 +221,90 @@ class SS2D(nn.Module):
             self.x_proj_deployed = order.view(k * (r + 2 * n), d, 1, 1).contiguous()
             self.dt_proj_block = torch.block_diag(*self.dt_projs_weight.unbind(0))
 
+    def _build_graph_form(self) -> None:
+        """The export form (see :meth:`switch_to_deploy`): tensors a graph holds as constants,
+        so that XNNPACK sees static conv weights and nothing is recomputed per image."""
+        inner = self.inner_channels
+        fused = self.in_proj.conv
+        in_u, in_z = (nn.Conv2d(fused.in_channels, inner, 1, device=fused.weight.device,
+                                dtype=fused.weight.dtype) for _ in range(2))
+        for conv, part in ((in_u, slice(0, inner)), (in_z, slice(inner, 2 * inner))):
+            conv.weight.copy_(fused.weight[part])
+            conv.bias.copy_(fused.bias[part])
+        tensors = {name: t.detach().clone() for name, t in self._graph_tensors().items()}
+        form = nn.Module()
+        form.in_u, form.in_z = in_u, in_z
+        form.scan = GraphScan(tensors.pop('A'), tensors.pop('skip'))
+        for name, tensor in tensors.items():
+            form.register_buffer(name, tensor)
+        self.graph_form = form
+        self.scan_backend = 'export'
+
+    def _graph_tensors(self) -> dict:
+        """The export form's tensors from the parameters (differentiable): the scan's
+        projection ``(1, K(R + 2N), D)`` with its rows in scan order (every direction's
+        step-size rank, then its B, then its C), the step-size projections ``(K, D, R)`` and
+        their bias ``(K, D, 1)``, ``A``, the summed skip weights and the channel-averaging row
+        of the LayerNorm's statistics (XNNPACK reduces a mean over H and W only). The
+        projections are matrix products on the flattened map: as 1x1 convs with 24 to 40
+        outputs they take onnxruntime several times as long."""
+        k, r, n, inner = self.directions, self.dt_rank, self.d_state, self.inner_channels
+        w = self.x_proj_weight                                       # (K, R + 2N, D)
+        x_proj = torch.cat([w[:, :r].reshape(k * r, inner), w[:, r:r + n].reshape(k * n, inner),
+                            w[:, r + n:].reshape(k * n, inner)])
+        return dict(x_proj=x_proj.unsqueeze(0), dt_proj=self.dt_projs_weight,
+                    dt_bias=self.dt_projs_bias.unsqueeze(-1),
+                    A=-torch.exp(self.A_logs.float()),
+                    skip=self.Ds.view(k, inner).sum(0),
+                    mean_row=torch.full((1, 1, inner), 1.0 / inner, device=w.device,
+                                        dtype=w.dtype))
+
+    def _forward_graph(self, x: torch.Tensor) -> torch.Tensor:
+        """The export form (``scan_backend='export'``): NCHW maps and plain ops throughout,
+        every op one that onnxruntime runs fast and XNNPACK delegates (no split, no
+        LayerNorm or mean over channels, no custom op)."""
+        form = self.graph_form
+        if form is not None:
+            tensors, scan = dict(form.named_buffers(recurse=False)), form.scan
+            u, z = form.in_u(x), form.in_z(x)
+        else:
+            tensors = self._graph_tensors()
+            scan = GraphScan(tensors['A'], tensors['skip'])
+            xz = self.in_proj(x)
+            u, z = xz[:, :self.inner_channels], xz[:, self.inner_channels:]
+        u = self.conv2d(u)
+        if getattr(self.conv2d, 'activation', None) != 'silu':  # else fused in the CPU form
+            u = u * torch.sigmoid(u)
+        b, d, h, w = u.shape
+        k, r, n = self.directions, self.dt_rank, self.d_state
+        length = h * w
+        u = u.reshape(b, d, length)
+        proj = _left_product(tensors['x_proj'], u)                   # (B, K(R + 2N), L)
+        dts = proj[:, :k * r].reshape(b * k, r, length) if b == 1 else \
+            proj[:, :k * r].reshape(b, k, r, length)
+        delta = _left_product(tensors['dt_proj'], dts) + tensors['dt_bias']  # (K, D, L)
+        y = scan(u, delta.reshape(b, k, d, length),
+                 proj[:, k * r:k * (r + n)].reshape(b, k, n, length),
+                 proj[:, k * (r + n):].reshape(b, k, n, length))
+        y = self._channel_layer_norm(y.to(x.dtype), tensors['mean_row']).reshape(b, d, h, w)
+        return self.out_proj(y * (z * torch.sigmoid(z)))
+
+    def _channel_layer_norm(self, y: torch.Tensor, mean_row: torch.Tensor) -> torch.Tensor:
+        """``out_norm`` over the channels ``d`` of ``y (B, d, L)``, its means as products with
+        a constant row (a batched matrix product XNNPACK delegates and onnxruntime runs ~20x
+        faster than its ReduceMean over channels)."""
+        b = y.shape[0]
+        rows = mean_row if b == 1 else mean_row.expand(b, -1, -1)
+        mean = torch.bmm(rows, y)                                    # (B, 1, L)
+        centred = y - mean
+        variance = torch.bmm(rows, centred * centred)
+        scale = torch.rsqrt(variance + self.out_norm.eps)
+        weight = self.out_norm.weight.view(1, -1, 1)
+        return centred * scale * weight + self.out_norm.bias.view(1, -1, 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scan_backend == 'export':
+            return self._forward_graph(x)
         u, z = self.in_proj(x).chunk(2, dim=1)
         u = self.act(self.conv2d(u))
         b, d, h, w = u.shape
@@ -194,7 +315,7 @@ class SS2D(nn.Module):
             y = gated_layer_norm(self._scan_fused(u, backend), z, self.out_norm.weight,
                                  self.out_norm.bias, self.out_norm.eps, backend)
             return self.out_proj(y)
-        if backend in ('torch', 'triton', 'export'):
+        if backend in ('torch', 'triton'):
             # channels-last (CPU): the token-major map is already the scan's layout
             y = self.out_norm(self._scan_channels_last(u, backend))  # LayerNorm over D, as is
             y = y.view(b, h, w, d).permute(0, 3, 1, 2)                # (B, D, H, W), NHWC memory

@@ -3,6 +3,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from mmmobilemamba.ops import (channels_innermost, from_polyphase, inverse_wavelet_transform,
                                to_polyphase, wavelet_domain_kernel, wavelet_filters,
@@ -49,10 +50,13 @@ class WTEMamba(nn.Module):
         self.scales_folded = False
         self.polyphase = False
         self.haar_folded = False
+        self.graph_form = False  # export form: transform, conv, inverse as three plain convs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         global_out = self.ss2d(x)
+        if self.graph_form:
+            return global_out + self._wavelet_branch_graph(x)
         if self.polyphase:  # deployed, two-tap wavelet: WT, conv, scale and IWT in one conv
             return global_out + from_polyphase(self.wavelet_conv(to_polyphase(x)), (h, w))
         if self.haar_folded:  # CUDA deploy form: WT + conv + scale as one depthwise conv
@@ -76,6 +80,23 @@ class WTEMamba(nn.Module):
         bands = bands.reshape(b, c, 4, *bands.shape[-2:])
         return global_out + inverse_wavelet_transform(bands, self.iwt_filter, (h, w))
 
+    def _wavelet_branch_graph(self, x: torch.Tensor) -> torch.Tensor:
+        """The export form of ``IWT(t * DWConv(WT(x)))`` (scale folded into the conv): the
+        transform as a stride-2 conv with four outputs per channel, the depthwise conv on the
+        sub-bands, the inverse as a stride-2 transposed conv: three convs onnxruntime and
+        XNNPACK run fast (the polyphase grouped conv of the CPU form, 4 channels per group,
+        takes onnxruntime ~10x as long; the CUDA form's inverse is a custom op)."""
+        h, w = x.shape[-2:]
+        if h % 2 or w % 2:  # static shapes when exported: no pad op for even maps
+            x = F.pad(x, (0, w % 2, 0, h % 2))
+        pad = (self.wt_filter.shape[2] // 2 - 1, self.wt_filter.shape[3] // 2 - 1)
+        groups = self.wt_filter.shape[0] // 4
+        bands = F.conv2d(x, self.wt_filter.to(x.dtype), stride=2, padding=pad, groups=groups)
+        bands = self.wavelet_conv(bands)
+        out = F.conv_transpose2d(bands, self.iwt_filter.to(x.dtype), stride=2, padding=pad,
+                                 groups=groups)
+        return out[..., :h, :w] if out.shape[-2:] != (h, w) else out
+
     def _kernels(self, device: torch.device) -> str:
         """The fused op's implementation, 'triton' or 'torch', as SS2D's ``scan_backend``
         chooses it on ``device`` (one setting for every custom op of the module)."""
@@ -94,9 +115,13 @@ class WTEMamba(nn.Module):
           outputs per channel (a ``2k x 2k`` kernel), and the inverse into the fused
           ``haar_inverse_add`` op: cuDNN runs a grouped conv with several input channels per
           group one group at a time, a depthwise one in one kernel.
+        * 'export' (graph runtimes: ONNX, ExecuTorch): the transform, the scaled depthwise
+          conv and the inverse stay three plain convs (:meth:`_wavelet_branch_graph`), any
+          wavelet.
 
         Args:
-            device_type (str): 'cpu' or 'cuda': the device the form is fast on. Default: 'cpu'.
+            device_type (str): 'cpu', 'cuda' or 'export': where the form is fast. Default:
+                'cpu'.
         """
         if self.scales_folded:
             return
@@ -107,6 +132,9 @@ class WTEMamba(nn.Module):
         out_conv.bias.mul_(scale)
         conv = self.wavelet_conv
         conv.weight.mul_(self.wavelet_scale.view(-1, 1, 1, 1))
+        if device_type == 'export':
+            self.graph_form = self.scales_folded = True
+            return
         if self.wt_filter.shape[-2:] == (2, 2) and device_type == 'cuda':
             self.wavelet_conv = self._haar_depthwise_conv(conv.weight)
             self.haar_folded = self.scales_folded = True
