@@ -68,7 +68,8 @@ def calibration_images(cfg, model: nn.Module, num_images: int,
         shape (Sequence[int]): the export's ``(H, W)``.
 
     Returns:
-        tuple: the images ``(1, 3, H, W)`` float32, and a description of where they came from.
+        tuple: the images ``(1, 3, H, W)`` float32 (fewer when the split is smaller), and
+        where they came from.
 
     Raises:
         FileNotFoundError: when the dataset's files are missing (with how to get the demo
@@ -103,8 +104,8 @@ def calibration_images(cfg, model: nn.Module, num_images: int,
         for index in indices:
             data = model.data_preprocessor(pseudo_collate([dataset[index]]), False)
             images.append(fit_to_shape(data['inputs'].float().cpu(), shape))
-    root = dataset_cfg.get('data_root', '')
-    return images, f'{count} of {len(dataset)} training images of {root or type(dataset).__name__}'
+    root = dataset_cfg.get('data_root', '') or type(dataset).__name__
+    return images, f'evenly spaced over the {len(dataset)} training images of {root}'
 
 
 def evaluate(test_step: Callable[[dict], list], cfg,
@@ -138,4 +139,5 @@ def evaluate(test_step: Callable[[dict], list], cfg,
         evaluator.process(test_step(batch), batch)
         count += 1
     metrics = evaluator.evaluate(count)
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, count
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)}, count

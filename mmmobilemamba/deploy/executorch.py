@@ -13,6 +13,8 @@ with ExecuTorch's ``XNNPACKQuantizer``: int8 weights symmetric per output channe
 activations per tensor from histogram observers), calibrated on the images given; the parts
 kept float (:mod:`.quantization`) are filtered out of the quantiser's annotation.
 """
+import gc
+import weakref
 from collections import Counter
 from typing import Dict, Optional, Sequence, Union
 
@@ -25,7 +27,7 @@ from .runtime import ExportedBytes, Runtime, Session
 from .runtime_model import RuntimeModel
 
 __all__ = ['ExecuTorchModel', 'ExecuTorchRuntime', 'ExecuTorchSession', 'delegation_report',
-           'export_executorch', 'set_threads']
+           'export_executorch', 'set_threads', 'xnnpack_quantizer']
 
 INSTALL_HINT = ('pip install executorch==1.5.1 (the version the project pins for torch '
                 '2.14.1; `make setup` installs requirements/deploy.txt)')
@@ -33,18 +35,35 @@ INSTALL_HINT = ('pip install executorch==1.5.1 (the version the project pins for
 _NOT_COUNTED = ('getitem', 'executorch_call_delegate')
 
 
+# the sessions alive: XNNPACK programs keep the thread pool they were loaded with
+_LIVE_SESSIONS: 'weakref.WeakSet' = weakref.WeakSet()
+
+
 def set_threads(threads: int) -> None:
     """Size ExecuTorch's CPU thread pool (XNNPACK's threads; one pool per process).
 
+    XNNPACK programs hold on to the pool they were loaded with, so it can only be resized
+    while no program is loaded (resizing under a loaded one crashes the process).
+
     Args:
         threads (int): worker threads (>= 1).
+
+    Raises:
+        RuntimeError: when programs of another pool size are loaded.
     """
     from executorch.extension.pybindings.portable_lib import (
         _threadpool_get_thread_count, _unsafe_reset_threadpool)
     if threads < 1:
         raise ValueError(f'threads must be at least 1, got {threads}')
-    if _threadpool_get_thread_count() != threads:
-        _unsafe_reset_threadpool(threads)
+    current = _threadpool_get_thread_count()
+    if current == threads:
+        return
+    gc.collect()  # sessions no longer referenced
+    if len(_LIVE_SESSIONS):
+        raise RuntimeError(f'ExecuTorch\'s thread pool has {current} threads and '
+                           f'{len(_LIVE_SESSIONS)} program(s) loaded on it: release them '
+                           f'before asking for {threads} threads (one pool per process)')
+    _unsafe_reset_threadpool(threads)
 
 
 def _thread_count() -> int:
@@ -57,8 +76,8 @@ class ExecuTorchSession(Session):
 
     Args:
         data (bytes | str): the program's content or path.
-        threads (int, optional): the thread pool's size while this program runs (None:
-            ExecuTorch's default, the cores).
+        threads (int, optional): the size of the process's thread pool, set before loading
+            (None: as it is, by default the cores); see :func:`set_threads`.
     """
 
     def __init__(self, data: Union[bytes, str], threads: Optional[int] = None) -> None:
@@ -66,17 +85,14 @@ class ExecuTorchSession(Session):
         runtime = ExecuTorchRuntimeCore.get()
         if not runtime.backend_registry.is_available('XnnpackBackend'):
             raise RuntimeError('this executorch build has no XNNPACK backend: ' + INSTALL_HINT)
+        if threads:
+            set_threads(threads)  # before loading: the program keeps this pool
         self.program = runtime.load_program(data)
         self.method = self.program.load_method('forward')
-        self._threads = threads
-
-    @property
-    def threads(self) -> int:
-        return self._threads or _thread_count()
+        self.threads = _thread_count()
+        _LIVE_SESSIONS.add(self)
 
     def run(self, inputs: torch.Tensor) -> list:
-        if self._threads:
-            set_threads(self._threads)
         return list(self.method.execute((inputs.float().contiguous(),)))  # copies
 
 
@@ -129,14 +145,56 @@ def delegation_report(graph_module: torch.fx.GraphModule) -> Dict:
                 portable_by_module=dict(portable_modules.most_common()))
 
 
-def _quantize_filter(float_parts: FloatParts):
-    """The XNNPACK quantiser's node filter: False (leave float) for the parts kept float."""
-    def quantize_node(node) -> bool:
-        stack = node.meta.get('nn_module_stack') or {}
-        hierarchy = [(path, cls if isinstance(cls, str) else cls.__qualname__)
-                     for path, cls in stack.values()]
-        return float_parts.part_of(hierarchy, str(node.target), node.name) is None
-    return quantize_node
+def _float_part(node, float_parts: FloatParts):
+    """The float part a node of an exported graph belongs to (None: quantised)."""
+    stack = node.meta.get('nn_module_stack') or {}
+    hierarchy = [(path, cls if isinstance(cls, str) else cls.__qualname__)
+                 for path, cls in stack.values()]
+    return float_parts.part_of(hierarchy, str(node.target), node.name)
+
+
+def _quantize_filter(graph: torch.fx.GraphModule, float_parts: FloatParts):
+    """The XNNPACK quantiser's node filter: False (leave float) for the parts kept float.
+
+    Every operator node of ``graph`` is classified first, so that the record counts all the
+    nodes a part kept float (as onnxruntime's exclusion list does), not only those the
+    quantiser would have annotated.
+    """
+    kept = {node.name for node in graph.graph.nodes
+            if node.op == 'call_function' and _float_part(node, float_parts)}
+    return lambda node: node.name not in kept
+
+
+def xnnpack_quantizer(graph: torch.fx.GraphModule, float_parts: FloatParts):
+    """ExecuTorch's XNNPACK quantiser (int8, per-channel weights) that leaves ``float_parts``
+    float.
+
+    The quantiser's filter function alone does not: its concatenation annotator ignores the
+    filter, and annotations spread from there to the reshapes after it (the scan's
+    ``cat([x, flip(x)])`` would be int8). The annotations of filtered-out nodes are removed
+    after annotating.
+
+    Args:
+        graph (GraphModule): the exported graph (``torch.export(...).module()``).
+        float_parts (FloatParts): the parts kept float.
+    """
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer, get_symmetric_quantization_config)
+
+    quantize = _quantize_filter(graph, float_parts)
+
+    class PartialXNNPACKQuantizer(XNNPACKQuantizer):
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            model = super().annotate(model)
+            for node in model.graph.nodes:
+                if not quantize(node):
+                    node.meta.pop('quantization_annotation', None)
+            return model
+
+    quantizer = PartialXNNPACKQuantizer()
+    quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer.set_filter_function(quantize)
+    return quantizer
 
 
 class ExecuTorchRuntime(Runtime):
@@ -169,15 +227,10 @@ class ExecuTorchRuntime(Runtime):
     def quantize(self, network: ExportedNetwork, inputs: torch.Tensor,
                  output_names: Sequence[str], float_export: ExportedBytes,
                  calibration: Sequence[torch.Tensor], float_parts: FloatParts) -> ExportedBytes:
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-            XNNPACKQuantizer, get_symmetric_quantization_config)
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        quantizer = XNNPACKQuantizer()
-        quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))
-        quantizer.set_filter_function(_quantize_filter(float_parts))
         graph = torch.export.export(network, (inputs,), strict=False).module()
-        prepared = prepare_pt2e(graph, quantizer)
+        prepared = prepare_pt2e(graph, xnnpack_quantizer(graph, float_parts))
         for image in calibration:
             prepared(image)
         converted = convert_pt2e(prepared)

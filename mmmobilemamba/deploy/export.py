@@ -16,7 +16,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from .network import compare_outputs, reference_outputs, signal_to_noise_db
+from .network import (ExportedNetwork, compare_outputs, reference_outputs,
+                      signal_to_noise_db)
 from .quantization import DEFAULT_FLOAT_PARTS, FloatParts
 from .record import ExportResult, check_record_slot
 from .runtime import Runtime, get_runtime
@@ -97,6 +98,7 @@ def export_network(model: nn.Module, kind: str, inputs: torch.Tensor, out_file: 
                    config: Optional[str] = None, checkpoint: Optional[str] = None,
                    preprocessing: Optional[dict] = None,
                    app_preprocessing: Optional[dict] = None,
+                   verify_inputs: Optional[torch.Tensor] = None,
                    latency_rounds: int = 10) -> ExportResult:
     """Export ``model`` for ``runtime``, for inputs like ``inputs``; write the file and record.
 
@@ -121,6 +123,9 @@ def export_network(model: nn.Module, kind: str, inputs: torch.Tensor, out_file: 
         preprocessing (dict, optional): the data preprocessor's settings, recorded.
         app_preprocessing (dict, optional): what an application applies, recorded (see
             :func:`app_preprocessing`).
+        verify_inputs (Tensor, optional): the image ``verify`` runs on, shaped like
+            ``inputs`` (default: ``inputs``); an int8 export is best checked on a real image
+            that calibration did not see.
         latency_rounds (int): interleaved rounds of the int8 against float timing. Default: 10.
 
     Returns:
@@ -140,6 +145,11 @@ def export_network(model: nn.Module, kind: str, inputs: torch.Tensor, out_file: 
         if tuple(image.shape) != tuple(inputs.shape):
             raise ValueError(f'calibration images must be shaped like the input '
                              f'{tuple(inputs.shape)}, got {tuple(image.shape)}')
+    if verify_inputs is not None:
+        verify_inputs = _check_inputs(verify_inputs)
+        if verify_inputs.shape != inputs.shape:
+            raise ValueError(f'verify_inputs must be shaped like the input '
+                             f'{tuple(inputs.shape)}, got {tuple(verify_inputs.shape)}')
     check_record_slot(out_file)
     network, references = reference_outputs(model, kind, inputs)
     names = network.output_names(references)
@@ -153,6 +163,8 @@ def export_network(model: nn.Module, kind: str, inputs: torch.Tensor, out_file: 
             exported = backend.quantize(network, inputs, names, float_export,
                                         [c.float().cpu().contiguous() for c in calibration],
                                         parts)
+        float_export = backend.finalize(float_export)
+        exported = backend.finalize(exported) if quantize else float_export
     result = ExportResult(
         file=str(out_file), kind=kind, input_shape=list(inputs.shape), input_name='input',
         output_names=names, export_seconds=time.perf_counter() - start, runtime=backend.name,
@@ -169,6 +181,10 @@ def export_network(model: nn.Module, kind: str, inputs: torch.Tensor, out_file: 
             fp32_bytes=len(float_export.data),
             size_ratio=len(exported.data) / len(float_export.data))
     if verify:
+        if verify_inputs is not None:
+            with torch.no_grad():
+                references = ExportedNetwork(model, kind, inputs.shape[2:]).eval()(verify_inputs)
+            inputs = verify_inputs
         session = backend.load(exported.data)
         outputs = session.run(inputs)
         result.max_abs_diff, result.max_rel_diff = compare_outputs(outputs, references)
@@ -270,10 +286,15 @@ def export_config(config, checkpoint: Optional[str] = None,
     inputs = preprocess(model, make_dummy_batch(scope, shape or DEFAULT_SHAPES[scope]))['inputs']
     preprocessing = {k: v for k, v in cfg.model.get('data_preprocessor', {}).items()
                      if k != '_scope_'}
-    calibration, source = None, 'images given'
+    calibration, source, verify_inputs = None, 'images given', None
     if quantize:
         from .data import calibration_images
-        calibration, source = calibration_images(cfg, model, calib_images, inputs.shape[2:])
+        # one image more, held out: the int8 file is verified on a real image it was not
+        # calibrated on (random pixels are not what calibration prepared it for)
+        calibration, source = calibration_images(cfg, model, calib_images + 1,
+                                                 inputs.shape[2:])
+        if len(calibration) > 1:
+            calibration, verify_inputs = calibration[:-1], calibration[-1]
     if backbone_only:
         backbone_cfg = {k: v for k, v in cfg.model.backbone.items()
                         if k not in ('type', 'init_cfg', '_scope_')}
@@ -289,7 +310,8 @@ def export_config(config, checkpoint: Optional[str] = None,
         calibration=calibration, calibration_source=source, float_parts=float_parts,
         config=str(getattr(cfg, 'filename', None) or config),
         checkpoint=None if checkpoint is None else str(checkpoint),
-        preprocessing=preprocessing, app_preprocessing=app_preprocessing(cfg, inputs.shape))
+        preprocessing=preprocessing, app_preprocessing=app_preprocessing(cfg, inputs.shape),
+        verify_inputs=verify_inputs)
     if evaluate:
         result.evaluation = evaluate_export(model, cfg, result)
         result.save()

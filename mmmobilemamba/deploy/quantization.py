@@ -26,7 +26,7 @@ FLOAT_PART_MODULES: Dict[str, Tuple[str, str]] = {
     'scan': ('SS2D', "SS2D's scan, norm and gate (its convolutions are int8)"),
     'wavelet': ('WTEMamba', "WTE-Mamba's wavelet reshuffles and sum (its convolution is int8)"),
 }
-DEFAULT_FLOAT_PARTS: Tuple[str, ...] = ('scan',)
+DEFAULT_FLOAT_PARTS: Tuple[str, ...] = ('scan', 'wavelet')
 
 
 def _is_convolution(op_name: str) -> bool:

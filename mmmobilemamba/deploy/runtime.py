@@ -128,6 +128,14 @@ class Runtime(ABC):
             float_parts (FloatParts): which parts of MobileMamba stay float.
         """
 
+    def finalize(self, exported: ExportedBytes) -> ExportedBytes:
+        """The file as written: what the runtime needs and nothing for debugging only.
+
+        Args:
+            exported (ExportedBytes): an export or quantisation's output.
+        """
+        return exported
+
     @abstractmethod
     def load(self, data: Union[bytes, str], threads: Optional[int] = None) -> Session:
         """A session on an exported file (a path) or its bytes.
