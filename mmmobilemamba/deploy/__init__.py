@@ -16,7 +16,7 @@ from .onnx import OnnxRuntime, OnnxRuntimeModel, OnnxRuntimeSession, export_onnx
 from .quantization import DEFAULT_FLOAT_PARTS, FLOAT_PART_MODULES, FloatParts
 from .record import ExportResult, read_record, record_path
 from .runtime import RuntimeNotInstalledError, get_runtime
-from .runtime_model import RuntimeModel
+from .runtime_model import RuntimeModel, model_class
 
 __all__ = ['DEFAULT_FLOAT_PARTS', 'EXPORT_KINDS', 'ExecuTorchModel', 'ExecuTorchRuntime',
            'ExecuTorchSession', 'ExportResult', 'ExportedNetwork', 'FLOAT_PART_MODULES',
@@ -24,5 +24,5 @@ __all__ = ['DEFAULT_FLOAT_PARTS', 'EXPORT_KINDS', 'ExecuTorchModel', 'ExecuTorch
            'QUANTIZE_MODES', 'RuntimeModel', 'RuntimeNotInstalledError',
            'UnsupportedModelError', 'app_preprocessing', 'compare_outputs',
            'delegation_report', 'export_config', 'export_executorch', 'export_network',
-           'export_onnx', 'get_runtime', 'output_groups', 'prepare_for_export', 'read_record',
+           'export_onnx', 'get_runtime', 'model_class', 'output_groups', 'prepare_for_export', 'read_record',
            'record_path']

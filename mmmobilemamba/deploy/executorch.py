@@ -165,14 +165,49 @@ def _quantize_filter(graph: torch.fx.GraphModule, float_parts: FloatParts):
     return lambda node: node.name not in kept
 
 
+_ANNOTATION = 'quantization_annotation'
+_WEIGHTED_OPS = ('aten.conv1d', 'aten.conv2d', 'aten.convolution', 'aten.linear')
+
+
+def _annotate_shared_weight_users(model: torch.fx.GraphModule, config, quantize) -> None:
+    """Annotate the convolutions that reuse an annotated convolution's weight like it.
+
+    A dense head (RetinaNet's, FCOS's, the RPN) runs the same convolutions on every pyramid
+    level. ExecuTorch's conv annotator marks a weight annotated with its first user and skips
+    the others, which are left with int8 inputs and a float weight: a conv XNNPACK's partitioner
+    takes but its runtime refuses to build ("Failed to create convolution node ...:
+    xnn_status_invalid_parameter" when the program loads).
+    """
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    def weighted(node) -> bool:
+        return node.op == 'call_function' and str(node.target).startswith(_WEIGHTED_OPS)
+
+    quantized_weights = {node.args[1] for node in model.graph.nodes
+                         if weighted(node) and _ANNOTATION in node.meta
+                         and node.args[1] in node.meta[_ANNOTATION].input_qspec_map}
+    for node in model.graph.nodes:
+        if (not weighted(node) or _ANNOTATION in node.meta or not quantize(node)
+                or node.args[1] not in quantized_weights):
+            continue
+        qspecs = {node.args[0]: config.input_activation, node.args[1]: config.weight}
+        if len(node.args) > 2 and node.args[2] is not None and config.bias is not None:
+            qspecs[node.args[2]] = config.bias
+        node.meta[_ANNOTATION] = QuantizationAnnotation(
+            input_qspec_map=qspecs, output_qspec=config.output_activation, _annotated=True)
+
+
 def xnnpack_quantizer(graph: torch.fx.GraphModule, float_parts: FloatParts):
     """ExecuTorch's XNNPACK quantiser (int8, per-channel weights) that leaves ``float_parts``
-    float.
+    float and quantises convolutions that share their weights.
 
-    The quantiser's filter function alone does not: its concatenation annotator ignores the
-    filter, and annotations spread from there to the reshapes after it (the scan's
-    ``cat([x, flip(x)])`` would be int8). The annotations of filtered-out nodes are removed
-    after annotating.
+    Two gaps of the quantiser are closed after it annotates:
+
+    * its filter function alone does not keep a part float: its concatenation annotator ignores
+      the filter, and annotations spread from there to the reshapes after it (the scan's
+      ``cat([x, flip(x)])`` would be int8). The annotations of filtered-out nodes are removed.
+    * a convolution applied several times (a dense head on every pyramid level) is annotated
+      once; the other applications are annotated alike (:func:`_annotate_shared_weight_users`).
 
     Args:
         graph (GraphModule): the exported graph (``torch.export(...).module()``).
@@ -182,17 +217,19 @@ def xnnpack_quantizer(graph: torch.fx.GraphModule, float_parts: FloatParts):
         XNNPACKQuantizer, get_symmetric_quantization_config)
 
     quantize = _quantize_filter(graph, float_parts)
+    config = get_symmetric_quantization_config(is_per_channel=True)
 
     class PartialXNNPACKQuantizer(XNNPACKQuantizer):
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
             model = super().annotate(model)
             for node in model.graph.nodes:
                 if not quantize(node):
-                    node.meta.pop('quantization_annotation', None)
+                    node.meta.pop(_ANNOTATION, None)
+            _annotate_shared_weight_users(model, config, quantize)
             return model
 
     quantizer = PartialXNNPACKQuantizer()
-    quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer.set_global(config)
     quantizer.set_filter_function(quantize)
     return quantizer
 

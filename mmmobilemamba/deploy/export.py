@@ -49,7 +49,8 @@ def name_the_failing_module(root: nn.Module, runtime: Runtime, kind: str,
     running: List[Tuple[str, str]] = []
 
     def enter(module: nn.Module, args, name: str) -> None:
-        running.append((name, type(module).__name__))
+        # paths as in the model given (the exported network wraps it as ``model``)
+        running.append((name.removeprefix('model.') or 'the model', type(module).__name__))
 
     def leave(module: nn.Module, args, output) -> None:  # None: the output is kept
         if running:
@@ -275,8 +276,8 @@ def export_config(config, checkpoint: Optional[str] = None,
     if evaluate and backbone_only:
         raise ValueError('--evaluate needs a detector or segmentor: a backbone alone '
                          'predicts nothing (drop --backbone-only)')
-    get_runtime(runtime).require()  # before minutes of work
-    check_record_slot(out_file)
+    check_record_slot(out_file)  # before minutes of work
+    get_runtime(runtime).require()
     cfg = load_config(config, cfg_options)
     scope = detect_codebase(cfg)
     # With backbone_only the whole model only preprocesses the dummy input and its weights

@@ -9,15 +9,17 @@ are applied to the exported program before lowering (:func:`xnnpack_decompositio
 
 * group norm: the groups as a 4-D ``(N, G, C/G, HW)`` view, two ``mean``s over its inner dims
   (mean, then the mean of the squared deviation), ``rsqrt`` and the affine as products;
-* nearest resize by an integer factor: every pixel repeated by concatenating copies of the
-  map along a new inner axis, then reshaping (exact; other factors are left alone).
+* nearest resize: by an integer factor, every pixel repeated (copies of the map concatenated
+  along a new inner axis, then a reshape); by another factor (a 3x3 map to 5x5 in mmseg's FPN
+  at 160x160), the rows and columns ATen's kernel picks, as slices concatenated. Exact.
 """
 from typing import Callable, Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 
-__all__ = ['group_norm_decomposed', 'native_group_norm_decomposed', 'nearest_resize_decomposed',
-           'xnnpack_decompositions']
+__all__ = ['group_norm_decomposed', 'native_group_norm_decomposed', 'nearest_indices',
+           'nearest_resize_decomposed', 'xnnpack_decompositions']
 
 aten = torch.ops.aten
 
@@ -100,11 +102,31 @@ def _repeat_each(x: torch.Tensor, factor: int, dim: int) -> torch.Tensor:
     return torch.cat(copies, dim=dim).reshape(out_shape)
 
 
+def nearest_indices(in_size: int, out_size: int, scale: Optional[float] = None) -> List[int]:
+    """The source index of every output index of a nearest resize, as ATen's CPU kernel
+    computes it (``floor(i * s)`` in float32, ``s = in / out`` or ``1 / scale``).
+
+    Args:
+        in_size (int): input length.
+        out_size (int): output length.
+        scale (float, optional): the scale factor given to the resize, if any.
+    """
+    step = np.float32(1.0 / scale) if scale else np.float32(in_size) / np.float32(out_size)
+    return [min(int(np.floor(np.float32(i) * step)), in_size - 1) for i in range(out_size)]
+
+
+def _gather(x: torch.Tensor, indices: Sequence[int], dim: int) -> torch.Tensor:
+    """``x.index_select(dim, indices)`` as slices and one concatenation (XNNPACK has no
+    gather); for the few rows of a non-integer resize of a small map."""
+    return torch.cat([x.narrow(dim, i, 1) for i in indices], dim=dim)
+
+
 def nearest_resize_decomposed(x: torch.Tensor, output_size: Optional[Sequence[int]],
                               scale_factors: Optional[Sequence[float]]) -> torch.Tensor:
-    """``aten.upsample_nearest2d.vec``: an integer-factor enlargement as repeated pixels.
+    """``aten.upsample_nearest2d.vec`` with XNNPACK's operators, exactly.
 
-    Other sizes fall back to the aten kernel (``upsample_nearest2d.default``).
+    An integer enlargement repeats every pixel (copies side by side, then a reshape); any
+    other size picks the source rows and columns ATen's kernel picks (slices, concatenated).
 
     Args:
         x (Tensor): ``(N, C, H, W)``.
@@ -112,12 +134,21 @@ def nearest_resize_decomposed(x: torch.Tensor, output_size: Optional[Sequence[in
         scale_factors (Sequence[float], optional): used when ``output_size`` is None.
     """
     height, width = x.shape[-2:]
+    scales = [None, None]
     if output_size is None:
-        output_size = [int(height * scale_factors[0]), int(width * scale_factors[1])]
-    out_h, out_w = (int(s) for s in output_size)
-    if out_h % height or out_w % width:
-        return aten.upsample_nearest2d.default(x, [out_h, out_w])
-    return _repeat_each(_repeat_each(x, out_w // width, -1), out_h // height, -2)
+        scales = [float(s) for s in scale_factors]
+        output_size = [int(height * scales[0]), int(width * scales[1])]
+    out = x
+    for dim, size, out_size, scale in ((-1, width, int(output_size[1]), scales[1]),
+                                       (-2, height, int(output_size[0]), scales[0])):
+        if out_size == size:
+            continue
+        indices = nearest_indices(size, out_size, scale)
+        if out_size % size == 0 and indices == [i // (out_size // size) for i in range(out_size)]:
+            out = _repeat_each(out, out_size // size, dim)
+        else:
+            out = _gather(out, indices, dim)
+    return out
 
 
 def xnnpack_decompositions() -> Dict[torch._ops.OpOverload, Callable]:

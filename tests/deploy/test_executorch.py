@@ -1,9 +1,10 @@
 """ExecuTorch export (XNNPACK delegate), checked in ExecuTorch's own runtime (the real package).
 
 Lowering to XNNPACK takes seconds per delegated piece, so the default tests lower three small
-networks once each (module fixtures): a one-stage MobileMamba through the tool, a small CNN
-RetinaNet with a group-norm head and mmdet's FPN (every op of a head and neck must reach
-XNNPACK), and its int8 form. Whole quickstart models and B1 are slow-marked.
+networks once each: a one-stage MobileMamba through the tool's code, a small CNN RetinaNet with
+a group-norm head and mmdet's FPN (every op of a head and neck must reach XNNPACK), and a small
+CNN in int8 (the scan kept float in int8: tests/deploy/test_export_path.py, without lowering).
+Whole quickstart models and B1 are slow-marked.
 """
 import copy
 import json
@@ -15,7 +16,7 @@ import torch
 
 pytest.importorskip('executorch.exir')
 pytest.importorskip('mmdet')
-from mmengine.config import Config  # noqa: E402
+from mmengine.config import Config, ConfigDict  # noqa: E402
 
 from mmmobilemamba.apis import build_model  # noqa: E402
 from mmmobilemamba.datasets.dummy_batch import make_dummy_batch, preprocess  # noqa: E402
@@ -24,9 +25,6 @@ from mmmobilemamba.deploy import (ExecuTorchModel, UnsupportedModelError,  # noq
 from mmmobilemamba.deploy.executorch import ExecuTorchSession, set_threads  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / 'tests' / 'tools'))
-from tool_configs import run_tool  # noqa: E402
-
 QUICKSTART = REPO / 'configs' / 'quickstart'
 MAX_REL = 1e-4
 
@@ -46,27 +44,40 @@ def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-# ------------------------------------------------ a MobileMamba backbone, through the tool
+# ------------------------------------------- a MobileMamba backbone, through the tool's main
 @pytest.fixture(scope='module')
 def backbone_export(tmp_path_factory):
     """The quickstart RetinaNet's backbone, its first stage only (later stages are not built
-    with ``out_indices=(0,)``), exported by the tool from a checkpoint and verified."""
+    with ``out_indices=(0,)``), exported from a checkpoint and verified by the tool's code
+    (in this process: the tool itself is its three lines)."""
     tmp = tmp_path_factory.mktemp('backbone')
     config = QUICKSTART / 'retinanet_mobilemamba_demo-coco.py'
     model = _randomise(build_model(Config.fromfile(str(config))))
     checkpoint, out = tmp / 'detector.pth', tmp / 'backbone.pte'
     torch.save({'state_dict': model.state_dict()}, checkpoint)
-    proc = run_tool('deployment/export_executorch.py', [
-        config, checkpoint, '--backbone-only', '--shape', '40', '64', '--out', out, '--verify',
-        '--cfg-options', 'model.backbone.out_indices=[0]'], timeout=600)
-    return model, proc, out
+    code, stdout = _tool([config, checkpoint, '--backbone-only', '--shape', '40', '64',
+                          '--out', out, '--verify', '--cfg-options',
+                          'model.backbone.out_indices=[0]'])
+    return model, code, stdout, out
+
+
+def _tool(args):
+    """``tools/deployment/export_executorch.py ARGS`` in this process: (exit status, stdout)."""
+    import contextlib
+    import io
+
+    from mmmobilemamba.deploy.cli import main
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main('executorch', 'export', [str(a) for a in args])
+    return code, stdout.getvalue()
 
 
 def test_tool_exports_the_backbone_and_verifies_it_in_executorch(backbone_export):
-    model, proc, out = backbone_export
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert 'exported backbone (1, 3, 64, 64)' in proc.stdout  # padded to a multiple of 64
-    assert 'XNNPACK runs' in proc.stdout
+    model, code, stdout, out = backbone_export
+    assert code == 0, stdout
+    assert 'exported backbone (1, 3, 64, 64)' in stdout  # padded to a multiple of 64
+    assert 'XNNPACK runs' in stdout
     meta = read_record(str(out))
     assert meta['runtime'] == 'executorch' and meta['precision'] == 'fp32'
     assert meta['max_rel_diff'] <= MAX_REL and meta['file_bytes'] == out.stat().st_size
@@ -83,8 +94,8 @@ def test_tool_exports_the_backbone_and_verifies_it_in_executorch(backbone_export
 
 
 def test_delegation_report_counts_every_operator(backbone_export):
-    _, proc, out = backbone_export
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, code, stdout, out = backbone_export
+    assert code == 0, stdout
     delegation = read_record(str(out))['delegation']
     assert delegation['backend'] == 'XnnpackBackend' and delegation['delegate_calls'] >= 1
     assert delegation['delegated_nodes'] + delegation['portable_nodes'] == \
@@ -97,43 +108,34 @@ def test_delegation_report_counts_every_operator(backbone_export):
     assert not [op for op in delegation['portable_ops'] if 'convolution' in op]
 
 
-def test_tool_refuses_bad_input_and_writes_nothing(tmp_path):
+def test_tool_refuses_bad_input_and_writes_nothing(tmp_path, capsys):
     config = QUICKSTART / 'retinanet_mobilemamba_demo-coco.py'
     cases = [
         (['--out', tmp_path / 'a.onnx'], 'must be a .pte file'),
         (['--out', tmp_path / 'b.pte', '--backbone-only', '--evaluate'], 'needs a detector'),
     ]
     for args, message in cases:
-        proc = run_tool('deployment/export_executorch.py', [config, *args])
-        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+        code, _ = _tool([config, *args])
+        assert code == 2 and message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
     # another file's record under the same stem is never replaced
     (tmp_path / 'model.onnx').write_bytes(b'onnx')
     record = tmp_path / 'model.json'
     record.write_text(json.dumps({'file': str(tmp_path / 'model.onnx')}))
-    proc = run_tool('deployment/export_executorch.py', [config, '--out', tmp_path / 'model.pte'])
-    assert proc.returncode == 2 and 'is the record of model.onnx' in proc.stderr
+    code, _ = _tool([config, '--out', tmp_path / 'model.pte'])
+    assert code == 2 and 'is the record of model.onnx' in capsys.readouterr().err
     assert not (tmp_path / 'model.pte').exists()
     assert json.loads(record.read_text()) == {'file': str(tmp_path / 'model.onnx')}
 
 
-def test_tool_says_what_to_install_without_executorch(tmp_path):
-    """A site where ``import executorch`` fails, as without the package."""
-    fake = tmp_path / 'site' / 'executorch'
-    fake.mkdir(parents=True)
-    (fake / '__init__.py').write_text("raise ImportError('No module named executorch')\n")
-    import os
-    import subprocess
-    from tool_configs import tool_env
-    env = tool_env()
-    env['PYTHONPATH'] = os.pathsep.join([str(tmp_path / 'site'), env['PYTHONPATH']])
-    proc = subprocess.run([sys.executable, str(REPO / 'tools/deployment/export_executorch.py'),
-                           str(QUICKSTART / 'fpn_mobilemamba_demo-ade.py'),
-                           '--out', str(tmp_path / 'x.pte')], capture_output=True, text=True,
-                          env=env, cwd=str(REPO), timeout=300)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert 'pip install executorch==1.5.1' in proc.stderr
-    assert not (tmp_path / 'x.pte').exists()
+def test_tool_says_what_to_install_without_executorch(tmp_path, monkeypatch, capsys):
+    """``import executorch...`` failing, as without the package."""
+    from mmmobilemamba.deploy.executorch import ExecuTorchRuntime
+    for package in ('executorch', *ExecuTorchRuntime.packages):
+        monkeypatch.setitem(sys.modules, package, None)  # import raises ImportError
+    code, _ = _tool([QUICKSTART / 'fpn_mobilemamba_demo-ade.py', '--out', tmp_path / 'x.pte'])
+    assert code == 2 and 'pip install executorch==1.5.1' in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------- a small CNN detector: heads and necks on XNNPACK
@@ -143,7 +145,7 @@ def _cnn_retinanet():
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     register_all_modules()
-    model = MODELS.build(dict(
+    model = MODELS.build(ConfigDict(
         type='RetinaNet',
         data_preprocessor=dict(type='DetDataPreprocessor', mean=[123.675, 116.28, 103.53],
                                std=[58.395, 57.12, 57.375], bgr_to_rgb=True,
@@ -204,22 +206,44 @@ def test_runtime_model_refuses_a_file_of_another_runtime(detector_export):
         OnnxRuntimeModel(model, result.file)
 
 
-def test_int8_executorch_export_is_smaller_close_and_delegated(tmp_path, detector_export):
-    model, batch, _ = detector_export
-    inputs = preprocess(model, batch)['inputs']
-    calibration = [preprocess(model, make_dummy_batch('mmdet', (64, 96), seed=s))['inputs']
-                   for s in range(1, 5)]
-    result = export_executorch(model, 'detector', inputs, str(tmp_path / 'det_int8.pte'),
+class SmallCNN(torch.nn.Module):
+    """Convolutions, a residual add, group norm, a nearest upsampling and a head shared by two
+    levels (as a dense head runs on every pyramid level): int8 in seconds."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 32, 3, stride=2, padding=1)
+        self.body = torch.nn.Conv2d(32, 32, 3, padding=1)
+        self.down = torch.nn.Conv2d(32, 32, 3, stride=2, padding=1)
+        self.norm = torch.nn.GroupNorm(4, 32)
+        self.head = torch.nn.Conv2d(32, 8, 3, padding=1)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.norm(x + self.body(x)))
+        coarse = torch.relu(self.down(x))
+        x = x + torch.nn.functional.interpolate(coarse, scale_factor=2.0)
+        return self.head(x), self.head(coarse)
+
+
+def test_int8_executorch_export_is_smaller_close_and_delegated(tmp_path):
+    model = _randomise(SmallCNN())
+    generator = torch.Generator().manual_seed(0)
+    inputs, *calibration = [torch.randn(1, 3, 32, 32, generator=generator) for _ in range(5)]
+    result = export_executorch(model, 'backbone', inputs, str(tmp_path / 'cnn_int8.pte'),
                                verify=True, quantize='int8', calibration=calibration,
                                latency_rounds=2)
     quantization = result.quantization
     assert result.precision == 'int8' and quantization['calibration']['images'] == 4
-    assert quantization['size_ratio'] < 0.45  # int8 weights; scales and graph on top
+    assert quantization['size_ratio'] < 0.6  # int8 weights; scales and the graph on top
     assert quantization['fp32_max_rel_diff'] <= MAX_REL
-    assert result.snr_db > 15, result.snr_db  # int8 noise, not a broken graph
+    assert result.snr_db > 10, result.snr_db  # int8 noise (random weights), not a broken graph
     assert result.delegation['portable_nodes'] == 0, result.delegation['portable_ops']
+    assert not quantization['kept_float']  # no MobileMamba part in it
     assert set(quantization['latency_ms']) == {'fp32', 'int8', 'rounds', 'threads'}
-
+    assert (tmp_path / 'cnn_int8.pte').stat().st_size == quantization['bytes']
+    # (the shared head is int8 on both levels: its second use once had a float weight behind
+    # int8 inputs, which XNNPACK refused to build when the program was loaded to verify it)
 
 def test_export_failure_names_the_module_and_writes_nothing(tmp_path):
     class DataDependent(torch.nn.Module):

@@ -31,13 +31,17 @@ QUICKSTART = REPO / 'configs' / 'quickstart'
 
 
 # ------------------------------------------------------------------ XNNPACK rewrites
-@pytest.mark.parametrize('size', [(10, 14), (15, 7), (10, 21), (20, 28), (9, 14), (7, 10)])
+@pytest.mark.parametrize('size', [(10, 14), (15, 7), (10, 21), (20, 28), (9, 14), (7, 10),
+                                  (3, 5), (8, 12)])
 def test_nearest_resize_rewrite_is_exact(size):
+    """Integer factors and others (mmseg's FPN resizes a 3x3 map to 5x5 at 160x160)."""
     x = torch.randn(2, 3, 5, 7)
     torch.testing.assert_close(nearest_resize_decomposed(x, size, None),
                                F.interpolate(x, size=size, mode='nearest'), rtol=0, atol=0)
-    torch.testing.assert_close(nearest_resize_decomposed(x, None, [2.0, 3.0]),
-                               F.interpolate(x, scale_factor=(2, 3), mode='nearest'))
+    for scales in ([2.0, 3.0], [1.5, 2.5], [0.6, 1.7]):
+        torch.testing.assert_close(nearest_resize_decomposed(x, None, scales),
+                                   F.interpolate(x, scale_factor=scales, mode='nearest'),
+                                   rtol=0, atol=0)
 
 
 def test_group_norm_rewrite_computes_group_norm():
