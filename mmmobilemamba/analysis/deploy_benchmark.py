@@ -9,6 +9,7 @@ quickstart models), so that a load change on the machine hits every contender al
 is the median of the rounds. Ratios compare rows of one block: a backbone against
 RegNetX-800MF in the same runtime, precision and threads.
 """
+import ast
 import copy
 import hashlib
 import json
@@ -79,14 +80,27 @@ class Row:
 EXPORTED_SOURCE = ('ops', 'models', 'deploy')
 
 
+def _code_of(source: str) -> str:
+    """The code of a module without its comments and docstrings (which change no export)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, 'body', None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(getattr(body[0], 'value', None), ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
 def source_key(extra: Sequence[str] = ()) -> str:
-    """A hash of the Python source that shapes an export and ``extra`` (versions): a cached
-    export is reused only while it matches."""
+    """A hash of the code that shapes an export (comments and docstrings aside) and ``extra``
+    (versions): a cached export is reused only while it matches."""
     digest = hashlib.sha1()
-    paths = [p for folder in EXPORTED_SOURCE for p in (REPO / 'mmmobilemamba' / folder).rglob('*.py')]
+    paths = [path for folder in EXPORTED_SOURCE
+             for path in (REPO / 'mmmobilemamba' / folder).rglob('*.py')]
     for path in sorted(paths):
         digest.update(str(path.relative_to(REPO)).encode())
-        digest.update(path.read_bytes())
+        digest.update(_code_of(path.read_text()).encode())
     for item in extra:
         digest.update(item.encode())
     return digest.hexdigest()[:16]

@@ -61,3 +61,10 @@ def test_tool_times_exports_and_reuses_them(tmp_path):
 def test_tool_refuses_an_unknown_model(tmp_path):
     proc = run_tool('analysis/benchmark_deploy.py', ['--models', 'resnet1000'])
     assert proc.returncode == 2 and 'resnet1000' in proc.stderr
+
+
+def test_export_cache_key_ignores_comments_and_docstrings():
+    from mmmobilemamba.analysis.deploy_benchmark import _code_of
+    assert _code_of('"""doc"""\nx = 1  # why\n') == _code_of('x = 1\n')
+    assert _code_of('def f():\n    """what"""\n    return 1\n') == _code_of('def f():\n    return 1\n')
+    assert _code_of('x = 1\n') != _code_of('x = 2\n')
