@@ -217,7 +217,7 @@ def app_preprocessing(cfg, input_shape: Sequence[int]) -> Dict:
     pipeline = (cfg.get('test_dataloader') or {}).get('dataset', {}).get('pipeline', [])
     resize = next((dict(step) for step in pipeline
                    if isinstance(step, dict) and 'Resize' in str(step.get('type', ''))), None)
-    rgb = bool(preprocessor.get('bgr_to_rgb', preprocessor.get('rgb_to_bgr') is False))
+    rgb = bool(preprocessor.get('bgr_to_rgb', False))  # else the loaded BGR order is kept
     height, width = input_shape[2:]
     return dict(
         input=dict(name='input', shape=list(input_shape), dtype='float32', layout='NCHW'),

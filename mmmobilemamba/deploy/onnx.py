@@ -21,8 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .export import export_config, export_network
-from .network import (EXPORT_KINDS, ExportedNetwork, compare_outputs, prepare_for_export)
+from .network import EXPORT_KINDS, ExportedNetwork, compare_outputs, prepare_for_export
 from .quantization import FloatParts
 from .record import ExportResult
 from .runtime import ExportedBytes, Runtime, Session
@@ -195,6 +194,15 @@ def export_onnx(model: nn.Module, kind: str, inputs: torch.Tensor, onnx_file: st
     Returns:
         ExportResult: what was written and, with ``verify``, the differences.
     """
+    from .export import export_network
     return export_network(model, kind, inputs, onnx_file, runtime='onnxruntime', verify=verify,
                           config=config, checkpoint=checkpoint, preprocessing=preprocessing,
                           **kwargs)
+
+
+def __getattr__(name: str):
+    """``export_config``, which this module held before the shared export path."""
+    if name == 'export_config':
+        from .export import export_config
+        return export_config
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
