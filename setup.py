@@ -29,6 +29,7 @@ setup(
     packages=find_packages(exclude=('tests', 'tests.*', 'configs', 'tools')),
     install_requires=['torch>=2.0'] + read_requirements('runtime.txt'),
     extras_require={'tests': read_requirements('tests.txt'),
-                    'deploy': read_requirements('deploy.txt')},
+                    'deploy': read_requirements('deploy.txt'),
+                    'executorch': read_requirements('executorch.txt')},
     zip_safe=False,
 )

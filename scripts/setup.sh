@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up: creates .venv/ at the repo root and installs torch, mmcv 2.1.0 (built with
-# ops from its source distribution), mmdet, mmsegmentation, this package (editable) and the test
-# tools. A second run checks what is there and takes seconds.
+# ops from its source distribution), mmdet, mmsegmentation, this package (editable), the test
+# tools and ExecuTorch (the phone export). A second run checks what is there and takes seconds.
 #
 # Each step writes its output to .venv/setup-logs/<step>.log; on failure the step is named, the
 # end of its log is shown and the script exits non-zero.
@@ -200,4 +200,26 @@ else
         || fail import-check "$LOGS/import-check.log" "the packages installed but do not import together (mmcv ops: delete $CACHE/wheels and re-run)"
     echo "$WANT" >"$STAMP"
 fi
+# 5. ExecuTorch (phone export; requirements/executorch.txt), skipped when present. Optional: a
+# failure is reported, not fatal (everything else works without it and its tests skip).
+ET_STAMP="$VENV/.mmm-executorch-stamp"
+ET_WANT="$(cat requirements/executorch.txt requirements/torch.txt | sha1sum | cut -d' ' -f1)"
+ET_CHECK='from executorch.runtime import Runtime; import executorch.exir, torchao, mmdet, mmseg
+assert Runtime.get().backend_registry.is_available("XnnpackBackend"), "no XNNPACK backend"'
+if [ -f "$ET_STAMP" ] && [ "$(cat "$ET_STAMP")" = "$ET_WANT" ] && "$PY" -c "$ET_CHECK" >/dev/null 2>&1; then
+    say "executorch present"
+else
+    say "installing executorch (requirements/executorch.txt; log: .venv/setup-logs/executorch.log)"
+    # the torch pin as a constraint: nothing ExecuTorch brings may replace torch
+    if pip_install -r requirements/executorch.txt -c requirements/torch.txt >"$LOGS/executorch.log" 2>&1 \
+            && "$PY" -c "$ET_CHECK" >>"$LOGS/executorch.log" 2>&1; then
+        echo "$ET_WANT" >"$ET_STAMP"
+    else
+        rm -f "$ET_STAMP"
+        printf '[setup] WARNING: executorch could not be installed or does not run (log: .venv/setup-logs/executorch.log);\n' >&2
+        printf '[setup]   everything but the ExecuTorch export works. It needs the ExecuTorch release made for this torch\n' >&2
+        printf '[setup]   (requirements/executorch.txt pins the one for torch 2.14.1); `make setup` tries again.\n' >&2
+    fi
+fi
+
 say "ready: $VENV ($("$PY" -c 'import torch, mmcv, mmdet, mmseg; print(f"torch {torch.__version__}, mmcv {mmcv.__version__}, mmdet {mmdet.__version__}, mmseg {mmseg.__version__}")'))"

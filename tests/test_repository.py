@@ -55,8 +55,10 @@ def test_no_large_tracked_file_outside_test_data(tracked_files):
     'py_spy-0.4.3-py2.py3-none-manylinux1_x86_64.whl',
     'train.prof',
     'outputs/step.pt.trace.json',
+    'b1.pte',
+    'docs/retinanet_demo.onnx',
 ])
-def test_profiler_dumps_and_wheels_are_ignored(tracked_files, name):
+def test_profiler_dumps_wheels_and_exports_are_ignored(tracked_files, name):
     """``git check-ignore`` exits 0 for an ignored path (it need not exist)."""
     proc = _git('check-ignore', '--no-index', '-q', name)
     assert proc.returncode == 0, f'{name} is not ignored by .gitignore'

@@ -3,7 +3,7 @@
 Each timed iteration is ``model.test_step(batch)``: the data preprocessor, backbone, neck,
 head and post-processing (NMS, resizing masks or logits back), in eval mode under
 ``torch.no_grad``; on CUDA the device is synchronised before the clock is read. Images are
-synthetic (see :mod:`mmmobilemamba.analysis.dummy_batch`), so no data set is needed.
+synthetic (see :mod:`mmmobilemamba.datasets.dummy_batch`), so no data set is needed.
 """
 import statistics
 import sys
@@ -13,6 +13,8 @@ from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+
+from mmmobilemamba.models.fuse import fuse_for_inference
 
 __all__ = ['BenchmarkResult', 'time_model', 'fuse_for_inference', 'compile_features',
            'config_benchmark', 'publish_report', 'COMPILE_MODES']
@@ -115,31 +117,6 @@ def time_model(step: Callable[[], object], device: torch.device, num_iters: int 
     return times
 
 
-def fuse_for_inference(model: nn.Module) -> List[str]:
-    """Fold what can be folded for inference, in place; return what was done.
-
-    Modules with a ``switch_to_deploy`` method (MobileMamba's re-parameterisable blocks)
-    are switched, outermost first; then remaining conv + BN pairs are fused by mmcv.
-
-    Args:
-        model (nn.Module): a model in eval mode.
-
-    Returns:
-        list[str]: names of the switched modules, then 'fuse_conv_bn'.
-    """
-    from mmcv.cnn import fuse_conv_bn
-
-    done: List[str] = []
-    for name, module in model.named_modules():
-        if any(name.startswith(prefix + '.') for prefix in done):
-            continue  # its parent's switch_to_deploy already took care of it
-        if name and callable(getattr(module, 'switch_to_deploy', None)):
-            module.switch_to_deploy()
-            done.append(name)
-    fuse_conv_bn(model)
-    return done + ['fuse_conv_bn']
-
-
 def compile_features(model: nn.Module, mode: str = 'default') -> str:
     """``torch.compile`` the backbone and neck of a detector/segmentor, in place.
 
@@ -200,7 +177,7 @@ def config_benchmark(config, checkpoint=None, shape: Optional[Tuple[int, int]] =
     """
     from mmmobilemamba.apis import build_model, detect_codebase, load_config
 
-    from .dummy_batch import DEFAULT_SHAPES, make_dummy_batch, preprocess
+    from mmmobilemamba.datasets.dummy_batch import DEFAULT_SHAPES, make_dummy_batch, preprocess
 
     if mode not in ('predict', 'tensor'):
         raise ValueError(f"mode must be 'predict' or 'tensor', got {mode!r}")

@@ -148,14 +148,14 @@ def _optim_wrapper(model: torch.nn.Module):
 
 
 def _train_batch(comparison: Comparison, scope: str, shape, batch_size: int) -> dict:
-    from .dummy_batch import make_dummy_batch
+    from mmmobilemamba.datasets.dummy_batch import make_dummy_batch
     return make_dummy_batch(scope, shape, batch_size=batch_size, with_annotations=True,
                             num_classes=comparison.num_classes)
 
 
 def _shape(comparison: Comparison, scope: str,
            shapes: Optional[Dict[str, Tuple[int, int]]]) -> Tuple[int, int]:
-    from .dummy_batch import DEFAULT_SHAPES
+    from mmmobilemamba.datasets.dummy_batch import DEFAULT_SHAPES
     if comparison.shape is not None:
         return comparison.shape
     return tuple((shapes or {}).get(scope) or DEFAULT_SHAPES[scope])
@@ -173,7 +173,7 @@ def run_comparison(comparison: Comparison, root: Path, device: str = 'cpu',
         root (Path): the repository root (where this repository's configs lie).
         device (str): 'cpu' or 'cuda[:N]'. Default: 'cpu'.
         shapes (dict, optional): image ``(H, W)`` per codebase ('mmdet', 'mmseg') where the
-            comparison fixes none. Default: :data:`~.dummy_batch.DEFAULT_SHAPES`.
+            comparison fixes none. Default: :data:`mmmobilemamba.datasets.dummy_batch.DEFAULT_SHAPES`.
         num_iters (int): timed inference rounds. Default: 10.
         warmup (int): untimed rounds first (inference and training). Default: 2.
         train_batch (int): images per training step; 0 skips training. Default: 2.
@@ -188,7 +188,7 @@ def run_comparison(comparison: Comparison, root: Path, device: str = 'cpu',
     Returns:
         list[ModelFigures]: ours first, then the peers.
     """
-    from .dummy_batch import make_dummy_batch
+    from mmmobilemamba.datasets.dummy_batch import make_dummy_batch
     if num_iters < 1 or warmup < 0 or train_batch < 0 or train_iters < 1:
         raise ValueError('need num_iters >= 1, warmup >= 0, train_batch >= 0 and '
                          f'train_iters >= 1; got {num_iters}, {warmup}, {train_batch}, '

@@ -203,7 +203,7 @@ def config_complexity(config, shape: Optional[Tuple[int, int]] = None,
     """
     from mmmobilemamba.apis import build_model, detect_codebase, load_config
 
-    from .dummy_batch import DEFAULT_SHAPES, make_dummy_batch, preprocess
+    from mmmobilemamba.datasets.dummy_batch import DEFAULT_SHAPES, make_dummy_batch, preprocess
 
     cfg = load_config(config, cfg_options)
     scope = detect_codebase(cfg)

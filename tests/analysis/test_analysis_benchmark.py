@@ -69,6 +69,15 @@ def test_fuse_switches_outermost_once_and_fuses_conv_bn():
     assert isinstance(model[0].bn, nn.Identity)
 
 
+def test_fuse_switches_a_deployable_model_given_alone_as_a_whole():
+    """A MobileMamba exported alone is switched by its own switch_to_deploy (which also fuses
+    the stem's activations), as within a detector, not block by block."""
+    model = Deployable().eval()
+    done = fuse_for_inference(model)
+    assert done == ['<root>', 'fuse_conv_bn']
+    assert model.switched == 1 and model.inner.switched == 1
+
+
 class WithFeatures(nn.Module):
 
     def __init__(self):

@@ -4,7 +4,6 @@ Each kind exports and reproduces PyTorch within 1e-4 (relative); the exported qu
 models, run through onnxruntime with mmdet's / mmseg's own post-processing, give the metrics
 of the PyTorch models on the built-in data.
 """
-import copy
 import json
 import sys
 from pathlib import Path
@@ -168,72 +167,5 @@ def test_tool_reports_a_checkpoint_that_does_not_fit(tmp_path):
         QUICKSTART / 'fpn_mobilemamba_demo-ade.py', checkpoint, '--out', tmp_path / 'x.onnx'])
     assert proc.returncode == 2 and 'does not fit the model' in proc.stderr
 
-
-# ------------------------------------------------------- metrics through onnxruntime
-def _train(config: Path, data: Path, work_dir: Path, seg: bool) -> Path:
-    overrides = [f'train_dataloader.dataset.data_root={data}', 'train_dataloader.num_workers=0',
-                 'train_dataloader.persistent_workers=False', 'val_cfg=None',
-                 'val_dataloader=None', 'val_evaluator=None',
-                 'train_cfg.max_iters=40' if seg else 'train_cfg.max_epochs=3']
-    proc = run_tool('train.py', [config, '--work-dir', work_dir, '--cfg-options', *overrides],
-                    timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return work_dir / ('iter_40.pth' if seg else 'epoch_3.pth')
-
-
-def _evaluate(test_step, cfg: Config):
-    """The metrics over the test set, and each image's prediction."""
-    from mmengine.evaluator import Evaluator
-    from mmengine.runner import Runner
-    loader = Runner.build_dataloader(cfg.test_dataloader)
-    evaluator = Evaluator(cfg.test_evaluator)
-    evaluator.dataset_meta = loader.dataset.metainfo
-    predictions = []
-    for batch in loader:
-        samples = test_step(batch)
-        predictions += [s.pred_sem_seg.data if 'pred_sem_seg' in s else s.pred_instances.clone()
-                        for s in samples]
-        evaluator.process(samples, batch)
-    return evaluator.evaluate(len(loader.dataset)), predictions
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize('name,metric,tolerance', [
-    ('retinanet_mobilemamba_demo-coco.py', 'coco/bbox_mAP', 0.002),
-    ('fpn_mobilemamba_demo-ade.py', 'mIoU', 0.1),
-])
-def test_exported_quickstart_model_gives_the_pytorch_metric(tmp_path, name, metric, tolerance):
-    from mmmobilemamba.datasets.synthetic import generate_ade_shapes, generate_coco_shapes
-    seg = 'ade' in name
-    config = QUICKSTART / name
-    data = tmp_path / 'data'
-    if seg:
-        generate_ade_shapes(data, num_train=16, num_val=8)
-    else:
-        generate_coco_shapes(data, num_train=16, num_val=8)
-    checkpoint = _train(config, data, tmp_path / 'work', seg)
-    cfg = Config.fromfile(str(config))
-    cfg.test_dataloader.dataset.data_root = str(data)
-    cfg.test_dataloader.update(num_workers=0, persistent_workers=False, batch_size=1)
-    if not seg:
-        cfg.test_evaluator.ann_file = str(data / 'annotations' / 'instances_val.json')
-        cfg.model.test_cfg.score_thr = 0.0  # a briefly trained model scores low: keep all
-    model = build_model(cfg, checkpoint)
-    shape = (160, 160) if seg else (384, 384)  # what the test pipeline resizes every image to
-    inputs = preprocess(model, make_dummy_batch('mmseg' if seg else 'mmdet', shape))['inputs']
-    result = export_onnx(copy.deepcopy(model), 'segmentor' if seg else 'detector', inputs,
-                         str(tmp_path / 'model.onnx'), verify=True)
-    assert result.max_rel_diff <= MAX_REL
-    ours, ours_preds = _evaluate(model.test_step, cfg)
-    exported, exported_preds = _evaluate(OnnxRuntimeModel(model, result.onnx_file).test_step,
-                                         cfg)
-    assert abs(exported[metric] - ours[metric]) <= tolerance, (exported, ours)
-    # image by image, the same predictions
-    for a, b in zip(exported_preds, ours_preds):
-        if seg:
-            assert (a == b).float().mean() > 0.999
-        else:
-            assert len(a) == len(b) > 0
-            torch.testing.assert_close(a.scores, b.scores, atol=1e-4, rtol=1e-3)
-            torch.testing.assert_close(a.bboxes, b.bboxes, atol=0.05, rtol=1e-3)
-            assert torch.equal(a.labels, b.labels)
+# The metrics of the exported quickstart models (both runtimes, float32 and int8):
+# tests/deploy/test_quickstart_metrics.py

@@ -55,6 +55,11 @@ case "$1" in
         mkdir -p "$dest" && echo "$ops" >"$dest/mmcv-2.1.0-cp311-cp311-linux_x86_64.whl" ;;
     install)
         for a in "$@"; do
+            if [ "$a" = requirements/executorch.txt ] && [ -f "$FAKE/executorch-fails" ]; then
+                echo "no matching distribution for executorch" >&2; exit 1
+            fi
+        done
+        for a in "$@"; do
             case "$a" in
             nvidia-cuda-nvcc*)
                 if [ -f "$FAKE/pip-nvcc-fails" ]; then echo "no matching distribution" >&2; exit 1; fi
@@ -279,6 +284,38 @@ def test_force_cuda_1_with_cpu_only_torch_fails_naming_the_fix(setup):
     assert result.returncode == 1
     assert 'FAILED: mmcv-plan' in result.stderr and 'CPU-only build' in result.stderr
     assert setup.builds() == []
+
+
+# ------------------------------------------------------- step 5: ExecuTorch, optional
+def _executorch_installs(setup):
+    calls = (setup.fake / 'calls').read_text().splitlines()
+    return [c for c in calls if 'requirements/executorch.txt' in c]
+
+
+def test_executorch_is_installed_once_under_the_torch_pin(setup):
+    setup.facts()
+    setup.cache_wheel(CPU_DIR, 'cpu')
+    out = setup.run().stdout
+    assert 'installing executorch (requirements/executorch.txt' in out
+    assert _executorch_installs(setup) == [
+        '-m pip install --disable-pip-version-check -q -r requirements/executorch.txt '
+        '-c requirements/torch.txt']
+    assert (setup.root / '.venv' / '.mmm-executorch-stamp').is_file()
+    assert 'executorch present' in setup.run().stdout  # second run: nothing to install
+    assert len(_executorch_installs(setup)) == 1
+
+
+def test_executorch_failure_is_a_warning_and_the_next_run_tries_again(setup):
+    setup.facts()
+    setup.cache_wheel(CPU_DIR, 'cpu')
+    (setup.fake / 'executorch-fails').touch()
+    result = setup.run()  # exit status 0: everything else is set up
+    assert 'WARNING: executorch could not be installed' in result.stderr
+    assert 'ready:' in result.stdout
+    assert not (setup.root / '.venv' / '.mmm-executorch-stamp').exists()
+    (setup.fake / 'executorch-fails').unlink()
+    assert 'installing executorch' in setup.run().stdout
+    assert len(_executorch_installs(setup)) == 2
 
 
 # ------------------------------------------------- mmcv_ok: the installed build, for real

@@ -1,0 +1,70 @@
+"""tools/analysis/benchmark_deploy.py: the table, its ratios, the chart, the export cache.
+
+Only onnxruntime and PyTorch columns here (ExecuTorch's lowering takes longer than a default
+test should); the ExecuTorch sessions and exports it uses are tested in tests/deploy.
+"""
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip('onnxruntime')
+pytest.importorskip('mmdet')
+from mmmobilemamba.analysis.deploy_benchmark import Row, draw_chart, format_tables  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / 'tests' / 'tools'))
+from tool_configs import run_tool  # noqa: E402
+
+
+def _rows():
+    columns = ('pytorch', 'executorch-fp32')
+    b1 = Row('b1', (224, 224), 'backbones 224x224',
+             {(c, t): 30.0 / t for c in columns for t in (1, 2)})
+    regnet = Row('regnetx_800mf', (224, 224), 'backbones 224x224',
+                 {(c, t): 20.0 / t for c in columns for t in (1, 2)})
+    regnet.ms[('executorch-fp32', 2)] = 5.0
+    return [b1, regnet], columns
+
+
+def test_tables_give_ratios_to_regnet_in_the_same_runtime_and_threads():
+    rows, columns = _rows()
+    text = format_tables(rows, columns, (1, 2), rounds=5)
+    assert '| MobileMamba-B1 224x224 | 30.0 | 30.0 | 15.0 | 15.0 |' in text
+    assert '| MobileMamba-B1 224x224 | 1.50x | 1.50x | 1.50x | 3.00x |' in text
+    assert 'median of 5 interleaved rounds' in text
+
+
+def test_chart_is_a_small_png(tmp_path):
+    rows, columns = _rows()
+    draw_chart(rows, columns, (1, 2), str(tmp_path / 'chart.png'), 'title')
+    data = (tmp_path / 'chart.png').read_bytes()
+    assert data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) < 200_000
+
+
+def test_tool_times_exports_and_reuses_them(tmp_path):
+    args = ['--models', 'mobilenetv2', 'regnetx_800mf', '--sizes', '32', '--runtimes',
+            'pytorch', 'onnxruntime-fp32', '--threads', '1', '--rounds', '1', '--warmup', '0',
+            '--work-dir', tmp_path / 'cache', '--markdown', tmp_path / 'table.md',
+            '--chart', tmp_path / 'chart.png']
+    first = run_tool('analysis/benchmark_deploy.py', args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert 'exporting mobilenetv2_32x32_onnxruntime' in first.stderr
+    assert '| MobileNetV2 32x32 |' in first.stdout and '| RegNetX-800MF 32x32 |' in first.stdout
+    assert 'Against RegNetX-800MF' in first.stdout
+    assert (tmp_path / 'chart.png').stat().st_size > 0
+    assert (tmp_path / 'table.md').read_text().startswith('Command: `python ')
+    second = run_tool('analysis/benchmark_deploy.py', args)
+    assert second.returncode == 0 and 'exporting' not in second.stderr
+
+
+def test_tool_refuses_an_unknown_model(tmp_path):
+    proc = run_tool('analysis/benchmark_deploy.py', ['--models', 'resnet1000'])
+    assert proc.returncode == 2 and 'resnet1000' in proc.stderr
+
+
+def test_export_cache_key_ignores_comments_and_docstrings():
+    from mmmobilemamba.analysis.deploy_benchmark import _code_of
+    assert _code_of('"""doc"""\nx = 1  # why\n') == _code_of('x = 1\n')
+    assert _code_of('def f():\n    """what"""\n    return 1\n') == _code_of('def f():\n    return 1\n')
+    assert _code_of('x = 1\n') != _code_of('x = 2\n')
