@@ -124,8 +124,12 @@ def estimate_norm_statistics(network: nn.Module, images: Sequence[torch.Tensor])
         norm.momentum = None  # cumulative average over the images
         norm.train()
     with torch.no_grad():
-        for image in images:
-            network(image)
+        if getattr(network, 'kind', None) == 'backbone':
+            # one batch: a map of 1x1 at the end of a small input still has a value per image
+            network(torch.cat(list(images)))
+        else:  # detectors and segmentors: image metas of one image
+            for image in images:
+                network(image)
     for norm in norms:
         norm.eval()
 
