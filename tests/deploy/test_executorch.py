@@ -23,25 +23,11 @@ from mmmobilemamba.datasets.dummy_batch import make_dummy_batch, preprocess  # n
 from mmmobilemamba.deploy import (ExecuTorchModel, UnsupportedModelError,  # noqa: E402
                                   export_executorch, read_record)
 from mmmobilemamba.deploy.executorch import ExecuTorchSession, set_threads  # noqa: E402
+from deploy_checks import randomise_norms  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / 'configs' / 'quickstart'
 MAX_REL = 1e-4
-
-
-def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random norm statistics and affines: no branch an identity (the zero-init ones)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
-            if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm)):
-                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-    model.eval()
-    return model
 
 
 # ------------------------------------------- a MobileMamba backbone, through the tool's main
@@ -52,7 +38,7 @@ def backbone_export(tmp_path_factory):
     (in this process: the tool itself is its three lines)."""
     tmp = tmp_path_factory.mktemp('backbone')
     config = QUICKSTART / 'retinanet_mobilemamba_demo-coco.py'
-    model = _randomise(build_model(Config.fromfile(str(config))))
+    model = randomise_norms(build_model(Config.fromfile(str(config))))
     checkpoint, out = tmp / 'detector.pth', tmp / 'backbone.pte'
     torch.save({'state_dict': model.state_dict()}, checkpoint)
     code, stdout = _tool([config, checkpoint, '--backbone-only', '--shape', '40', '64',
@@ -162,7 +148,7 @@ def _cnn_retinanet():
             loss_cls=dict(type='FocalLoss', use_sigmoid=True), loss_bbox=dict(type='L1Loss')),
         test_cfg=dict(nms_pre=100, min_bbox_size=0, score_thr=0.0,
                       nms=dict(type='nms', iou_threshold=0.5), max_per_img=10)))
-    return _randomise(model)
+    return randomise_norms(model)
 
 
 @pytest.fixture(scope='module')
@@ -227,7 +213,7 @@ class SmallCNN(torch.nn.Module):
 
 
 def test_int8_executorch_export_is_smaller_close_and_delegated(tmp_path):
-    model = _randomise(SmallCNN())
+    model = randomise_norms(SmallCNN())
     generator = torch.Generator().manual_seed(0)
     inputs, *calibration = [torch.randn(1, 3, 32, 32, generator=generator) for _ in range(5)]
     result = export_executorch(model, 'backbone', inputs, str(tmp_path / 'cnn_int8.pte'),
@@ -278,7 +264,7 @@ def test_thread_pool_is_not_resized_under_a_loaded_program(detector_export):
 @pytest.mark.slow
 def test_b1_backbone_exports_at_224_and_verifies(tmp_path):
     from mmmobilemamba.models import MobileMamba
-    backbone = _randomise(MobileMamba('b1'))
+    backbone = randomise_norms(MobileMamba('b1'))
     result = export_executorch(backbone, 'backbone', torch.randn(1, 3, 224, 224),
                                str(tmp_path / 'b1.pte'), verify=True)
     assert result.max_rel_diff <= MAX_REL
@@ -294,7 +280,7 @@ def test_b1_backbone_exports_at_224_and_verifies(tmp_path):
 ])
 def test_quickstart_models_export_and_verify(tmp_path, name, kind, shape):
     cfg = Config.fromfile(str(QUICKSTART / name))
-    model = _randomise(build_model(cfg))
+    model = randomise_norms(build_model(cfg))
     scope = 'mmdet' if 'coco' in name else 'mmseg'
     inputs = preprocess(model, make_dummy_batch(scope, shape))['inputs']
     result = export_executorch(model, kind, inputs, str(tmp_path / 'model.pte'), verify=True)

@@ -19,22 +19,11 @@ from mmmobilemamba.models.layers.ss2d import GraphScan  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / 'tests' / 'tools'))
+from deploy_checks import randomise_norms  # noqa: E402
 from tiny_models import TINY_ARCH  # noqa: E402
 
 # MobileMamba-B1's scans at 512x512: (inner channels, tokens) per SS2D
 B1_SCANS_512 = [(320, 1024)] * 2 + [(512, 256)] * 3 + [(544, 64)] * 2
-
-
-def _randomised(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
-                m.weight.copy_(0.5 + torch.rand(m.num_features, generator=g))
-                m.bias.copy_(0.1 * torch.randn(m.num_features, generator=g))
-    return model.eval()
 
 
 def _ss2d_node_counts(onnx_file) -> Counter:
@@ -55,7 +44,7 @@ def test_small_mobilemamba_has_no_node_per_scan_step(tmp_path):
     SS2D holds at most the same number of nodes: its projections, scan, norm and gate, none
     per token (the chunked scan of before had ~6 per step of its ``2 sqrt(L)``: ~190 at
     1,024 tokens)."""
-    model = _randomised(MobileMamba(TINY_ARCH))
+    model = randomise_norms(MobileMamba(TINY_ARCH))
     for size in (64, 512):
         onnx_file = tmp_path / f'{size}.onnx'
         export_onnx(model, 'backbone', torch.randn(1, 3, size, size), str(onnx_file))
@@ -112,7 +101,7 @@ def test_ss2d_lowers_to_xnnpack_whole_and_runs_as_pytorch():
 @pytest.mark.slow
 def test_b1_exports_to_onnx_and_runs_as_pytorch(tmp_path):
     """MobileMamba-B1 at 512x512 (~30 s to export): onnxruntime within 1e-4 of PyTorch."""
-    model = _randomised(MobileMamba('b1'))
+    model = randomise_norms(MobileMamba('b1'))
     result = export_onnx(model, 'backbone', torch.randn(1, 3, 512, 512),
                          str(tmp_path / 'b1.onnx'), verify=True)
     assert result.max_rel_diff <= 1e-4, result.summary()

@@ -24,6 +24,7 @@ from mmmobilemamba.models import MobileMamba  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / 'tests' / 'tools'))
+from deploy_checks import randomise_norms  # noqa: E402
 from tiny_models import TINY_ARCH  # noqa: E402
 from tool_configs import run_tool  # noqa: E402
 
@@ -31,22 +32,9 @@ QUICKSTART = REPO / 'configs' / 'quickstart'
 MAX_REL = 1e-4
 
 
-def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random BatchNorm statistics and affines: no branch an identity (the zero-init ones)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
-                m.weight.copy_(0.5 + torch.rand(m.num_features, generator=g))
-                m.bias.copy_(0.1 * torch.randn(m.num_features, generator=g))
-    return model.eval()
-
-
 def _model_and_inputs(config: Path, shape):
     cfg = Config.fromfile(str(config))
-    model = _randomise(build_model(cfg))
+    model = randomise_norms(build_model(cfg))
     scope = 'mmdet' if 'coco' in config.name else 'mmseg'
     return cfg, model, preprocess(model, make_dummy_batch(scope, shape))['inputs']
 
@@ -80,7 +68,7 @@ def test_detectors_and_segmentors_export_and_verify(tmp_path, name, kind, shape)
 
 @pytest.mark.parametrize('arch', [TINY_ARCH, pytest.param('t2', marks=pytest.mark.slow)])
 def test_backbone_exports_deploy_folded_and_verifies(tmp_path, arch):
-    backbone = _randomise(MobileMamba(arch))
+    backbone = randomise_norms(MobileMamba(arch))
     inputs = torch.randn(1, 3, 96, 160)
     result = export_onnx(backbone, 'backbone', inputs, str(tmp_path / 'backbone.onnx'),
                          verify=True)
