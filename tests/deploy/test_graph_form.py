@@ -13,6 +13,8 @@ pytest.importorskip('onnxscript')
 import onnx  # noqa: E402
 
 from mmmobilemamba.deploy import export_onnx  # noqa: E402
+from mmmobilemamba.deploy.network import ExportedNetwork, prepare_for_export  # noqa: E402
+from mmmobilemamba.deploy.onnx import OnnxRuntime  # noqa: E402
 from mmmobilemamba.models import MobileMamba  # noqa: E402
 from mmmobilemamba.models.layers import SS2D  # noqa: E402
 from mmmobilemamba.models.layers.ss2d import GraphScan  # noqa: E402
@@ -26,10 +28,11 @@ from tiny_models import TINY_ARCH  # noqa: E402
 B1_SCANS_512 = [(320, 1024)] * 2 + [(512, 256)] * 3 + [(544, 64)] * 2
 
 
-def _ss2d_node_counts(onnx_file) -> Counter:
-    """ONNX nodes per SS2D (by the module scope the exporter records)."""
+def _ss2d_node_counts(model) -> Counter:
+    """ONNX nodes per SS2D of ``model`` (a ModelProto; by the module scope the exporter
+    records)."""
     counts = Counter()
-    for node in onnx.load(str(onnx_file)).graph.node:
+    for node in model.graph.node:
         scopes = next((p.value for p in node.metadata_props
                        if p.key == 'pkg.torch.onnx.name_scopes'), '')
         names = [s.strip(" '") for s in scopes.strip('[]').split(',')]
@@ -44,11 +47,14 @@ def test_small_mobilemamba_has_no_node_per_scan_step(tmp_path):
     SS2D holds at most the same number of nodes: its projections, scan, norm and gate, none
     per token (the chunked scan of before had ~6 per step of its ``2 sqrt(L)``: ~190 at
     1,024 tokens)."""
-    model = randomise_norms(MobileMamba(TINY_ARCH))
     for size in (64, 512):
-        onnx_file = tmp_path / f'{size}.onnx'
-        export_onnx(model, 'backbone', torch.randn(1, 3, size, size), str(onnx_file))
-        counts = _ss2d_node_counts(onnx_file)
+        # the exporter's graph before the ONNX runtime's export strips the node metadata that
+        # names each node's module
+        network = ExportedNetwork(prepare_for_export(randomise_norms(MobileMamba(TINY_ARCH))),
+                                  'backbone', (size, size))
+        x = torch.randn(1, 3, size, size)
+        exported = OnnxRuntime().export(network, x, network.output_names(network(x)))
+        counts = _ss2d_node_counts(onnx.load_from_string(exported.data))
         assert len(counts) == 3 and max(counts.values()) <= 110, (size, counts)
 
 
@@ -63,11 +69,12 @@ def _scan_nodes(tmp_path, channels: int, length: int) -> int:
 
 def test_b1_scans_in_onnx(tmp_path):
     """B1's seven scans at 512x512 (both directions each, from the step sizes to the output):
-    70 ONNX nodes per scan at 1,024 and 256 tokens, 59 at 64 (one level less)."""
+    71 ONNX nodes per scan at 1,024 and 256 tokens, 51 at 64 (one level less): 457 in all,
+    whatever the map size (the issue's goal of 150 is not reached)."""
     per_shape = {shape: _scan_nodes(tmp_path, *shape) for shape in set(B1_SCANS_512)}
     total = sum(per_shape[shape] for shape in B1_SCANS_512)
-    assert per_shape[(320, 1024)] == per_shape[(512, 256)] <= 70, per_shape
-    assert total <= 470, (total, per_shape)
+    assert per_shape[(320, 1024)] == per_shape[(512, 256)] <= 71, per_shape
+    assert total <= 460, (total, per_shape)
 
 
 def test_ss2d_lowers_to_xnnpack_whole_and_runs_as_pytorch():

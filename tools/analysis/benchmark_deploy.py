@@ -13,7 +13,8 @@ first run exports everything: about 20 minutes on 2 cores; later runs time only)
 interleaved within each block of rows (the backbones at one size; the quickstart models);
 ratios are to RegNetX-800MF in the same runtime, precision and threads. int8 exports are
 calibrated on 8 synthetic images (enough for their speed and size; accuracy is measured by
-tools/deployment/export_*.py --evaluate on real images). Weights are random.
+--evaluate of tools/deployment/export_onnx.py and tools/deployment/export_executorch.py on
+real images). Weights are random.
 """
 import argparse
 import sys
