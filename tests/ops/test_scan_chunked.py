@@ -4,7 +4,7 @@ states; finite at extreme step sizes; made of a fixed set of ops that XNNPACK de
 import numpy as np
 import pytest
 import torch
-from scan_checks import assert_same_scan, scan_and_grads
+from scan_checks import assert_same_scan, scan_and_grads, token_major_inputs
 
 from mmmobilemamba.ops import (selective_scan_channels_last,
                                selective_scan_channels_last_reference, ss2d_scan,
@@ -17,14 +17,7 @@ GRAD_ATOL, GRAD_RTOL = 1e-4, 1e-5
 
 
 def _tokens(batch=1, length=37, d=3, n=1, seed=0, delta_scale=1.0):
-    g = torch.Generator().manual_seed(seed)
-    return dict(u=torch.randn(batch, length, d, generator=g),
-                delta=delta_scale * torch.randn(batch, length, d, generator=g),
-                A=-torch.rand(d, n, generator=g) - 0.05,
-                B=torch.randn(batch, length, n, generator=g),
-                C=torch.randn(batch, length, n, generator=g),
-                D=torch.randn(d, generator=g),
-                delta_bias=0.1 * torch.randn(d, generator=g))
+    return token_major_inputs(batch, length, d, n, seed, delta_scale)
 
 
 def _ss2d_inputs(batch=2, d=6, length=37, n=1, seed=0):

@@ -3,6 +3,7 @@ and in the gradients of every input (token-major and reference layouts)."""
 import pytest
 import torch
 from cuda_checks import CUDA_ONLY, DEVICE, assert_close_rel
+from scan_checks import token_major_inputs
 
 from mmmobilemamba.ops import (selective_scan, selective_scan_channels_last,
                                selective_scan_channels_last_reference, selective_scan_reference)
@@ -21,14 +22,7 @@ LAYOUT_BACKENDS = TOKEN_BACKENDS + [pytest.param('cuda', marks=needs_mamba_ssm)]
 
 def _tokens(length, n=1, batch=2, d=6, seed=0, delta_scale=1.0):
     """One direction's inputs in the token-major layout (batch, L, D), on the CPU."""
-    g = torch.Generator().manual_seed(seed)
-    return dict(u=torch.randn(batch, length, d, generator=g),
-                delta=delta_scale * torch.randn(batch, length, d, generator=g),
-                A=-torch.rand(d, n, generator=g) - 0.05,
-                B=torch.randn(batch, length, n, generator=g),
-                C=torch.randn(batch, length, n, generator=g),
-                D=torch.randn(d, generator=g),
-                delta_bias=0.1 * torch.randn(d, generator=g))
+    return token_major_inputs(batch, length, d, n, seed, delta_scale)
 
 
 def _reference_layout(length, n=1, batch=2, k=2, d=4, seed=0):
