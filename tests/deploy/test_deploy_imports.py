@@ -5,6 +5,7 @@ import ast
 from pathlib import Path
 
 import mmmobilemamba.deploy as deploy
+from import_checks import assert_no_import_cycle
 
 DEPLOY = Path(deploy.__file__).parent
 
@@ -21,14 +22,7 @@ def _top_level_imports(path: Path):
 
 def test_deploy_modules_import_no_cycle():
     graph = {p.stem: _top_level_imports(p) for p in DEPLOY.glob('*.py') if p.stem != '__init__'}
-
-    def visit(node, path):
-        assert node not in path, f'import cycle: {" -> ".join(path + [node])}'
-        for child in graph.get(node, ()):
-            visit(child, path + [node])
-
-    for module in graph:
-        visit(module, [])
+    assert_no_import_cycle(graph)
 
 
 def _imported_packages(path: Path):
