@@ -246,6 +246,11 @@ class ExecuTorchRuntime(Runtime):
     def distributions(self) -> Sequence[str]:
         return ('executorch', 'torchao')
 
+    def adapt(self, network: ExportedNetwork) -> Dict[str, int]:
+        from .xnnpack_rewrites import rewrite_modules_for_xnnpack
+        return {kind: count for kind, count in rewrite_modules_for_xnnpack(network).items()
+                if count}
+
     def _lower(self, program: torch.export.ExportedProgram) -> ExportedBytes:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import \
             XnnpackPartitioner

@@ -154,6 +154,7 @@ def export_network(model: nn.Module, kind: str, inputs: torch.Tensor, out_file: 
     check_record_slot(out_file)
     network, references = reference_outputs(model, kind, inputs)
     names = network.output_names(references)
+    rewrites = backend.adapt(network)
 
     start = time.perf_counter()
     with name_the_failing_module(network, backend, kind, quantize), torch.no_grad():
@@ -169,7 +170,8 @@ def export_network(model: nn.Module, kind: str, inputs: torch.Tensor, out_file: 
     result = ExportResult(
         file=str(out_file), kind=kind, input_shape=list(inputs.shape), input_name='input',
         output_names=names, export_seconds=time.perf_counter() - start, runtime=backend.name,
-        precision=quantize or 'fp32', file_bytes=len(exported.data), config=config,
+        precision=quantize or 'fp32', file_bytes=len(exported.data), rewrites=rewrites,
+        config=config,
         checkpoint=checkpoint, preprocessing=dict(preprocessing or {}),
         app_preprocessing=dict(app_preprocessing or {}), versions=backend.versions(),
         **exported.record)

@@ -115,6 +115,9 @@ class ExportResult:
         delegation (dict, optional): ExecuTorch only: which share of the graph's operator
             nodes the XNNPACK delegate runs, and the nodes left to portable kernels by op and
             by module.
+        rewrites (dict): modules the runtime's form replaced before the export, by kind (the
+            same values; e.g. ExecuTorch's wide depthwise convs, see
+            :mod:`~mmmobilemamba.deploy.xnnpack_rewrites`).
         quantization (dict, optional): int8 only: scheme, calibration, the parts kept float,
             and size and latency against the fp32 export in the same runtime.
         evaluation (dict, optional): metrics on the config's test set, PyTorch and exported.
@@ -138,6 +141,7 @@ class ExportResult:
     max_rel_diff: Optional[float] = None
     snr_db: Optional[float] = None
     delegation: Optional[Dict[str, Any]] = None
+    rewrites: Dict[str, int] = field(default_factory=dict)
     quantization: Optional[Dict[str, Any]] = None
     evaluation: Optional[Dict[str, Any]] = None
     versions: Dict[str, str] = field(default_factory=dict)
@@ -182,6 +186,9 @@ class ExportResult:
             lines.append(f'{self.runtime} vs PyTorch: max abs diff {self.max_abs_diff:.3g}, '
                          f'max rel diff {self.max_rel_diff:.3g}'
                          + (f', SNR {self.snr_db:.1f} dB' if self.snr_db is not None else ''))
+        if self.rewrites:
+            lines.append(f'{self.runtime} form: ' + ', '.join(
+                f'{count} {kind}' for kind, count in self.rewrites.items()))
         if self.delegation:
             lines.append(describe_delegation(self.delegation))
         if self.quantization:

@@ -99,6 +99,18 @@ class Runtime(ABC):
         """The pip distributions whose versions the record gives."""
         return ()
 
+    def adapt(self, network: ExportedNetwork) -> Dict[str, int]:
+        """Rewrite ``network`` (a folded copy, about to be exported and quantised) in place
+        where the runtime runs another form of a module faster; the same values.
+
+        Args:
+            network (ExportedNetwork): what will be exported.
+
+        Returns:
+            dict: modules replaced, by kind (for the record; empty: none).
+        """
+        return {}
+
     @abstractmethod
     def export(self, network: ExportedNetwork, inputs: torch.Tensor,
                output_names: Sequence[str]) -> ExportedBytes:

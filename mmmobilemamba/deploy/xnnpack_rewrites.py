@@ -1,4 +1,5 @@
-"""Head and neck operators that XNNPACK has no kernel for, rewritten with operators it has.
+"""Operators that XNNPACK has no kernel for, or a slow one, rewritten with operators it runs
+fast.
 
 ExecuTorch's XNNPACK delegate takes convolutions, elementwise arithmetic, ``mean`` over the two
 inner dims of a 4-D tensor, reshapes and concatenations, but no group norm (the quickstart
@@ -12,16 +13,167 @@ are applied to the exported program before lowering (:func:`xnnpack_decompositio
 * nearest resize: by an integer factor, every pixel repeated (copies of the map concatenated
   along a new inner axis, then a reshape); by another factor (a 3x3 map to 5x5 in mmseg's FPN
   at 160x160), the rows and columns ATen's kernel picks, as slices concatenated. Exact.
+
+Two kinds of convolution XNNPACK delegates but runs slowly are replaced as modules before the
+export (:func:`rewrite_modules_for_xnnpack`), so that an int8 export quantises the
+replacements' plain convolutions as it would any other (measured in ExecuTorch 1.5.1 on x86,
+one thread; docs/benchmarks.md):
+
+* a depthwise conv of more than 25 taps: XNNPACK's depthwise kernels take up to 5x5, and a
+  7x7 one runs as a grouped GEMM of one channel per group (MobileMamba B1's 7x7 convs on 640
+  sub-band channels at 16x16: 2.2 ms). :class:`RingDepthwiseConv2d` sums a centre conv of
+  at most 5x5 and, per ring around it, two dilated convs (the ring's top and bottom rows,
+  its left and right columns), all depthwise kernels XNNPACK takes: 0.57 ms there;
+* a transposed conv whose stride equals its kernel (no overlap) with several groups (the
+  inverse Haar transform of WTE-Mamba: 1.65 ms at 640 channels and 16x16, a sub-convolution
+  per group): :class:`SubpixelConvTranspose2d` computes every output phase of a group by one
+  grouped 1x1 conv and interleaves them (``pixel_shuffle``): 0.25 ms.
 """
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
-__all__ = ['group_norm_decomposed', 'native_group_norm_decomposed', 'nearest_indices',
+__all__ = ['RingDepthwiseConv2d', 'SubpixelConvTranspose2d', 'XNNPACK_DEPTHWISE_TAPS',
+           'rewrite_modules_for_xnnpack', 'group_norm_decomposed', 'native_group_norm_decomposed', 'nearest_indices',
            'nearest_resize_decomposed', 'xnnpack_decompositions']
 
 aten = torch.ops.aten
+
+XNNPACK_DEPTHWISE_TAPS = 25  # the largest depthwise kernel (5x5) XNNPACK runs as one
+_ACTIVATIONS = {None: lambda x: x, 'relu': F.relu, 'silu': F.silu}  # InferenceConv2d's
+
+
+class RingDepthwiseConv2d(nn.Module):
+    """A square depthwise conv of odd size ``k`` from 7 to 11 (stride any, padding ``k // 2``,
+    dilation 1) as a sum of depthwise convs of at most 25 taps, the same values.
+
+    The ``k x k`` kernel is peeled ring by ring down to a centre of at most 5x5: ring ``r``
+    (offsets ``+-r``) is its two rows, a ``2 x (2r + 1)`` kernel with vertical dilation
+    ``2r``, and the rest of its two columns, ``(2r - 1) x 2`` with horizontal dilation
+    ``2r``; each conv's padding puts its taps at the original offsets. The bias (if any) is
+    the centre conv's; an :class:`~mmmobilemamba.models.layers.InferenceConv2d`'s activation
+    follows the sum.
+
+    Args:
+        conv (nn.Conv2d): the depthwise conv to replace (its weights are copied).
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        if not self.applies_to(conv):
+            raise ValueError(f'RingDepthwiseConv2d: {conv} is not an odd square depthwise conv '
+                             f'of more than {XNNPACK_DEPTHWISE_TAPS} taps with padding k // 2')
+        weight = conv.weight.detach()
+        k = weight.shape[-1]
+        self.channels, self.stride = conv.in_channels, conv.stride
+        self.activation = getattr(conv, 'activation', None)
+        radius = k // 2
+        centre = radius
+        while (2 * centre + 1) ** 2 > XNNPACK_DEPTHWISE_TAPS:
+            centre -= 1
+        self.centre_radius = centre
+        self.centre = nn.Parameter(weight[:, :, radius - centre:radius + centre + 1,
+                                          radius - centre:radius + centre + 1].clone(),
+                                   requires_grad=False)
+        self.bias = None if conv.bias is None else \
+            nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+        self.rings = nn.ParameterList()
+        for r in range(centre + 1, radius + 1):
+            inner = slice(radius - r, radius + r + 1)           # the ring's full width
+            rows = weight[:, :, [radius - r, radius + r], inner]
+            columns = weight[:, :, radius - r + 1:radius + r, [radius - r, radius + r]]
+            self.rings.append(nn.Parameter(rows.clone(), requires_grad=False))
+            self.rings.append(nn.Parameter(columns.clone(), requires_grad=False))
+
+    @staticmethod
+    def applies_to(conv: nn.Module) -> bool:
+        """Whether ``conv`` is a depthwise ``nn.Conv2d`` this class replaces."""
+        from mmmobilemamba.models.layers import InferenceConv2d
+        if type(conv) not in (nn.Conv2d, InferenceConv2d):  # others may compute otherwise
+            return False
+        kh, kw = conv.kernel_size
+        return (conv.groups == conv.in_channels == conv.out_channels and kh == kw
+                and kh % 2 == 1 and kh * kw > XNNPACK_DEPTHWISE_TAPS
+                and 2 * kh <= XNNPACK_DEPTHWISE_TAPS  # a ring's two rows fit one kernel
+                and conv.padding == (kh // 2, kw // 2) and conv.dilation == (1, 1)
+                and conv.padding_mode == 'zeros')
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, stride = self.channels, self.stride
+        out = F.conv2d(x, self.centre, self.bias, stride, self.centre_radius, groups=c)
+        for index in range(0, len(self.rings), 2):
+            r = self.centre_radius + 1 + index // 2
+            out = out + F.conv2d(x, self.rings[index], None, stride, (r, r), (2 * r, 1),
+                                 groups=c)
+            out = out + F.conv2d(x, self.rings[index + 1], None, stride, (r - 1, r),
+                                 (1, 2 * r), groups=c)
+        return _ACTIVATIONS[self.activation](out)
+
+
+class SubpixelConvTranspose2d(nn.Module):
+    """A transposed conv whose stride equals its square kernel ``s`` (padding 0, no output
+    padding, dilation 1) as one grouped 1x1 conv and ``pixel_shuffle(s)``: output phase
+    ``(a, b)`` of a channel is a 1x1 conv of its group's inputs with the kernel's tap
+    ``(a, b)``, and the phases interleave into the ``s x s`` blocks. The same values.
+
+    Args:
+        deconv (nn.ConvTranspose2d): the transposed conv to replace (its weights are copied).
+    """
+
+    def __init__(self, deconv: nn.ConvTranspose2d) -> None:
+        super().__init__()
+        if not self.applies_to(deconv):
+            raise ValueError(f'SubpixelConvTranspose2d: {deconv} does not have stride equal '
+                             f'to its square kernel, padding 0 and several groups')
+        s = deconv.stride[0]
+        groups = deconv.groups
+        in_group = deconv.in_channels // groups
+        out_group = deconv.out_channels // groups
+        weight = deconv.weight.detach()                   # (C_in, C_out / G, s, s)
+        # 1x1 conv output channel (g * out_group + o) * s * s + a * s + b, input ci of group g
+        phases = weight.reshape(groups, in_group, out_group, s, s).permute(0, 2, 3, 4, 1)
+        self.weight = nn.Parameter(phases.reshape(groups * out_group * s * s, in_group, 1, 1)
+                                   .clone(), requires_grad=False)
+        self.bias = None if deconv.bias is None else nn.Parameter(
+            deconv.bias.detach().repeat_interleave(s * s).clone(), requires_grad=False)
+        self.groups, self.scale = groups, s
+
+    @staticmethod
+    def applies_to(deconv: nn.Module) -> bool:
+        """Whether ``deconv`` is an ``nn.ConvTranspose2d`` this class replaces."""
+        if type(deconv) is not nn.ConvTranspose2d:
+            return False
+        kh, kw = deconv.kernel_size
+        return (kh == kw and deconv.stride == (kh, kw) and deconv.padding == (0, 0)
+                and deconv.output_padding == (0, 0) and deconv.dilation == (1, 1)
+                and deconv.groups > 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(F.conv2d(x, self.weight, self.bias, groups=self.groups),
+                               self.scale)
+
+
+def rewrite_modules_for_xnnpack(model: nn.Module) -> Dict[str, int]:
+    """Replace, in place, the convolutions XNNPACK runs slowly (see the module docstring) by
+    modules computing the same values with kernels it runs fast.
+
+    Args:
+        model (nn.Module): a folded network about to be exported (eval mode).
+
+    Returns:
+        dict: how many modules of each kind were replaced.
+    """
+    replaced = {'RingDepthwiseConv2d': 0, 'SubpixelConvTranspose2d': 0}
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            for rewrite in (RingDepthwiseConv2d, SubpixelConvTranspose2d):
+                if rewrite.applies_to(child):
+                    setattr(parent, name, rewrite(child))
+                    replaced[rewrite.__name__] += 1
+    return replaced
 
 
 def _group_norm_4d(x: torch.Tensor, num_groups: int, eps: float):

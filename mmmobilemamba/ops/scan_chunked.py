@@ -107,10 +107,11 @@ def _chunk_matrices(c: int, exclusive: bool) -> dict:
     * ``source`` (c, c): ``S_m - S_s``, the exponent of input ``s``'s factor (``-target``
       unless ``exclusive``);
     * ``prefix_sum`` (c, c): which factored inputs output ``t`` sums (``s <= t``;
-      ``exclusive``: ``s < t``); ``carried_sum`` (c + 1, c) adds a row of ones: the chunk's
-      carried state, appended to the inputs, reaches every output (:func:`_states`);
-    * ``per_chunk`` (c, 3): ``S_end - S_m``, ``S_m`` and ``S_end``: the exponents of the
-      chunk's end state and of its carry, and the chunk's total log decay;
+      ``exclusive``: ``s < t``);
+    * ``to_end``, ``to_middle``, ``total`` (c, 1): ``S_end - S_m``, ``S_m`` and ``S_end``:
+      the exponents of the chunk's end state and of its carry, and the chunk's total log
+      decay (one product each: a single-column output needs no slicing, which XNNPACK runs
+      as a copy per row);
     * ``whole`` (c, 1): the sum of all factored inputs (the end state's).
     """
     m = (c - 1) // 2
@@ -121,11 +122,10 @@ def _chunk_matrices(c: int, exclusive: bool) -> dict:
         return ((r > m) & (r <= last)).astype(np.float32) - ((r > last) & (r <= m))
 
     last = t - 1 if exclusive else t
-    per_chunk = np.concatenate([r > m, r <= m, np.ones_like(r, bool)], 1).astype(np.float32)
-    prefix_sum = (r <= last).astype(np.float32)
-    return dict(target=from_middle(last), source=-from_middle(t), prefix_sum=prefix_sum,
-                carried_sum=np.concatenate([prefix_sum, np.ones((1, c), np.float32)]),
-                per_chunk=per_chunk, whole=np.ones((c, 1), np.float32))
+    column = np.ones((c, 1), np.float32)
+    return dict(target=from_middle(last), source=-from_middle(t),
+                prefix_sum=(r <= last).astype(np.float32), to_end=(r > m) * column,
+                to_middle=(r <= m) * column, total=column, whole=column)
 
 
 def _block_matrix(n: int) -> Tuple[np.ndarray, ...]:
@@ -149,7 +149,7 @@ def _chunk_constants(c: int, exclusive: bool, reverse: Tuple[bool, ...]) -> dict
     """:func:`_chunk_matrices` per direction, stacked ``(K, rows, cols)`` (a reversed
     direction's mirrored: its steps and outputs run backwards); built once."""
     forward = _chunk_matrices(c, exclusive)
-    columns = dict(target=c, source=c, prefix_sum=c, carried_sum=c, per_chunk=0,
+    columns = dict(target=c, source=c, prefix_sum=c, to_end=0, to_middle=0, total=0,
                    whole=0)  # per step
     return {name: _untraced_constant(np.stack([_mirrored(m, c, columns[name]) if rev else m
                                                for rev in reverse]))
@@ -211,25 +211,30 @@ def _factored_chunks(g: torch.Tensor, x: torch.Tensor, reverse: Tuple[bool, ...]
     and ``carry`` (``exp(S_m)``).
     """
     k = _chunk_constants(g.shape[-1], exclusive, reverse)
-    target = torch.exp(torch.bmm(g, _on(k['target'], g)))
-    # exp(-(S_s - S_m)) x_s as a product (the gradient of x / e, -x / e^2, would overflow)
-    weighted = torch.exp(torch.bmm(g, _on(k['source'], g))) * x
+
+    def product(name):
+        return torch.bmm(g, _on(k[name], g))
+
+    target = torch.exp(product('target'))
+    if exclusive or (torch.is_grad_enabled() and (g.requires_grad or x.requires_grad)):
+        # exp(-(S_s - S_m)) x_s as a product (the gradient of x / e, -x / e^2, would overflow)
+        weighted = torch.exp(product('source')) * x
+    else:  # inference: f = 1 / e, one division instead of a product and an exp
+        weighted = x / target
     whole = torch.bmm(weighted, _on(k['whole'], g))              # all inputs of the chunk
-    per_chunk = torch.bmm(g, _on(k['per_chunk'], g))
-    to_end, to_middle, total = per_chunk[..., 0:1], per_chunk[..., 1:2], per_chunk[..., 2:3]
-    return dict(target=target, weighted=weighted, end=torch.exp(to_end) * whole, total=total,
-                carry=torch.exp(to_middle), prefix_sum=_on(k['prefix_sum'], g),
-                carried_sum=_on(k['carried_sum'], g))
+    return dict(target=target, weighted=weighted, end=torch.exp(product('to_end')) * whole,
+                total=product('total'), carry=torch.exp(product('to_middle')),
+                prefix_sum=_on(k['prefix_sum'], g))
 
 
 def _states(level: dict, entering: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The states of a level's chunks (:func:`_factored_chunks`) given the state entering
-    each chunk ``(K, rows, 1)`` (None: zero). The carried state joins the inputs as one more
-    column of the prefix sum's product: no broadcast over the chunk."""
-    if entering is None:
-        return level['target'] * torch.bmm(level['weighted'], level['prefix_sum'])
-    inputs = torch.cat([level['weighted'], level['carry'] * entering], dim=-1)
-    return level['target'] * torch.bmm(inputs, level['carried_sum'])
+    each chunk ``(K, rows, 1)`` (None: zero); the carried state is added to every step's sum
+    by broadcasting (no concatenation: a copy of the chunk)."""
+    summed = torch.bmm(level['weighted'], level['prefix_sum'])
+    if entering is not None:
+        summed = summed + level['carry'] * entering
+    return level['target'] * summed
 
 
 def _entering_blocks(g: torch.Tensor, ends: torch.Tensor,

@@ -18,10 +18,15 @@ from mmmobilemamba.deploy import (FloatParts, app_preprocessing, export_onnx,  #
                                   read_record)
 from mmmobilemamba.deploy.data import calibration_images, fit_to_shape  # noqa: E402
 from mmmobilemamba.deploy.record import check_record_slot  # noqa: E402
-from mmmobilemamba.deploy.xnnpack_rewrites import (group_norm_decomposed,  # noqa: E402
+from mmmobilemamba.deploy import prepare_for_export  # noqa: E402
+from mmmobilemamba.deploy.xnnpack_rewrites import (RingDepthwiseConv2d,  # noqa: E402
+                                                    SubpixelConvTranspose2d,
+                                                    group_norm_decomposed,
                                                     native_group_norm_decomposed,
-                                                    nearest_resize_decomposed)
+                                                    nearest_resize_decomposed,
+                                                    rewrite_modules_for_xnnpack)
 from mmmobilemamba.models import MobileMamba  # noqa: E402
+from mmmobilemamba.models.layers import InferenceConv2d  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / 'tests'))
@@ -54,6 +59,78 @@ def test_group_norm_rewrite_computes_group_norm():
                                    norm(x), atol=1e-5, rtol=1e-5)
         expected = torch.ops.aten.native_group_norm(x, norm.weight, norm.bias, 2, 8, 35, 4, 1e-5)
         got = native_group_norm_decomposed(x, norm.weight, norm.bias, 2, 8, 35, 4, 1e-5)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('kernel', [7, 9, 11])
+@pytest.mark.parametrize('stride', [1, 2])
+def test_wide_depthwise_conv_as_rings_computes_the_conv(kernel, stride):
+    torch.manual_seed(kernel + stride)
+    conv = torch.nn.Conv2d(6, 6, kernel, stride, kernel // 2, groups=6, bias=True)
+    ring = RingDepthwiseConv2d(conv)
+    # every piece within XNNPACK's largest depthwise kernel, all taps used once
+    pieces = [ring.centre] + list(ring.rings)
+    assert all(p.shape[-2] * p.shape[-1] <= 25 for p in pieces)
+    assert sum(p.shape[-2] * p.shape[-1] for p in pieces) == kernel * kernel
+    x = torch.randn(2, 6, 19, 14)
+    with torch.no_grad():
+        torch.testing.assert_close(ring(x), conv(x), atol=1e-5, rtol=1e-5)
+
+
+def test_wide_depthwise_rewrite_keeps_the_activation_of_an_inference_conv():
+    conv = InferenceConv2d(8, 8, 7, padding=3, groups=8, activation='relu').eval()
+    x = torch.randn(1, 8, 12, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(RingDepthwiseConv2d(conv)(x), conv(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('conv', [
+    torch.nn.Conv2d(6, 6, 5, padding=2, groups=6),      # XNNPACK's own depthwise kernel
+    torch.nn.Conv2d(6, 6, 13, padding=6, groups=6),     # a ring's rows would not fit one
+    torch.nn.Conv2d(6, 6, 7, padding=2, groups=6),      # not 'same' padding
+    torch.nn.Conv2d(6, 12, 7, padding=3, groups=6),     # a channel multiplier
+    torch.nn.Conv2d(6, 6, (7, 5), padding=(3, 2), groups=6),
+    torch.nn.Conv2d(6, 6, 7, padding=3, dilation=2, groups=6),
+])
+def test_wide_depthwise_rewrite_leaves_other_convs(conv):
+    assert not RingDepthwiseConv2d.applies_to(conv)
+    with pytest.raises(ValueError, match='depthwise'):
+        RingDepthwiseConv2d(conv)
+
+
+@pytest.mark.parametrize('channels_in,channels_out,groups,stride', [
+    (16, 4, 4, 2), (8, 6, 2, 3), (12, 12, 12, 2)])
+def test_non_overlapping_transposed_conv_as_subpixel_conv(channels_in, channels_out, groups,
+                                                          stride):
+    deconv = torch.nn.ConvTranspose2d(channels_in, channels_out, stride, stride, groups=groups)
+    x = torch.randn(2, channels_in, 5, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(SubpixelConvTranspose2d(deconv)(x), deconv(x),
+                                   atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize('deconv', [
+    torch.nn.ConvTranspose2d(8, 8, 4, 2, 1, groups=2),   # overlapping taps
+    torch.nn.ConvTranspose2d(8, 8, 2, 2),                # one group: XNNPACK's is not slow
+    torch.nn.ConvTranspose2d(8, 8, 2, 2, output_padding=1, dilation=2, groups=2),
+])
+def test_subpixel_rewrite_leaves_other_transposed_convs(deconv):
+    assert not SubpixelConvTranspose2d.applies_to(deconv)
+
+
+def test_xnnpack_module_rewrite_keeps_mobilemamba_outputs():
+    torch.manual_seed(0)
+    model = prepare_for_export(MobileMamba(arch=TINY_ARCH))
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        expected = model(x)
+        replaced = rewrite_modules_for_xnnpack(model)
+        got = model(x)
+    # stage 0's 7x7 local and sub-band convs; every stage's inverse Haar transform
+    assert replaced == {'RingDepthwiseConv2d': 2, 'SubpixelConvTranspose2d': 3}
+    assert rewrite_modules_for_xnnpack(model) == {'RingDepthwiseConv2d': 0,
+                                                  'SubpixelConvTranspose2d': 0}
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 

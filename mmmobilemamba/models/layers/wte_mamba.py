@@ -83,19 +83,32 @@ class WTEMamba(nn.Module):
     def _wavelet_branch_graph(self, x: torch.Tensor) -> torch.Tensor:
         """The export form of ``IWT(t * DWConv(WT(x)))`` (scale folded into the conv): the
         transform as a stride-2 conv with four outputs per channel, the depthwise conv on the
-        sub-bands, the inverse as a stride-2 transposed conv: three convs onnxruntime and
-        XNNPACK run fast (the polyphase grouped conv of the CPU form, 4 channels per group,
-        takes onnxruntime ~10x as long; the CUDA form's inverse is a custom op)."""
+        sub-bands, the inverse as a stride-2 transposed conv: three conv modules that
+        onnxruntime runs fast and that a runtime's rewrite may replace (XNNPACK's,
+        :mod:`mmmobilemamba.deploy.xnnpack_rewrites`; the polyphase grouped conv of the CPU
+        form, 4 channels per group, takes onnxruntime ~10x as long; the CUDA form's inverse
+        is a custom op)."""
         h, w = x.shape[-2:]
         if h % 2 or w % 2:  # static shapes when exported: no pad op for even maps
             x = F.pad(x, (0, w % 2, 0, h % 2))
-        pad = (self.wt_filter.shape[2] // 2 - 1, self.wt_filter.shape[3] // 2 - 1)
-        groups = self.wt_filter.shape[0] // 4
-        bands = F.conv2d(x, self.wt_filter.to(x.dtype), stride=2, padding=pad, groups=groups)
-        bands = self.wavelet_conv(bands)
-        out = F.conv_transpose2d(bands, self.iwt_filter.to(x.dtype), stride=2, padding=pad,
-                                 groups=groups)
+        out = self.wavelet_inverse(self.wavelet_conv(self.wavelet_forward(x)))
         return out[..., :h, :w] if out.shape[-2:] != (h, w) else out
+
+    def _build_graph_form(self) -> None:
+        """The export form's transform pair as conv modules holding the fixed filters
+        (``wavelet_forward``: ``C -> 4C``, stride 2, grouped per channel; ``wavelet_inverse``:
+        its transposed twin ``4C -> C``)."""
+        filters = self.wt_filter
+        channels, kernel = filters.shape[0] // 4, tuple(filters.shape[-2:])
+        pad = (kernel[0] // 2 - 1, kernel[1] // 2 - 1)
+        options = dict(stride=2, padding=pad, groups=channels, bias=False,
+                       device=filters.device, dtype=self.wavelet_conv.weight.dtype)
+        forward = nn.Conv2d(channels, 4 * channels, kernel, **options)
+        inverse = nn.ConvTranspose2d(4 * channels, channels, kernel, **options)
+        forward.weight.copy_(self.wt_filter)
+        inverse.weight.copy_(self.iwt_filter)
+        self.wavelet_forward = forward.requires_grad_(False)
+        self.wavelet_inverse = inverse.requires_grad_(False)
 
     def _kernels(self, device: torch.device) -> str:
         """The fused op's implementation, 'triton' or 'torch', as SS2D's ``scan_backend``
@@ -116,7 +129,7 @@ class WTEMamba(nn.Module):
           ``haar_inverse_add`` op: cuDNN runs a grouped conv with several input channels per
           group one group at a time, a depthwise one in one kernel.
         * 'export' (graph runtimes: ONNX, ExecuTorch): the transform, the scaled depthwise
-          conv and the inverse stay three plain convs (:meth:`_wavelet_branch_graph`), any
+          conv and the inverse are three conv modules (:meth:`_wavelet_branch_graph`), any
           wavelet.
 
         Args:
@@ -133,6 +146,7 @@ class WTEMamba(nn.Module):
         conv = self.wavelet_conv
         conv.weight.mul_(self.wavelet_scale.view(-1, 1, 1, 1))
         if device_type == 'export':
+            self._build_graph_form()
             self.graph_form = self.scales_folded = True
             return
         if self.wt_filter.shape[-2:] == (2, 2) and device_type == 'cuda':
