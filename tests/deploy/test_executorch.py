@@ -69,7 +69,8 @@ def test_tool_exports_the_backbone_and_verifies_it_in_executorch(backbone_export
     assert meta['max_rel_diff'] <= MAX_REL and meta['file_bytes'] == out.stat().st_size
     assert meta['versions']['executorch']
     # stage 0's 7x7 depthwise convs and inverse Haar transform in the forms XNNPACK runs fast
-    assert meta['rewrites'] == {'RingDepthwiseConv2d': 2, 'SubpixelConvTranspose2d': 1}
+    assert meta['rewrites'] == {'RingDepthwiseConv2d': 2, 'SubpixelConvTranspose2d': 1,
+                                'GraphScan.split_directions': 1}
     assert 'executorch form: 2 RingDepthwiseConv2d, 1 SubpixelConvTranspose2d' in stdout
     # the file runs in ExecuTorch's runtime with the checkpoint's weights
     x = torch.randn(1, 3, 64, 64)

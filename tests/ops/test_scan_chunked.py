@@ -55,6 +55,11 @@ def test_recurrence_equals_the_sequential_one_in_float64(length):
     expected = np.stack([_sequential(log_decay[k].double().numpy(), inputs[k].double().numpy(),
                                      reverse=k == 1) for k in range(2)])
     torch.testing.assert_close(h.double(), torch.from_numpy(expected), atol=ATOL, rtol=RTOL)
+    # one direction at a time: its products are linear layers with 2-D constants
+    for k in range(2):
+        alone = chunked_linear_scan(log_decay[k:k + 1], inputs[k:k + 1], reverse=[k == 1])
+        torch.testing.assert_close(alone.double(), torch.from_numpy(expected[k:k + 1]),
+                                   atol=ATOL, rtol=RTOL)
 
 
 def test_chunks_divide_the_length_where_they_can():
@@ -124,16 +129,25 @@ def test_ss2d_scan_equals_its_twin(length, n):
                      grad_atol=GRAD_ATOL)
 
 
-def test_ss2d_graph_scan_takes_the_folded_arguments():
+@pytest.mark.parametrize('split_directions', [False, True])
+@pytest.mark.parametrize('n', [1, 2])
+def test_ss2d_graph_scan_takes_the_folded_arguments(split_directions, n):
     """ss2d_scan_graph (what the exported SS2D calls): the bias inside delta, A and the
-    skip summed over the directions computed ahead."""
-    inputs = _ss2d_inputs(length=50)
+    skip summed over the directions computed ahead; both directions as one batch or each on
+    its own (ExecuTorch's form); values and gradients."""
+    inputs = {k: v.requires_grad_() for k, v in _ss2d_inputs(length=50, n=n).items()}
     d = inputs['u'].shape[1]
     delta = inputs['delta'] + inputs['delta_bias'].view(1, 2, d, 1)
     out = ss2d_scan_graph(inputs['u'], delta, -torch.exp(inputs['A_log']), inputs['B'],
-                          inputs['C'], inputs['D'].view(2, d).sum(0))
-    torch.testing.assert_close(out.transpose(1, 2), ss2d_scan_reference(**inputs),
-                               atol=ATOL, rtol=RTOL)
+                          inputs['C'], inputs['D'].view(2, d).sum(0), split_directions)
+    expected = ss2d_scan_reference(**inputs)
+    torch.testing.assert_close(out.transpose(1, 2), expected, atol=ATOL, rtol=RTOL)
+    weight = torch.randn_like(expected)
+    got = torch.autograd.grad((out.transpose(1, 2) * weight).sum(), list(inputs.values()))
+    want = torch.autograd.grad((expected * weight).sum(), list(inputs.values()))
+    for name, a, b in zip(inputs, got, want):
+        torch.testing.assert_close(a, b, atol=GRAD_ATOL, rtol=GRAD_RTOL,
+                                   msg=lambda m, name=name: f'{name}: {m}')
 
 
 @pytest.mark.parametrize('delta_scale', [30.0, 1e4])
@@ -171,18 +185,20 @@ def test_graph_softplus_equals_softplus():
 
 
 # ------------------------------------------------------------------ the graph
-_DELEGABLE = {'bmm', 'mm', 'exp', 'log', 'mul', 'div', 'add', 'sub', 'neg', 'clamp', 'maximum',
+_DELEGABLE = {'bmm', 'mm', 'linear', 'exp', 'log', 'mul', 'div', 'add', 'sub', 'neg', 'clamp', 'maximum',
               'minimum', 'view', 'reshape', 'slice', 'constant_pad_nd', 'transpose', 'permute',
               'unsqueeze', 'expand', '_unsafe_view', 'alias', 'sym_size', 'cat'}
 
 
-def test_scan_is_a_fixed_set_of_delegable_ops():
-    """No cumsum, flip, where, softplus, sum or gather, and the same ops at every length from
-    4 blocks of 64 tokens to 64 blocks (fewer below, with fewer levels): no op per step."""
+@pytest.mark.parametrize('split_directions', [False, True])
+def test_scan_is_a_fixed_set_of_delegable_ops(split_directions):
+    """No cumsum, flip, where, softplus, sum, gather or select, and the same ops at every
+    length from 4 blocks of 64 tokens to 64 blocks (fewer below, with fewer levels): no op
+    per step."""
 
     class Scan(torch.nn.Module):
         def forward(self, *xs):
-            return ss2d_scan_graph(*xs)
+            return ss2d_scan_graph(*xs, split_directions=split_directions)
 
     counts = {}
     for length in (8, 64, 256, 1024, 4096):
@@ -193,4 +209,5 @@ def test_scan_is_a_fixed_set_of_delegable_ops():
         assert set(ops) <= _DELEGABLE, (length, set(ops) - _DELEGABLE)
         counts[length] = len(ops)
     assert counts[256] == counts[1024] == counts[4096], counts
-    assert max(counts.values()) == counts[4096] <= 74, counts  # 74 ops, 26 of them reshapes
+    # both directions as one batch: 74 ops, 26 of them reshapes; each on its own: 144
+    assert max(counts.values()) == counts[4096] <= (144 if split_directions else 74), counts

@@ -32,16 +32,21 @@ class GraphScan(nn.Module):
     Args:
         A (Tensor): the state matrix (negative), (K*d, N).
         skip (Tensor): the skip weights summed over the directions, (d,).
+        split_directions (bool): each direction scanned on its own (see
+            :func:`~mmmobilemamba.ops.scan_chunked.ss2d_scan_graph`; ExecuTorch's export sets
+            it). Default: False.
     """
 
-    def __init__(self, A: torch.Tensor, skip: torch.Tensor) -> None:
+    def __init__(self, A: torch.Tensor, skip: torch.Tensor,
+                 split_directions: bool = False) -> None:
         super().__init__()
         self.register_buffer('A', A)
         self.register_buffer('skip', skip)
+        self.split_directions = split_directions
 
     def forward(self, u: torch.Tensor, delta: torch.Tensor, B: torch.Tensor,
                 C: torch.Tensor) -> torch.Tensor:
-        return ss2d_scan_graph(u, delta, self.A, B, C, self.skip)
+        return ss2d_scan_graph(u, delta, self.A, B, C, self.skip, self.split_directions)
 
 
 class SS2D(nn.Module):
