@@ -186,6 +186,7 @@ def test_executorch_quantiser_leaves_the_scan_float():
     from mmmobilemamba.deploy.network import ExportedNetwork, prepare_for_export
 
     backbone = prepare_for_export(MobileMamba(TINY_ARCH, out_indices=(0,)))
+    rewrite_modules_for_xnnpack(backbone)  # ExecuTorch's form: the scan's linear layers too
     network = ExportedNetwork(backbone, 'backbone', (32, 32)).eval()
 
     def annotated_in_ss2d(parts):
