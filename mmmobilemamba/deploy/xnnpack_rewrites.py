@@ -51,7 +51,22 @@ XNNPACK_DEPTHWISE_TAPS = 25  # the largest depthwise kernel (5x5) XNNPACK runs a
 _ACTIVATIONS = {None: lambda x: x, 'relu': F.relu, 'silu': F.silu}  # InferenceConv2d's
 
 
-class RingDepthwiseConv2d(nn.Module):
+class _Rewrite(nn.Module):
+    """A module computing what the module it replaces computed, in a form XNNPACK runs fast;
+    ``applies_to`` says which modules it replaces (:data:`requirement` in words)."""
+
+    requirement = ''
+
+    @staticmethod
+    def applies_to(module: nn.Module) -> bool:
+        raise NotImplementedError
+
+    def _require(self, module: nn.Module) -> None:
+        if not self.applies_to(module):
+            raise ValueError(f'{type(self).__name__}: {module} is not {self.requirement}')
+
+
+class RingDepthwiseConv2d(_Rewrite):
     """A square depthwise conv of odd size ``k`` from 7 to 11 (stride any, padding ``k // 2``,
     dilation 1) as a sum of depthwise convs of at most 25 taps, the same values.
 
@@ -66,11 +81,12 @@ class RingDepthwiseConv2d(nn.Module):
         conv (nn.Conv2d): the depthwise conv to replace (its weights are copied).
     """
 
+    requirement = (f'an odd square depthwise conv of {XNNPACK_DEPTHWISE_TAPS + 1} to 121 taps '
+                   'with padding k // 2')
+
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
-        if not self.applies_to(conv):
-            raise ValueError(f'RingDepthwiseConv2d: {conv} is not an odd square depthwise conv '
-                             f'of more than {XNNPACK_DEPTHWISE_TAPS} taps with padding k // 2')
+        self._require(conv)
         weight = conv.weight.detach()
         k = weight.shape[-1]
         self.channels, self.stride = conv.in_channels, conv.stride
@@ -118,7 +134,7 @@ class RingDepthwiseConv2d(nn.Module):
         return _ACTIVATIONS[self.activation](out)
 
 
-class SubpixelConvTranspose2d(nn.Module):
+class SubpixelConvTranspose2d(_Rewrite):
     """A transposed conv whose stride equals its square kernel ``s`` (padding 0, no output
     padding, dilation 1) as one grouped 1x1 conv and ``pixel_shuffle(s)``: output phase
     ``(a, b)`` of a channel is a 1x1 conv of its group's inputs with the kernel's tap
@@ -128,11 +144,12 @@ class SubpixelConvTranspose2d(nn.Module):
         deconv (nn.ConvTranspose2d): the transposed conv to replace (its weights are copied).
     """
 
+    requirement = ('a grouped transposed conv with stride equal to its square kernel, padding 0 '
+                   'and dilation 1')
+
     def __init__(self, deconv: nn.ConvTranspose2d) -> None:
         super().__init__()
-        if not self.applies_to(deconv):
-            raise ValueError(f'SubpixelConvTranspose2d: {deconv} does not have stride equal '
-                             f'to its square kernel, padding 0 and several groups')
+        self._require(deconv)
         s = deconv.stride[0]
         groups = deconv.groups
         in_group = deconv.in_channels // groups

@@ -117,6 +117,8 @@ def test_non_overlapping_transposed_conv_as_subpixel_conv(channels_in, channels_
 ])
 def test_subpixel_rewrite_leaves_other_transposed_convs(deconv):
     assert not SubpixelConvTranspose2d.applies_to(deconv)
+    with pytest.raises(ValueError, match='transposed conv with stride equal'):
+        SubpixelConvTranspose2d(deconv)
 
 
 def test_xnnpack_module_rewrite_keeps_mobilemamba_outputs():
