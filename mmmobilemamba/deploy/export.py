@@ -171,8 +171,7 @@ def export_network(model: nn.Module, kind: str, inputs: torch.Tensor, out_file: 
         file=str(out_file), kind=kind, input_shape=list(inputs.shape), input_name='input',
         output_names=names, export_seconds=time.perf_counter() - start, runtime=backend.name,
         precision=quantize or 'fp32', file_bytes=len(exported.data), rewrites=rewrites,
-        config=config,
-        checkpoint=checkpoint, preprocessing=dict(preprocessing or {}),
+        config=config, checkpoint=checkpoint, preprocessing=dict(preprocessing or {}),
         app_preprocessing=dict(app_preprocessing or {}), versions=backend.versions(),
         **exported.record)
     if quantize:

@@ -42,13 +42,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ['RingDepthwiseConv2d', 'SubpixelConvTranspose2d', 'XNNPACK_DEPTHWISE_TAPS',
-           'rewrite_modules_for_xnnpack', 'group_norm_decomposed', 'native_group_norm_decomposed', 'nearest_indices',
-           'nearest_resize_decomposed', 'xnnpack_decompositions']
+           'rewrite_modules_for_xnnpack', 'group_norm_decomposed',
+           'native_group_norm_decomposed', 'nearest_indices', 'nearest_resize_decomposed',
+           'xnnpack_decompositions']
 
 aten = torch.ops.aten
 
 XNNPACK_DEPTHWISE_TAPS = 25  # the largest depthwise kernel (5x5) XNNPACK runs as one
-_ACTIVATIONS = {None: lambda x: x, 'relu': F.relu, 'silu': F.silu}  # InferenceConv2d's
 
 
 class _Rewrite(nn.Module):
@@ -131,7 +131,8 @@ class RingDepthwiseConv2d(_Rewrite):
                                  groups=c)
             out = out + F.conv2d(x, self.rings[index + 1], None, stride, (r - 1, r),
                                  (1, 2 * r), groups=c)
-        return _ACTIVATIONS[self.activation](out)
+        from mmmobilemamba.models.layers.inference_conv import apply_activation
+        return apply_activation(out, self.activation)
 
 
 class SubpixelConvTranspose2d(_Rewrite):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from mmmobilemamba.ops import channels_innermost
 
-__all__ = ['InferenceConv2d']
+__all__ = ['InferenceConv2d', 'apply_activation']
 
 # dense 1x1 convs on fewer pixels (batch x height x width) run as one BLAS matrix product,
 # faster than oneDNN there on CPU (measured: docs/benchmarks.md)
@@ -30,6 +30,13 @@ _ACTIVATIONS = {
     'relu': ('relu', torch.relu_),
     'silu': ('swish', lambda x: F.silu(x, inplace=not torch.is_grad_enabled())),
 }
+
+
+def apply_activation(x: torch.Tensor, activation: Optional[str]) -> torch.Tensor:
+    """``x`` through an :class:`InferenceConv2d` activation ('relu', 'silu' or None) as its
+    unfused path applies it (in place where no gradient is taken)."""
+    eager = _ACTIVATIONS[activation][1]
+    return x if eager is None else eager(x)
 
 
 def _is_compiling() -> bool:
@@ -126,7 +133,7 @@ class InferenceConv2d(nn.Conv2d):
         return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        post_op, eager_act = _ACTIVATIONS[self.activation]
+        post_op = _ACTIVATIONS[self.activation][0]
         if not self._can_pack(x):
             out = super().forward(x)
         else:
@@ -147,7 +154,7 @@ class InferenceConv2d(nn.Conv2d):
                 weight = self._prepared_weight(('matmul',))
                 out = rows @ weight if self.bias is None else torch.addmm(self.bias, rows, weight)
                 out = out.view(b, h, w, self.out_channels).permute(0, 3, 1, 2)
-        return out if eager_act is None else eager_act(out)
+        return apply_activation(out, self.activation)
 
     def __getstate__(self):
         state = super().__getstate__()
