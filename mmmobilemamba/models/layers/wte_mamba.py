@@ -105,7 +105,7 @@ class WTEMamba(nn.Module):
                        device=filters.device, dtype=self.wavelet_conv.weight.dtype)
         forward = nn.Conv2d(channels, 4 * channels, kernel, **options)
         inverse = nn.ConvTranspose2d(4 * channels, channels, kernel, **options)
-        forward.weight.copy_(self.wt_filter)
+        forward.weight.copy_(filters)
         inverse.weight.copy_(self.iwt_filter)
         self.wavelet_forward = forward.requires_grad_(False)
         self.wavelet_inverse = inverse.requires_grad_(False)
