@@ -1,7 +1,6 @@
 """XNNPACK's operator timings of an ExecuTorch program, read from ExecuTorch's event tracer
 (the real runtime), and the tool that prints them."""
-import subprocess
-import sys
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -51,22 +50,26 @@ def test_profile_refuses_no_runs(program):
         profile_executorch(str(program), torch.randn(1, 3, 32, 32), runs=0)
 
 
-def test_tool_profiles_a_file_and_refuses_an_onnx_one(program, tmp_path):
-    tool = REPO / 'tools' / 'analysis' / 'profile_executorch.py'
-    done = subprocess.run([sys.executable, str(tool), str(program), '--runs', '2'],
-                          capture_output=True, text=True, cwd=REPO)
-    assert done.returncode == 0, done.stderr
-    assert 'input (1, 3, 32, 32)' in done.stdout and 'XNNPACK delegate:' in done.stdout
+def load_tool():
+    path = REPO / 'tools' / 'analysis' / 'profile_executorch.py'
+    spec = importlib.util.spec_from_file_location('profile_executorch_tool', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tool_profiles_a_file_and_refuses_an_onnx_one(program, tmp_path, capsys):
+    tool = load_tool()
+    assert tool.main([str(program), '--runs', '2']) == 0
+    out = capsys.readouterr().out
+    assert 'input (1, 3, 32, 32)' in out and 'XNNPACK delegate:' in out
     without_record = tmp_path / 'copy.pte'
     without_record.write_bytes(program.read_bytes())
-    done = subprocess.run([sys.executable, str(tool), str(without_record), '--runs', '1'],
-                          capture_output=True, text=True, cwd=REPO)
-    assert done.returncode == 2 and '--shape' in done.stderr
-    done = subprocess.run([sys.executable, str(tool), str(without_record), '--runs', '1',
-                           '--shape', '32', '32'], capture_output=True, text=True, cwd=REPO)
-    assert done.returncode == 0 and 'input (1, 3, 32, 32)' in done.stdout, done.stderr
+    assert tool.main([str(without_record), '--runs', '1']) == 2
+    assert '--shape' in capsys.readouterr().err
+    assert tool.main([str(without_record), '--runs', '1', '--shape', '32', '32']) == 0
+    assert 'input (1, 3, 32, 32)' in capsys.readouterr().out
     onnx_file = tmp_path / 'two_convs.onnx'
     export_onnx(TwoConvs().eval(), 'backbone', torch.randn(1, 3, 32, 32), str(onnx_file))
-    done = subprocess.run([sys.executable, str(tool), str(onnx_file)],
-                          capture_output=True, text=True, cwd=REPO)
-    assert done.returncode == 2 and 'not ExecuTorch' in done.stderr
+    assert tool.main([str(onnx_file)]) == 2
+    assert 'not ExecuTorch' in capsys.readouterr().err

@@ -10,6 +10,7 @@ summed by operator kind.
 """
 import argparse
 import sys
+from typing import Optional, Sequence
 
 import torch
 
@@ -17,7 +18,7 @@ from mmmobilemamba.analysis.executorch_profile import format_profile, profile_ex
 from mmmobilemamba.deploy import read_record
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('pte', help='an ExecuTorch program with its JSON record beside it')
     parser.add_argument('--runs', type=int, default=5, help='profiled runs (default: 5)')
@@ -26,11 +27,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--top', type=int, default=15, help='kinds listed (default: 15)')
     parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
                         help='input (1, 3, H, W) for a program without a record')
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
-def main() -> int:
-    args = parse_args()
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
     if args.shape:
         shape = [1, 3, *args.shape]
     else:
