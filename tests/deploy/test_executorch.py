@@ -235,6 +235,41 @@ def test_int8_executorch_export_is_smaller_close_and_delegated(tmp_path):
     # (the shared head is int8 on both levels: its second use once had a float weight behind
     # int8 inputs, which XNNPACK refused to build when the program was loaded to verify it)
 
+class SharedHead(torch.nn.Module):
+    """A classifier with a detection prior's bias run on two levels of different scales."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.cls = torch.nn.Conv2d(16, 8, 3, padding=1)
+        torch.nn.init.constant_(self.cls.bias, -4.6)  # log((1 - 0.01) / 0.01), RetinaNet's
+
+    def forward(self, x):
+        fine = torch.relu(self.stem(x))
+        return self.cls(fine), self.cls(4 * torch.nn.functional.max_pool2d(fine, 2))
+
+
+def test_int8_shared_convolution_keeps_its_bias_on_every_level(tmp_path):
+    """XNNPACK's serialiser writes a bias once, quantised for its first user: the second level
+    (another input scale) read it in the wrong units, -18 instead of -4.6."""
+    from mmmobilemamba.deploy.executorch import unshare_conv_biases
+    torch.manual_seed(0)
+    model = SharedHead().eval()
+    generator = torch.Generator().manual_seed(0)
+    inputs, *calibration = [torch.randn(1, 3, 32, 32, generator=generator) for _ in range(5)]
+    graph = torch.export.export(model, (inputs,), strict=False).module()
+    assert unshare_conv_biases(graph) == 1
+    assert all(torch.equal(a, b) for a, b in zip(graph(inputs), model(inputs)))
+
+    result = export_executorch(model, 'backbone', inputs, str(tmp_path / 'shared.pte'),
+                               verify=True, quantize='int8', calibration=calibration,
+                               latency_rounds=1)
+    outputs = ExecuTorchSession(result.file).run(inputs)
+    for level, (ours, reference) in enumerate(zip(outputs, model(inputs))):
+        noise = (ours - reference).pow(2).mean() / reference.pow(2).mean()
+        assert -10 * torch.log10(noise) > 25, f'level {level}: SNR {-10 * torch.log10(noise)}'
+
+
 def test_export_failure_names_the_module_and_writes_nothing(tmp_path):
     class DataDependent(torch.nn.Module):
         def forward(self, x):
