@@ -394,18 +394,7 @@ def ss2d_scan_graph(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
     A = _f32(A).reshape(directions, 1, channels, n_state)
     u32 = _f32(u).reshape(1, batch, channels, length)
     Bk, Ck = _directions_first(_f32(B)), _directions_first(_f32(C))  # (K, b, N, L)
-    if n_state == 1:
-        log_decay, inputs = dt * A, dt * u32 * Bk
-    else:
-        log_decay = dt.unsqueeze(3) * A.unsqueeze(-1)                   # (K, b, d, N, L)
-        inputs = (dt * u32).unsqueeze(3) * Bk.unsqueeze(2)
-    h = chunked_linear_scan(log_decay.reshape(directions, -1, length),
-                            inputs.reshape(directions, -1, length),
-                            reverse=[k == 1 for k in range(directions)])
-    if n_state == 1:
-        y = h.reshape(directions, batch, channels, length) * Ck
-    else:
-        y = (h.reshape(directions, batch, channels, n_state, length) * Ck.unsqueeze(2)).sum(3)
+    y = _scan_and_read_out(dt, A, u32, Bk, Ck, [k == 1 for k in range(directions)])
     if directions == 2:  # the sum over directions as a product with [1, 1]: no copies
         y = torch.bmm(_on(_direction_sum(), y), y.reshape(1, directions, -1))
     return y.reshape(batch, channels, length) + _f32(u) * _f32(skip).reshape(channels, 1)
@@ -415,29 +404,38 @@ def _ss2d_scan_per_direction(u: torch.Tensor, delta: torch.Tensor, A: torch.Tens
                              B: torch.Tensor, C: torch.Tensor, skip: torch.Tensor
                              ) -> torch.Tensor:
     """:func:`ss2d_scan_graph` with ``split_directions``."""
-    batch, directions, channels, length = delta.shape
-    n_state = A.shape[1]
+    channels = delta.shape[2]
     u32 = _f32(u)
     y = u32 * _f32(skip).reshape(channels, 1)
     # each direction on its own: the scan's products then have one constant operand each, a
     # linear layer (XNNPACK's fully connected op, 2-3x as fast as its batched product here);
     # per-direction parts are slices along a leading dim (no select: XNNPACK has none)
-    for k in range(directions):
+    for k in range(delta.shape[1]):
         dt = graph_softplus(_f32(_direction(delta, k)))                 # (b, d, L)
         a = _f32(A)[k * channels:(k + 1) * channels]                # (d, N)
         Bk, Ck = _f32(_direction(B, k)), _f32(_direction(C, k))       # (b, N, L)
-        if n_state == 1:
-            log_decay, inputs = dt * a, dt * u32 * Bk
-        else:
-            log_decay = dt.unsqueeze(2) * a.unsqueeze(-1)                # (b, d, N, L)
-            inputs = (dt * u32).unsqueeze(2) * Bk.unsqueeze(1)
-        h = chunked_linear_scan(log_decay.reshape(1, -1, length),
-                                inputs.reshape(1, -1, length), reverse=[k == 1])
-        if n_state == 1:
-            y = y + h.reshape(batch, channels, length) * Ck
-        else:
-            y = y + (h.reshape(batch, channels, n_state, length) * Ck.unsqueeze(1)).sum(2)
+        y = y + _scan_and_read_out(dt, a, u32, Bk, Ck, [k == 1])
     return y
+
+
+def _scan_and_read_out(dt: torch.Tensor, A: torch.Tensor, u: torch.Tensor, B: torch.Tensor,
+                       C: torch.Tensor, reverse: Sequence[bool]) -> torch.Tensor:
+    """``sum_n C[n] h[n]`` of the scan ``h_t = exp(dt_t A) h_t-+1 + dt_t u_t B_t`` for the
+    directions of ``reverse``: ``dt (..., d, L)``, ``A`` broadcast as ``(..., d, N)``, ``u``
+    as ``dt``, ``B`` and ``C (..., N, L)``; the leading dims hold ``len(reverse)`` groups (the
+    scan's batch of directions). With one state (the released models) no reduction op."""
+    n_state, length = A.shape[-1], dt.shape[-1]
+    if n_state == 1:
+        log_decay, inputs = dt * A, dt * u * B
+    else:
+        log_decay = dt.unsqueeze(-2) * A.unsqueeze(-1)                   # (..., d, N, L)
+        inputs = (dt * u).unsqueeze(-2) * B.unsqueeze(-3)
+    groups = len(reverse)
+    h = chunked_linear_scan(log_decay.reshape(groups, -1, length),
+                            inputs.reshape(groups, -1, length), reverse=reverse)
+    if n_state == 1:
+        return h.reshape(dt.shape) * C
+    return (h.reshape(*dt.shape[:-1], n_state, length) * C.unsqueeze(-3)).sum(-2)
 
 
 @functools.lru_cache(maxsize=None)
