@@ -1,17 +1,13 @@
 """XNNPACK's operator timings of an ExecuTorch program, read from ExecuTorch's event tracer
 (the real runtime), and the tool that prints them."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from tool_modules import load_tool
 
 pytest.importorskip('executorch.devtools')
 from mmmobilemamba.analysis.executorch_profile import (format_profile,  # noqa: E402
                                                        profile_executorch)
 from mmmobilemamba.deploy import export_executorch, export_onnx  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 class TwoConvs(torch.nn.Module):
@@ -50,16 +46,8 @@ def test_profile_refuses_no_runs(program):
         profile_executorch(str(program), torch.randn(1, 3, 32, 32), runs=0)
 
 
-def load_tool():
-    path = REPO / 'tools' / 'analysis' / 'profile_executorch.py'
-    spec = importlib.util.spec_from_file_location('profile_executorch_tool', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_tool_profiles_a_file_and_refuses_an_onnx_one(program, tmp_path, capsys):
-    tool = load_tool()
+    tool = load_tool('analysis/profile_executorch.py')
     assert tool.main([str(program), '--runs', '2']) == 0
     out = capsys.readouterr().out
     assert 'input (1, 3, 32, 32)' in out and 'XNNPACK delegate:' in out

@@ -1,19 +1,9 @@
 """The thin CLIs in tools/ call the package and report errors without tracebacks."""
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-TOOLS = Path(__file__).resolve().parents[2] / 'tools'
-
-
-def load_tool(relative: str):
-    spec = importlib.util.spec_from_file_location(Path(relative).stem, TOOLS / relative)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tool_modules import load_tool
 
 
 def test_generate_demo_data_cli(tmp_path, capsys):

@@ -235,6 +235,7 @@ def test_int8_executorch_export_is_smaller_close_and_delegated(tmp_path):
     # (the shared head is int8 on both levels: its second use once had a float weight behind
     # int8 inputs, which XNNPACK refused to build when the program was loaded to verify it)
 
+
 class SharedHead(torch.nn.Module):
     """A classifier with a detection prior's bias run on two levels of different scales."""
 
