@@ -17,12 +17,13 @@ from .quantization import DEFAULT_FLOAT_PARTS, FLOAT_PART_MODULES, FloatParts
 from .record import ExportResult, read_record, record_path
 from .runtime import RuntimeNotInstalledError, get_runtime
 from .runtime_model import RuntimeModel, model_class
+from .scan_kernel import ScanKernelError, build_scan_kernel, load_scan_kernel
 
 __all__ = ['DEFAULT_FLOAT_PARTS', 'EXPORT_KINDS', 'ExecuTorchModel', 'ExecuTorchRuntime',
            'ExecuTorchSession', 'ExportResult', 'ExportedNetwork', 'FLOAT_PART_MODULES',
            'FloatParts', 'OnnxRuntime', 'OnnxRuntimeModel', 'OnnxRuntimeSession',
-           'QUANTIZE_MODES', 'RuntimeModel', 'RuntimeNotInstalledError',
-           'UnsupportedModelError', 'app_preprocessing', 'compare_outputs',
+           'QUANTIZE_MODES', 'RuntimeModel', 'RuntimeNotInstalledError', 'ScanKernelError',
+           'UnsupportedModelError', 'app_preprocessing', 'build_scan_kernel', 'compare_outputs',
            'delegation_report', 'export_config', 'export_executorch', 'export_network',
-           'export_onnx', 'get_runtime', 'model_class', 'output_groups', 'prepare_for_export', 'read_record',
-           'record_path']
+           'export_onnx', 'get_runtime', 'load_scan_kernel', 'model_class', 'output_groups',
+           'prepare_for_export', 'read_record', 'record_path']

@@ -65,6 +65,12 @@ def build_parser(runtime: str, description: str, example_suffix: str) -> argpars
                         f'{MAX_METRIC_DROP["int8"]} int8 below)')
     parser.add_argument('--cfg-options', nargs='+', metavar='KEY=VALUE',
                         action=DictAction, help='override config entries')
+    if runtime == 'executorch':
+        parser.add_argument('--scan-kernel', action='store_true',
+                            help='run each SS2D scan by this project\'s ExecuTorch kernel '
+                            '(mmmobilemamba/deploy/csrc/ss2d_scan.cpp, built here with the '
+                            'C++ compiler; an application compiles it in) instead of as '
+                            'XNNPACK operators')
     return parser
 
 
@@ -110,6 +116,7 @@ def main(runtime: str, description: str, argv: Optional[Sequence[str]] = None) -
     from mmmobilemamba.engine.config import ConfigError
 
     from .runtime import RuntimeNotInstalledError
+    from .scan_kernel import ScanKernelError
 
     suffix = get_runtime(runtime).suffix
     args = build_parser(runtime, description, suffix).parse_args(argv)
@@ -122,8 +129,11 @@ def main(runtime: str, description: str, argv: Optional[Sequence[str]] = None) -
             args.config, args.checkpoint, shape=args.shape, out_file=args.out,
             backbone_only=args.backbone_only, verify=args.verify, cfg_options=args.cfg_options,
             runtime=runtime, quantize=args.quantize, calib_images=args.calib_images,
-            float_parts=args.float_parts, evaluate=args.evaluate)
-    except (FileNotFoundError, ValueError, ConfigError, RuntimeNotInstalledError) as err:
+            float_parts=args.float_parts, evaluate=args.evaluate,
+            runtime_options=dict(scan_kernel=True) if getattr(args, 'scan_kernel', False)
+            else None)
+    except (FileNotFoundError, ValueError, ConfigError, RuntimeNotInstalledError,
+            ScanKernelError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
     print(result.summary())

@@ -14,6 +14,10 @@ activations per tensor from histogram observers), calibrated on the images given
 kept float (:mod:`.quantization`) are filtered out of the quantiser's annotation, and a
 convolution run several times (a dense head on every pyramid level) gets a bias per use
 (:func:`unshare_conv_biases`: XNNPACK's serialiser quantises a shared bias for its first use only).
+
+With ``scan_kernel`` each SS2D scan is one call of this project's ExecuTorch kernel
+(:mod:`.scan_kernel`) between XNNPACK's calls; a session loads the kernel for a program that
+calls it.
 """
 import functools
 import gc
@@ -28,6 +32,8 @@ from .network import ExportedNetwork
 from .quantization import FloatParts
 from .runtime import ExportedBytes, Runtime, Session
 from .runtime_model import RuntimeModel
+from .scan_kernel import (KERNEL_OPERATOR, build_scan_kernel, load_scan_kernel,
+                          program_calls_scan_kernel)
 
 __all__ = ['ExecuTorchModel', 'ExecuTorchRuntime', 'ExecuTorchSession', 'delegation_report',
            'export_executorch', 'set_threads', 'unshare_conv_biases', 'xnnpack_quantizer']
@@ -90,6 +96,8 @@ class ExecuTorchSession(Session):
             raise RuntimeError('this executorch build has no XNNPACK backend: ' + INSTALL_HINT)
         if threads:
             set_threads(threads)  # before loading: the program keeps this pool
+        if program_calls_scan_kernel(data):
+            load_scan_kernel()  # registered before the program's operators are resolved
         self.program = runtime.load_program(data)
         self.method = self.program.load_method('forward')
         self.threads = _thread_count()
@@ -119,8 +127,9 @@ def _module_of(node) -> str:
 def delegation_report(graph_module: torch.fx.GraphModule) -> Dict:
     """Which operator nodes of a lowered graph XNNPACK runs, and which are left out.
 
-    Counts call-function nodes of the lowered submodules (delegated) and of the top graph
-    (portable kernels), without tuple accesses; uses ExecuTorch's own
+    Counts call-function nodes of the lowered submodules (delegated) and of the top graph:
+    this project's operators (``mmmobilemamba.*``, run by its kernels: :mod:`.scan_kernel`)
+    and the rest (portable kernels), without tuple accesses; uses ExecuTorch's own
     ``executorch.devtools.backend_debug.get_delegation_info`` for the delegated counts.
 
     Args:
@@ -133,19 +142,23 @@ def delegation_report(graph_module: torch.fx.GraphModule) -> Dict:
     delegated = int(sum(n for op, n in zip(table['op_type'],
                                            table['occurrences_in_delegated_graphs'])
                         if op not in ('Total', ) and op not in _NOT_COUNTED))
-    portable_ops, portable_modules = Counter(), Counter()
+    portable_ops, portable_modules, kernel_ops = Counter(), Counter(), Counter()
     for node in graph_module.graph.nodes:
         if node.op != 'call_function' or any(s in str(node.target) for s in _NOT_COUNTED):
             continue
+        if _op_name(node).startswith('mmmobilemamba.'):
+            kernel_ops[_op_name(node)] += 1
+            continue
         portable_ops[_op_name(node)] += 1
         portable_modules[_module_of(node)] += 1
-    portable = sum(portable_ops.values())
-    total = delegated + portable
+    portable, kernels = sum(portable_ops.values()), sum(kernel_ops.values())
+    total = delegated + portable + kernels
     return dict(backend='XnnpackBackend', delegate_calls=int(info.num_delegated_subgraphs),
-                delegated_nodes=delegated, portable_nodes=portable, total_nodes=total,
-                share=delegated / total if total else 1.0,
+                delegated_nodes=delegated, portable_nodes=portable, kernel_nodes=kernels,
+                total_nodes=total, share=delegated / total if total else 1.0,
                 portable_ops=dict(portable_ops.most_common()),
-                portable_by_module=dict(portable_modules.most_common()))
+                portable_by_module=dict(portable_modules.most_common()),
+                kernel_ops=dict(kernel_ops.most_common()))
 
 
 def _float_part(node, float_parts: FloatParts):
@@ -277,7 +290,13 @@ def xnnpack_quantizer(graph: torch.fx.GraphModule, float_parts: FloatParts):
 
 
 class ExecuTorchRuntime(Runtime):
-    """``torch.export`` + ExecuTorch's XNNPACK delegate; ExecuTorch's runtime to run it."""
+    """``torch.export`` + ExecuTorch's XNNPACK delegate; ExecuTorch's runtime to run it.
+
+    Args:
+        scan_kernel (bool): SS2D's scans as calls of the kernel ``mmmobilemamba::
+            ss2d_scan_graph.out`` (:mod:`.scan_kernel`: built here, and compiled into the
+            application on a phone) instead of XNNPACK operators. Default: False.
+    """
 
     name = 'executorch'
     suffix = '.pte'
@@ -285,13 +304,21 @@ class ExecuTorchRuntime(Runtime):
                 'executorch.backends.xnnpack.partition.xnnpack_partitioner')
     install_hint = INSTALL_HINT
 
+    def __init__(self, scan_kernel: bool = False) -> None:
+        self.scan_kernel = scan_kernel
+
+    def require(self) -> None:
+        super().require()
+        if self.scan_kernel:
+            build_scan_kernel()  # before the export: a missing compiler fails fast
+
     def distributions(self) -> Sequence[str]:
         return ('executorch', 'torchao')
 
     def adapt(self, network: ExportedNetwork) -> Dict[str, int]:
         from .xnnpack_rewrites import rewrite_modules_for_xnnpack
-        return {kind: count for kind, count in rewrite_modules_for_xnnpack(network).items()
-                if count}
+        replaced = rewrite_modules_for_xnnpack(network, scan_operator=self.scan_kernel)
+        return {kind: count for kind, count in replaced.items() if count}
 
     def _lower(self, program: torch.export.ExportedProgram) -> ExportedBytes:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import \
@@ -302,7 +329,12 @@ class ExecuTorchRuntime(Runtime):
         program = program.run_decompositions(xnnpack_decompositions())
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         delegation = delegation_report(edge.exported_program().graph_module)
-        return ExportedBytes(edge.to_executorch().buffer, dict(delegation=delegation))
+        data = edge.to_executorch().buffer
+        record = dict(delegation=delegation)
+        if program_calls_scan_kernel(data):
+            record['kernels'] = [dict(operator=KERNEL_OPERATOR,
+                                      source='mmmobilemamba/deploy/csrc/ss2d_scan.cpp')]
+        return ExportedBytes(data, record)
 
     def export(self, network: ExportedNetwork, inputs: torch.Tensor,
                output_names: Sequence[str]) -> ExportedBytes:

@@ -100,7 +100,8 @@ def export_network(model: nn.Module, kind: str, inputs: torch.Tensor, out_file: 
                    preprocessing: Optional[dict] = None,
                    app_preprocessing: Optional[dict] = None,
                    verify_inputs: Optional[torch.Tensor] = None,
-                   latency_rounds: int = 10) -> ExportResult:
+                   latency_rounds: int = 10,
+                   runtime_options: Optional[dict] = None) -> ExportResult:
     """Export ``model`` for ``runtime``, for inputs like ``inputs``; write the file and record.
 
     Args:
@@ -128,11 +129,13 @@ def export_network(model: nn.Module, kind: str, inputs: torch.Tensor, out_file: 
             ``inputs`` (default: ``inputs``); an int8 export is best checked on a real image
             that calibration did not see.
         latency_rounds (int): interleaved rounds of the int8 against float timing. Default: 10.
+        runtime_options (dict, optional): the runtime's own options (ExecuTorch:
+            ``scan_kernel=True``, SS2D's scans by this project's kernel).
 
     Returns:
         ExportResult: what was written and measured.
     """
-    backend = get_runtime(runtime)
+    backend = get_runtime(runtime, **(runtime_options or {}))
     backend.require()
     if osp.splitext(str(out_file))[1] != backend.suffix:
         raise ValueError(f'{out_file}: a {backend.name} export is a {backend.suffix} file')
@@ -239,7 +242,8 @@ def export_config(config, checkpoint: Optional[str] = None,
                   cfg_options: Optional[dict] = None, runtime: Optional[str] = None,
                   quantize: Optional[str] = None, calib_images: int = DEFAULT_CALIB_IMAGES,
                   float_parts: Sequence[str] = DEFAULT_FLOAT_PARTS,
-                  evaluate: bool = False) -> ExportResult:
+                  evaluate: bool = False,
+                  runtime_options: Optional[dict] = None) -> ExportResult:
     """Export the detector/segmentor of a config (or only its backbone).
 
     Args:
@@ -263,6 +267,7 @@ def export_config(config, checkpoint: Optional[str] = None,
         evaluate (bool): evaluate the written file on the config's test set (through the
             runtime, with mmdet's/mmseg's post-processing) next to the PyTorch model; the
             metrics go into the record.
+        runtime_options (dict, optional): see :func:`export_network`.
 
     Returns:
         ExportResult: see :func:`export_network`.
@@ -278,7 +283,7 @@ def export_config(config, checkpoint: Optional[str] = None,
         raise ValueError('--evaluate needs a detector or segmentor: a backbone alone '
                          'predicts nothing (drop --backbone-only)')
     check_record_slot(out_file)  # before minutes of work
-    get_runtime(runtime).require()
+    get_runtime(runtime, **(runtime_options or {})).require()
     cfg = load_config(config, cfg_options)
     scope = detect_codebase(cfg)
     # With backbone_only the whole model only preprocesses the dummy input and its weights
@@ -313,7 +318,7 @@ def export_config(config, checkpoint: Optional[str] = None,
         config=str(getattr(cfg, 'filename', None) or config),
         checkpoint=None if checkpoint is None else str(checkpoint),
         preprocessing=preprocessing, app_preprocessing=app_preprocessing(cfg, inputs.shape),
-        verify_inputs=verify_inputs)
+        verify_inputs=verify_inputs, runtime_options=runtime_options)
     if evaluate:
         result.evaluation = evaluate_export(model, cfg, result)
         result.save()

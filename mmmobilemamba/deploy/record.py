@@ -113,8 +113,11 @@ class ExportResult:
         snr_db (float, optional): int8 only: the worst output's signal-to-noise ratio against
             the float model, in dB.
         delegation (dict, optional): ExecuTorch only: which share of the graph's operator
-            nodes the XNNPACK delegate runs, and the nodes left to portable kernels by op and
-            by module.
+            nodes the XNNPACK delegate runs, the nodes this project's kernels run, and the
+            nodes left to portable kernels by op and by module.
+        kernels (list[dict], optional): ExecuTorch only: this project's kernels the program
+            calls (``operator``, ``source``): a runtime runs the file only with them
+            registered (:mod:`~mmmobilemamba.deploy.scan_kernel`).
         rewrites (dict): modules the runtime's form replaced before the export, by kind (the
             same values; e.g. ExecuTorch's wide depthwise convs, see
             :mod:`~mmmobilemamba.deploy.xnnpack_rewrites`).
@@ -141,6 +144,7 @@ class ExportResult:
     max_rel_diff: Optional[float] = None
     snr_db: Optional[float] = None
     delegation: Optional[Dict[str, Any]] = None
+    kernels: Optional[List[Dict[str, str]]] = None
     rewrites: Dict[str, int] = field(default_factory=dict)
     quantization: Optional[Dict[str, Any]] = None
     evaluation: Optional[Dict[str, Any]] = None
@@ -191,6 +195,10 @@ class ExportResult:
                 f'{count} {kind}' for kind, count in self.rewrites.items()))
         if self.delegation:
             lines.append(describe_delegation(self.delegation))
+        if self.kernels:
+            lines.append('needs the kernel(s) ' + ', '.join(
+                f'{k["operator"]} ({k["source"]})' for k in self.kernels)
+                + ' registered in the runtime')
         if self.quantization:
             lines.append(describe_quantization(self.quantization))
         if self.evaluation:
@@ -207,7 +215,10 @@ def describe_delegation(delegation: dict) -> str:
     text = (f'XNNPACK runs {delegation["delegated_nodes"]} of {delegation["total_nodes"]} '
             f'operator nodes ({100 * delegation["share"]:.1f}%) in '
             f'{delegation["delegate_calls"]} delegate calls; '
-            f'{delegation["portable_nodes"]} left to portable kernels')
+            + (f'{delegation["kernel_nodes"]} run by this project\'s kernels ('
+               + ', '.join(f'{op} x{n}' for op, n in delegation['kernel_ops'].items()) + '); '
+               if delegation.get('kernel_nodes') else '')
+            + f'{delegation["portable_nodes"]} left to portable kernels')
     if delegation['portable_ops']:
         ops = ', '.join(f'{op} x{n}' for op, n in delegation['portable_ops'].items())
         text += f': {ops}'

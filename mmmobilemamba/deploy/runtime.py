@@ -158,17 +158,21 @@ class Runtime(ABC):
         """
 
 
-def get_runtime(name: str) -> Runtime:
+def get_runtime(name: str, **options) -> Runtime:
     """The runtime called ``name`` ('onnxruntime' or 'executorch').
 
     Args:
         name (str): a key of :data:`RUNTIMES`.
+        **options: the runtime's own options (ExecuTorch: ``scan_kernel``).
     """
     if name not in RUNTIMES:
         raise ValueError(f'unknown runtime {name!r}: choose from {sorted(RUNTIMES)}')
     module_name, class_name = RUNTIMES[name]
     module = importlib.import_module(module_name, __package__)
-    return getattr(module, class_name)()
+    try:
+        return getattr(module, class_name)(**options)
+    except TypeError as err:
+        raise ValueError(f'{name} takes no option(s) {sorted(options)}: {err}') from None
 
 
 # runtime name -> (module, class); imported on use, so that neither runtime is needed by the other

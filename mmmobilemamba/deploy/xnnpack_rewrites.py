@@ -32,7 +32,8 @@ one thread; docs/benchmarks.md):
 SS2D's scan in its export form runs each direction on its own for XNNPACK
 (:class:`~mmmobilemamba.models.layers.ss2d.GraphScan`'s ``split_directions``): its products
 become linear layers (fully connected, 0.16 ms for both directions of B1's largest product)
-instead of batched products (0.31 ms).
+instead of batched products (0.31 ms). With the scan kernel (:mod:`.scan_kernel`) each scan is
+one operator outside XNNPACK's graph instead.
 """
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -179,24 +180,30 @@ class SubpixelConvTranspose2d(_Rewrite):
                                self.scale)
 
 
-def rewrite_modules_for_xnnpack(model: nn.Module) -> Dict[str, int]:
+def rewrite_modules_for_xnnpack(model: nn.Module, scan_operator: bool = False
+                                ) -> Dict[str, int]:
     """Replace, in place, the convolutions XNNPACK runs slowly (see the module docstring) by
     modules computing the same values with kernels it runs fast.
 
     Args:
         model (nn.Module): a folded network about to be exported (eval mode).
+        scan_operator (bool): SS2D's scans as the one operator of the scan kernel
+            (``GraphScan.one_operator``, left out of XNNPACK's graph) instead of split by
+            direction. Default: False.
 
     Returns:
         dict: how many modules of each kind were replaced (and of SS2D scans split by
-        direction, 'GraphScan.split_directions').
+        direction, 'GraphScan.split_directions', or made one operator,
+        'GraphScan.one_operator').
     """
     from mmmobilemamba.models.layers.ss2d import GraphScan
+    scan_form = 'one_operator' if scan_operator else 'split_directions'
     replaced = {'RingDepthwiseConv2d': 0, 'SubpixelConvTranspose2d': 0,
-                'GraphScan.split_directions': 0}
+                f'GraphScan.{scan_form}': 0}
     for module in model.modules():
-        if isinstance(module, GraphScan) and not module.split_directions:
-            module.split_directions = True
-            replaced['GraphScan.split_directions'] += 1
+        if isinstance(module, GraphScan) and not getattr(module, scan_form):
+            setattr(module, scan_form, True)
+            replaced[f'GraphScan.{scan_form}'] += 1
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             for rewrite in (RingDepthwiseConv2d, SubpixelConvTranspose2d):

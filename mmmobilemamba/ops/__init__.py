@@ -1,4 +1,5 @@
 """Pure tensor math: the selective scan and the wavelet transforms."""
+from .graph_scan_op import ss2d_scan_graph_op
 from .memory_format import channels_innermost, memory_format_of
 from .selective_scan import (selective_scan, selective_scan_channels_last,
                              selective_scan_channels_last_reference, selective_scan_reference,
@@ -11,5 +12,5 @@ __all__ = [
     'selective_scan_channels_last_reference', 'ss2d_scan', 'ss2d_scan_reference',
     'wavelet_filters', 'wavelet_transform',
     'inverse_wavelet_transform', 'wavelet_domain_kernel', 'to_polyphase', 'from_polyphase',
-    'channels_innermost', 'memory_format_of'
+    'channels_innermost', 'memory_format_of', 'ss2d_scan_graph_op'
 ]

@@ -3,6 +3,7 @@
 
     python tools/deployment/export_executorch.py CONFIG [CHECKPOINT] --shape H W --out FILE.pte
         [--backbone-only] [--verify] [--quantize int8 [--calib-images N]] [--evaluate]
+        [--scan-kernel]
 
 Example (the quickstart RetinaNet after `make demo`, float32 and int8):
     python tools/deployment/export_executorch.py \
@@ -17,7 +18,8 @@ its Python runtime (--verify: against PyTorch, with the share of the graph XNNPA
 FILE.json beside FILE.pte records the input shape, the outputs and the preprocessing an
 application applies. Detectors export their raw head outputs and segmentors their logits:
 mmmobilemamba.deploy.ExecuTorchModel runs a file with mmdet's / mmseg's post-processing.
-See docs/deployment.md.
+--scan-kernel: SS2D's scans by this project's ExecuTorch kernel (built here with the C++
+compiler, cached; compiled into an application beside ExecuTorch). See docs/deployment.md.
 """
 import sys
 

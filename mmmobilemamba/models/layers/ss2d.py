@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from mmmobilemamba.ops import (channels_innermost, memory_format_of, selective_scan,
                                selective_scan_channels_last, ss2d_scan)
 from mmmobilemamba.ops.fused_ops import gated_layer_norm
+from mmmobilemamba.ops.graph_scan_op import ss2d_scan_graph_op
 from mmmobilemamba.ops.scan_chunked import ss2d_scan_graph
 from mmmobilemamba.ops.selective_scan import resolve_backend
 from .conv_bn import ConvBN
@@ -35,17 +36,23 @@ class GraphScan(nn.Module):
         split_directions (bool): each direction scanned on its own (see
             :func:`~mmmobilemamba.ops.scan_chunked.ss2d_scan_graph`; ExecuTorch's export sets
             it). Default: False.
+        one_operator (bool): the scan as the one operator ``mmmobilemamba::ss2d_scan_graph``
+            (:mod:`mmmobilemamba.ops.graph_scan_op`; same values, no gradient) for a runtime
+            with a kernel of it: ExecuTorch's export with ``scan_kernel``. Default: False.
     """
 
-    def __init__(self, A: torch.Tensor, skip: torch.Tensor,
-                 split_directions: bool = False) -> None:
+    def __init__(self, A: torch.Tensor, skip: torch.Tensor, split_directions: bool = False,
+                 one_operator: bool = False) -> None:
         super().__init__()
         self.register_buffer('A', A)
         self.register_buffer('skip', skip)
         self.split_directions = split_directions
+        self.one_operator = one_operator
 
     def forward(self, u: torch.Tensor, delta: torch.Tensor, B: torch.Tensor,
                 C: torch.Tensor) -> torch.Tensor:
+        if self.one_operator:
+            return ss2d_scan_graph_op(u, delta, self.A, B, C, self.skip)
         return ss2d_scan_graph(u, delta, self.A, B, C, self.skip, self.split_directions)
 
 

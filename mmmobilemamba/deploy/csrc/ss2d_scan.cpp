@@ -1,0 +1,262 @@
+// SS2D's two-direction selective scan as one ExecuTorch kernel: mmmobilemamba::ss2d_scan_graph.out.
+//
+// The exported graph's scan (mmmobilemamba.ops.scan_chunked.ss2d_scan_graph) is ~70 whole-tensor
+// ops per SS2D, each a pass over memory; here it is one pass per channel row. Semantics, for
+// image b, direction k (0 forwards, 1 backwards), channel c, state n:
+//
+//   dt_t = softplus(delta[b, k, c, t])
+//   h_t  = exp(dt_t A[k*d + c, n]) h_{t-+1} + dt_t u[b, c, t] B[b, k, n, t]
+//   y[b, c, t] = sum_k sum_n C[b, k, n, t] h_t + skip[c] u[b, c, t]
+//
+// Every row runs the same three loops: the step sizes and decays (exp and log written as
+// polynomials, so that the compiler vectorises them for the target's SIMD: AVX on x86, NEON on
+// ARM), the recurrence over a block of rows at once (independent chains hide the multiply-add
+// latency), and the read-out. Rows are shared out over ExecuTorch's thread pool.
+#include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
+#include <executorch/runtime/kernel/kernel_includes.h>
+#include <executorch/runtime/kernel/thread_parallel_interface.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace mmmobilemamba {
+namespace {
+
+using executorch::aten::ScalarType;
+using executorch::aten::Tensor;
+using executorch::runtime::Error;
+using executorch::runtime::KernelRuntimeContext;
+
+constexpr int64_t kRows = 16;      // rows scanned side by side: the lanes of one vector op
+constexpr int64_t kTile = 128;     // steps per tile (the scratch stays in the L1 cache)
+constexpr int64_t kMaxStates = 16; // the largest d_state the kernel takes
+
+inline float bits_to_float(int32_t bits) {
+  float out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
+inline int32_t float_to_bits(float value) {
+  int32_t out;
+  std::memcpy(&out, &value, sizeof(out));
+  return out;
+}
+
+// e^x to float32 rounding for x in [-87, 88] (clamped there: e^-87 is float32's smallest normal
+// range, far below any state a decay leaves): 2^n e^r with |r| <= ln(2)/2, e^r by its Taylor
+// polynomial to r^7 (remainder < 6e-9 relative).
+inline float exp_f32(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  return p * bits_to_float((static_cast<int32_t>(n) + 127) << 23);
+}
+
+// log(1 + z) for z in [0, 1]: y = 1 + z = 2^e m with m in [sqrt(1/2), sqrt(2)), log m by the
+// series of 2 atanh(s), s = (m - 1) / (m + 1), |s| <= 0.172 (five terms: < 1e-9), plus the
+// rounding of 1 + z, (z - (y - 1)) / y.
+inline float log1p_f32(float z) {
+  const float y = 1.0f + z;
+  const float lost = (z - (y - 1.0f)) / y;
+  const int32_t bits = float_to_bits(y);
+  // exponent against 1.0 after moving m into [sqrt(1/2), sqrt(2)): 0x3f3504f3 is sqrt(1/2)
+  const int32_t shifted = bits - 0x3f3504f3;
+  const int32_t e = shifted >> 23;
+  const float m = bits_to_float(bits - (e << 23));
+  const float s = (m - 1.0f) / (m + 1.0f);
+  const float s2 = s * s;
+  float p = 1.0f / 9.0f;
+  p = p * s2 + 1.0f / 7.0f;
+  p = p * s2 + 1.0f / 5.0f;
+  p = p * s2 + 1.0f / 3.0f;
+  p = p * s2 + 1.0f;
+  return static_cast<float>(e) * 0.693147180559945309f + 2.0f * s * p + lost;
+}
+
+// log(1 + e^x) = max(x, 0) + log1p(e^-|x|): no overflow, full accuracy at both ends.
+inline float softplus_f32(float x) {
+  return std::max(x, 0.0f) + log1p_f32(exp_f32(-std::fabs(x)));
+}
+
+typedef float Lanes __attribute__((vector_size(kRows * sizeof(float))));
+
+inline Lanes load_lanes(const float* p) {
+  Lanes v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline void store_lanes(float* p, Lanes v) { std::memcpy(p, &v, sizeof(v)); }
+
+struct Shapes {
+  int64_t batch, directions, channels, length, states;
+};
+
+// Scratch of one task: a tile of kTile steps of kRows rows, in both layouts.
+struct Scratch {
+  float rows[2][kRows * kTile];  // step sizes and dt * u, row-major (t fastest)
+  float dt[kTile * kRows];       // step-major (rows fastest): the recurrence's layout
+  float dt_u[kTile * kRows];
+  float decay[kTile * kRows];
+  float y[kTile * kRows];
+};
+
+// Direction k of rows c0 .. c0 + rows - 1 of image b, added into y. The rows are the lanes
+// of the recurrence (step-major tiles, rows fastest: one vector op per step for all rows);
+// the tiles run in scan order, carrying the states from one to the next.
+void scan_block(const Shapes& s, const float* u, const float* delta, const float* A,
+                const float* B, const float* C, float* y, int64_t b, int64_t k, int64_t c0,
+                int64_t rows, Scratch& w) {
+  const int64_t L = s.length, N = s.states, d = s.channels;
+  const bool reverse = k == 1;
+  const float* u_b = u + b * d * L;
+  const float* delta_bk = delta + (b * s.directions + k) * d * L;
+  const float* B_bk = B + (b * s.directions + k) * N * L;
+  const float* C_bk = C + (b * s.directions + k) * N * L;
+  float* y_b = y + b * d * L;
+  float h[kMaxStates][kRows] = {};
+  float a[kMaxStates][kRows] = {};  // A per lane (0 for the padding lanes)
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t r = 0; r < rows; ++r) a[n][r] = A[(k * d + c0 + r) * N + n];
+  }
+  const int64_t tiles = (L + kTile - 1) / kTile;
+  for (int64_t i = 0; i < tiles; ++i) {
+    const int64_t tile = reverse ? tiles - 1 - i : i;
+    const int64_t t0 = tile * kTile, len = std::min(kTile, L - t0);
+    // step sizes, row by row (vectorised along the steps), then turned step-major
+    for (int64_t r = 0; r < kRows; ++r) {
+      float* dt_row = w.rows[0] + r * kTile;
+      float* dtu_row = w.rows[1] + r * kTile;
+      if (r >= rows) {  // padding lanes: no step, no input
+        std::fill(dt_row, dt_row + len, 0.0f);
+        std::fill(dtu_row, dtu_row + len, 0.0f);
+        continue;
+      }
+      const float* delta_row = delta_bk + (c0 + r) * L + t0;
+      const float* u_row = u_b + (c0 + r) * L + t0;
+      for (int64_t t = 0; t < len; ++t) {
+        const float step = softplus_f32(delta_row[t]);
+        dt_row[t] = step;
+        dtu_row[t] = step * u_row[t];
+      }
+    }
+    for (int64_t t = 0; t < len; ++t) {
+      for (int64_t r = 0; r < kRows; ++r) {
+        w.dt[t * kRows + r] = w.rows[0][r * kTile + t];
+        w.dt_u[t * kRows + r] = w.rows[1][r * kTile + t];
+      }
+    }
+    std::fill(w.y, w.y + len * kRows, 0.0f);
+    for (int64_t n = 0; n < N; ++n) {
+      const float* B_n = B_bk + n * L + t0;
+      const float* C_n = C_bk + n * L + t0;
+      for (int64_t t = 0; t < len; ++t) {
+        for (int64_t r = 0; r < kRows; ++r) {
+          w.decay[t * kRows + r] = exp_f32(w.dt[t * kRows + r] * a[n][r]);
+        }
+      }
+      // the recurrence: one vector of kRows lanes per step (GCC/Clang vector extensions,
+      // lowered to the target's SIMD registers: one AVX-512 or four NEON registers)
+      Lanes state = load_lanes(h[n]);
+      for (int64_t j = 0; j < len; ++j) {
+        const int64_t t = reverse ? len - 1 - j : j;
+        state = load_lanes(w.decay + t * kRows) * state + load_lanes(w.dt_u + t * kRows) * B_n[t];
+        store_lanes(w.y + t * kRows, load_lanes(w.y + t * kRows) + C_n[t] * state);
+      }
+      store_lanes(h[n], state);
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      float* y_row = y_b + (c0 + r) * L + t0;
+      for (int64_t t = 0; t < len; ++t) y_row[t] += w.y[t * kRows + r];
+    }
+  }
+}
+
+bool check(KernelRuntimeContext& ctx, bool ok, const char* message) {
+  if (!ok) {
+    ET_LOG(Error, "mmmobilemamba::ss2d_scan_graph.out: %s", message);
+    ctx.fail(Error::InvalidArgument);
+  }
+  return ok;
+}
+
+}  // namespace
+
+Tensor& ss2d_scan_graph_out(KernelRuntimeContext& ctx, const Tensor& u, const Tensor& delta,
+                            const Tensor& A, const Tensor& B, const Tensor& C,
+                            const Tensor& skip, Tensor& out) {
+  const bool floats = u.scalar_type() == ScalarType::Float &&
+                      delta.scalar_type() == ScalarType::Float &&
+                      A.scalar_type() == ScalarType::Float &&
+                      B.scalar_type() == ScalarType::Float &&
+                      C.scalar_type() == ScalarType::Float &&
+                      skip.scalar_type() == ScalarType::Float &&
+                      out.scalar_type() == ScalarType::Float;
+  if (!check(ctx, floats, "every tensor must be float32") ||
+      !check(ctx, u.dim() == 3 && delta.dim() == 4 && A.dim() == 2 && B.dim() == 4 &&
+                      C.dim() == 4 && skip.dim() == 1 && out.dim() == 3,
+             "expected u (b, d, L), delta (b, K, d, L), A (K*d, N), B and C (b, K, N, L), "
+             "skip (d,), out (b, d, L)")) {
+    return out;
+  }
+  const Shapes s{delta.size(0), delta.size(1), delta.size(2), delta.size(3), A.size(1)};
+  const bool shapes_ok =
+      u.size(0) == s.batch && u.size(1) == s.channels && u.size(2) == s.length &&
+      (s.directions == 1 || s.directions == 2) && A.size(0) == s.directions * s.channels &&
+      B.size(0) == s.batch && B.size(1) == s.directions && B.size(2) == s.states &&
+      B.size(3) == s.length && C.sizes() == B.sizes() && skip.size(0) == s.channels &&
+      out.sizes() == u.sizes();
+  if (!check(ctx, shapes_ok, "shapes do not agree (see the op's schema)") ||
+      !check(ctx, s.states >= 1 && s.states <= kMaxStates, "d_state must be 1 to 16")) {
+    return out;
+  }
+  const float* u_data = u.const_data_ptr<float>();
+  const float* delta_data = delta.const_data_ptr<float>();
+  const float* A_data = A.const_data_ptr<float>();
+  const float* B_data = B.const_data_ptr<float>();
+  const float* C_data = C.const_data_ptr<float>();
+  const float* skip_data = skip.const_data_ptr<float>();
+  float* y = out.mutable_data_ptr<float>();
+  const int64_t L = s.length, d = s.channels;
+  for (int64_t b = 0; b < s.batch; ++b) {
+    for (int64_t c = 0; c < d; ++c) {
+      const float* u_row = u_data + (b * d + c) * L;
+      float* y_row = y + (b * d + c) * L;
+      for (int64_t t = 0; t < L; ++t) {
+        y_row[t] = skip_data[c] * u_row[t];
+      }
+    }
+  }
+  // a task: one block of rows of one image; each direction adds into the same rows, so both
+  // directions of a block run in the same task (no two tasks write one row)
+  const int64_t blocks_per_image = (d + kRows - 1) / kRows;
+  const int64_t tasks = s.batch * blocks_per_image;
+  executorch::extension::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    Scratch scratch;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / blocks_per_image;
+      const int64_t c0 = (task % blocks_per_image) * kRows;
+      const int64_t rows = std::min(kRows, d - c0);
+      for (int64_t k = 0; k < s.directions; ++k) {
+        scan_block(s, u_data, delta_data, A_data, B_data, C_data, y, b, k, c0, rows, scratch);
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace mmmobilemamba
+
+EXECUTORCH_LIBRARY(mmmobilemamba, "ss2d_scan_graph.out", mmmobilemamba::ss2d_scan_graph_out);

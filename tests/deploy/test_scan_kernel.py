@@ -1,0 +1,145 @@
+"""ExecuTorch's kernel of SS2D's scan (mmmobilemamba/deploy/csrc/ss2d_scan.cpp), built with the
+C++ compiler against the installed executorch and run in ExecuTorch's own runtime, against a
+float64 sequential scan: both directions, one or several states, lengths across its tiles,
+channel counts that leave lanes empty, and step sizes where softplus and exp reach their ends.
+"""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+pytest.importorskip('executorch.exir')
+from mmmobilemamba.deploy import (ScanKernelError, build_scan_kernel,  # noqa: E402
+                                  export_network, load_scan_kernel, read_record)
+from mmmobilemamba.deploy import scan_kernel  # noqa: E402
+from mmmobilemamba.models.layers.ss2d import GraphScan  # noqa: E402
+from mmmobilemamba.ops import ss2d_scan_graph_op  # noqa: E402
+from mmmobilemamba.ops.scan_chunked import ss2d_scan_graph  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from deploy_checks import randomise_norms  # noqa: E402
+
+
+def _sequential_scan(u, delta, A, B, C, skip):
+    """SS2D's two-direction scan step by step in float64: the definition."""
+    u, delta, A, B, C, skip = (t.double() for t in (u, delta, A, B, C, skip))
+    batch, directions, channels, length = delta.shape
+    y = u * skip.view(1, -1, 1)
+    dt = torch.nn.functional.softplus(delta)
+    for k in range(directions):
+        a = A[k * channels:(k + 1) * channels]                          # (d, N)
+        h = torch.zeros(batch, channels, a.shape[1], dtype=torch.float64)
+        steps = range(length - 1, -1, -1) if k == 1 else range(length)
+        for t in steps:
+            step = dt[:, k, :, t].unsqueeze(-1)                            # (b, d, 1)
+            h = torch.exp(step * a) * h + step * u[:, :, t, None] * B[:, k, None, :, t]
+            y[:, :, t] += (h * C[:, k, None, :, t]).sum(-1)
+    return y
+
+
+class _Scan(nn.Module):
+    def __init__(self, A, skip):
+        super().__init__()
+        self.scan = GraphScan(A, skip, one_operator=True)
+
+    def forward(self, u, delta, B, C):
+        return self.scan(u, delta, B, C)
+
+
+def _run_in_executorch(module, inputs):
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.runtime import Runtime
+    program = to_edge_transform_and_lower(torch.export.export(module, inputs, strict=False))
+    data = program.to_executorch().buffer
+    assert scan_kernel.program_calls_scan_kernel(data)
+    load_scan_kernel()
+    method = Runtime.get().load_program(data).load_method('forward')
+    return method.execute(inputs)[0]
+
+
+def _inputs(batch, directions, channels, length, states, delta_scale=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(batch, channels, length, generator=g)
+    delta = torch.randn(batch, directions, channels, length, generator=g) * delta_scale
+    A = -torch.rand(directions * channels, states, generator=g) * 4 - 0.05
+    B = torch.randn(batch, directions, states, length, generator=g)
+    C = torch.randn(batch, directions, states, length, generator=g)
+    skip = torch.randn(channels, generator=g)
+    return u, delta, A, B, C, skip
+
+
+@pytest.mark.parametrize('batch,directions,channels,length,states,delta_scale', [
+    (1, 2, 5, 1, 1, 1.0),        # one step; 11 of the 16 lanes empty
+    (2, 2, 20, 300, 1, 1.0),     # tiles of 128 steps: two whole, one partial, both ways
+    (1, 1, 3, 40, 3, 1.0),       # one direction, three states
+    (1, 2, 16, 130, 2, 30.0),    # softplus at both ends (x up to ~100), decays to ~0
+])
+def test_kernel_equals_the_sequential_scan(batch, directions, channels, length, states,
+                                           delta_scale):
+    u, delta, A, B, C, skip = _inputs(batch, directions, channels, length, states,
+                                      delta_scale)
+    got = _run_in_executorch(_Scan(A, skip).eval(), (u, delta, B, C))
+    expected = _sequential_scan(u, delta, A, B, C, skip)
+    assert got.shape == (batch, channels, length) and got.dtype == torch.float32
+    error = (got.double() - expected).abs().max() / expected.abs().max()
+    assert error < 1e-5, error
+
+
+def test_operator_computes_the_graph_form_and_exports_as_one_node():
+    u, delta, A, B, C, skip = _inputs(1, 2, 6, 50, 1)
+    torch.testing.assert_close(ss2d_scan_graph_op(u, delta, A, B, C, skip),
+                               ss2d_scan_graph(u, delta, A, B, C, skip))
+    graph = torch.export.export(_Scan(A, skip).eval(), (u, delta, B, C), strict=False).graph
+    ops = [n.target for n in graph.nodes if n.op == 'call_function']
+    assert ops == [torch.ops.mmmobilemamba.ss2d_scan_graph.default]
+
+
+def test_backbone_exported_with_the_kernel_runs_it_and_matches_pytorch(tmp_path):
+    from mmmobilemamba.models import MobileMamba
+    backbone = randomise_norms(MobileMamba('t2', out_indices=(0, 1)))
+    x = torch.randn(1, 3, 64, 96)
+    result = export_network(backbone, 'backbone', x, str(tmp_path / 't2.pte'),
+                            runtime='executorch', verify=True,
+                            runtime_options=dict(scan_kernel=True))
+    assert result.max_rel_diff <= 1e-4
+    from mmmobilemamba.models.layers.ss2d import SS2D
+    scans = sum(isinstance(m, SS2D) for m in backbone.modules())
+    assert scans and result.rewrites['GraphScan.one_operator'] == scans
+    delegation = read_record(result.file)['delegation']
+    # every scan is one kernel call, everything else runs in XNNPACK
+    assert delegation['kernel_ops'] == {'mmmobilemamba.ss2d_scan_graph': scans}
+    assert delegation['portable_nodes'] == 0
+    assert result.kernels == [dict(operator='mmmobilemamba::ss2d_scan_graph.out',
+                                   source='mmmobilemamba/deploy/csrc/ss2d_scan.cpp')]
+
+
+def test_missing_compiler_is_named_with_the_way_out(monkeypatch, tmp_path):
+    monkeypatch.setenv('MMM_CACHE', str(tmp_path))
+    monkeypatch.setenv('CXX', 'no-such-compiler')
+    monkeypatch.setattr(scan_kernel.shutil, 'which', lambda name: None)
+    with pytest.raises(ScanKernelError, match='C\\+\\+17 compiler.*without --scan-kernel'):
+        build_scan_kernel()
+    assert not list(tmp_path.iterdir())
+
+
+def test_compiler_errors_are_reported_and_leave_no_library(monkeypatch, tmp_path):
+    bad = tmp_path / 'broken.cpp'
+    bad.write_text('this is not C++\n')
+    monkeypatch.setenv('MMM_CACHE', str(tmp_path / 'cache'))
+    monkeypatch.setattr(scan_kernel, 'SOURCE', str(bad))
+    with pytest.raises(ScanKernelError, match='building the scan kernel failed'):
+        build_scan_kernel()
+    assert not list((tmp_path / 'cache' / 'kernels').iterdir())
+
+
+def test_build_is_cached_per_source(monkeypatch, tmp_path):
+    monkeypatch.setenv('MMM_CACHE', str(tmp_path))
+    first = build_scan_kernel()
+    stamp = Path(first).stat().st_mtime_ns
+    assert build_scan_kernel() == first and Path(first).stat().st_mtime_ns == stamp
+    edited = tmp_path / 'edited.cpp'
+    edited.write_text(Path(scan_kernel.SOURCE).read_text() + '\n// edited\n')
+    monkeypatch.setattr(scan_kernel, 'SOURCE', str(edited))
+    assert build_scan_kernel() != first
