@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-__all__ = ['BENCHMARK_MODELS', 'RUNTIME_COLUMNS', 'DeployBenchmark', 'Row', 'draw_chart',
+__all__ = ['BENCHMARK_MODELS', 'COLUMN_OPTIONS', 'RUNTIME_COLUMNS', 'DeployBenchmark', 'Row', 'draw_chart',
            'format_tables']
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,7 +47,11 @@ RUNTIME_COLUMNS: Dict[str, Tuple[str, str]] = {
     'onnxruntime-int8': ('onnxruntime', 'int8'),
     'executorch-fp32': ('executorch', 'fp32'),
     'executorch-int8': ('executorch', 'int8'),
+    'executorch-kernel-fp32': ('executorch', 'fp32'),
 }
+# a column's runtime options (export_network's runtime_options): SS2D's scans by the project's
+# ExecuTorch kernel (a network without SS2D exports as in 'executorch-fp32')
+COLUMN_OPTIONS: Dict[str, dict] = {'executorch-kernel-fp32': dict(scan_kernel=True)}
 REFERENCE = 'regnetx_800mf'
 CALIBRATION_IMAGES = 8
 
@@ -219,7 +223,7 @@ class DeployBenchmark:
 
     def _export(self, model: nn.Module, kind: str, x: torch.Tensor,
                 calibration: List[torch.Tensor], name: str, runtime: str,
-                precision: str) -> Tuple[str, dict]:
+                precision: str, options: Optional[dict] = None) -> Tuple[str, dict]:
         """The cached (or new) export's file and record."""
         from mmmobilemamba.deploy import export_network, get_runtime
         suffix = get_runtime(runtime).suffix
@@ -237,7 +241,7 @@ class DeployBenchmark:
                                 quantize=None if precision == 'fp32' else precision,
                                 calibration=calibration,
                                 calibration_source=f'{len(calibration)} synthetic images',
-                                latency_rounds=3)
+                                latency_rounds=3, runtime_options=options)
         with open(key_file, 'w') as f:
             f.write(self.cache_key())
         self.log(f'  {result.export_seconds:.0f} s, {result.file_bytes / 2**20:.1f} MiB')
@@ -286,8 +290,11 @@ class DeployBenchmark:
                     if runtime == 'pytorch':
                         continue
                     name = f'{model_key}_{shape[0]}x{shape[1]}_{runtime}'
+                    if column in COLUMN_OPTIONS:
+                        name += '_' + '_'.join(sorted(COLUMN_OPTIONS[column]))
                     row_files[column], row.exports[column] = self._export(
-                        model, kind, x, calibration, name, runtime, precision)
+                        model, kind, x, calibration, name, runtime, precision,
+                        COLUMN_OPTIONS.get(column))
                 block_rows.append(row)
                 eagers.append(eager)
                 inputs.append(x)
@@ -390,7 +397,9 @@ def _export_cell(record: Optional[dict]) -> str:
         parts.append(f'{quantization["size_ratio"]:.2f}x, {record.get("snr_db") or 0:.0f} dB')
     delegation = record.get('delegation')
     if delegation:
-        parts.append(f'{100 * delegation["share"]:.0f}% ({delegation["portable_nodes"]})')
+        parts.append(f'{100 * delegation["share"]:.0f}% ({delegation["portable_nodes"]})'
+                     + (f' + {delegation["kernel_nodes"]} scan kernel calls'
+                        if delegation.get('kernel_nodes') else ''))
     return '; '.join(parts)
 
 
@@ -414,7 +423,8 @@ def draw_chart(rows: List[Row], columns: Sequence[str], threads: Sequence[int],
     from mmmobilemamba.engine.atomic_io import atomic_write_bytes
 
     colors = {'pytorch': '#7f7f7f', 'onnxruntime-fp32': '#1f77b4', 'onnxruntime-int8': '#9ecae1',
-              'executorch-fp32': '#d62728', 'executorch-int8': '#fc9272'}
+              'executorch-fp32': '#d62728', 'executorch-int8': '#fc9272',
+              'executorch-kernel-fp32': '#2ca02c'}
     height = 0.8 / max(len(columns), 1)
     fig, axes = plt.subplots(1, len(threads), figsize=(4.2 * len(threads) + 1.6,
                                                       0.42 * len(rows) * len(columns) ** 0.5 + 1.4),
