@@ -379,7 +379,8 @@ def format_tables(rows: List[Row], columns: Sequence[str], threads: Sequence[int
     if export_columns:
         lines += ['', 'The exports: file size (MiB); int8 size against fp32, the int8 file\'s '
                   'SNR against PyTorch float (dB); share of operator nodes XNNPACK runs '
-                  '(nodes left to portable kernels):', '',
+                  '(nodes left to portable kernels; + calls of the project\'s scan kernel):',
+                  '',
                   '| model, input | ' + ' | '.join(export_columns) + ' |',
                   '|---|' + '---|' * len(export_columns)]
         for row in rows:

@@ -68,3 +68,15 @@ def test_export_cache_key_ignores_comments_and_docstrings():
     assert _code_of('"""doc"""\nx = 1  # why\n') == _code_of('x = 1\n')
     assert _code_of('def f():\n    """what"""\n    return 1\n') == _code_of('def f():\n    return 1\n')
     assert _code_of('x = 1\n') != _code_of('x = 2\n')
+
+
+def test_export_table_counts_scan_kernel_calls_apart_from_portable_nodes():
+    from mmmobilemamba.analysis.deploy_benchmark import (COLUMN_OPTIONS, RUNTIME_COLUMNS,
+                                                         _export_cell)
+    assert set(COLUMN_OPTIONS) <= set(RUNTIME_COLUMNS)
+    assert RUNTIME_COLUMNS['executorch-kernel-fp32'] == ('executorch', 'fp32')
+    delegation = dict(share=0.994, portable_nodes=0, kernel_nodes=7)
+    cell = _export_cell(dict(file_bytes=63 * 2**20, delegation=delegation))
+    assert cell == '63.0; 99% (0) + 7 scan kernel calls'
+    delegation.update(kernel_nodes=0, share=1.0)
+    assert _export_cell(dict(file_bytes=2**20, delegation=delegation)) == '1.0; 100% (0)'
