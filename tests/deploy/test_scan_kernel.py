@@ -143,3 +143,19 @@ def test_build_is_cached_per_source(monkeypatch, tmp_path):
     edited.write_text(Path(scan_kernel.SOURCE).read_text() + '\n// edited\n')
     monkeypatch.setattr(scan_kernel, 'SOURCE', str(edited))
     assert build_scan_kernel() != first
+
+
+def test_kernel_refuses_a_state_size_it_does_not_take():
+    u, delta, A, B, C, skip = _inputs(1, 2, 4, 10, 17)  # d_state 17: over the kernel's 16
+    with pytest.raises(RuntimeError):
+        _run_in_executorch(_Scan(A, skip).eval(), (u, delta, B, C))
+
+
+def test_export_tool_offers_the_kernel_for_executorch_only():
+    from mmmobilemamba.deploy.cli import build_parser
+    args = build_parser('executorch', 'x', '.pte').parse_args(
+        ['config.py', '--out', 'b1.pte', '--scan-kernel'])
+    assert args.scan_kernel
+    with pytest.raises(SystemExit):
+        build_parser('onnxruntime', 'x', '.onnx').parse_args(
+            ['config.py', '--out', 'b1.onnx', '--scan-kernel'])

@@ -257,7 +257,13 @@ Tensor& ss2d_scan_graph_out(KernelRuntimeContext& ctx, const Tensor& u, const Te
                       C.scalar_type() == ScalarType::Float &&
                       skip.scalar_type() == ScalarType::Float &&
                       out.scalar_type() == ScalarType::Float;
+  using executorch::runtime::tensor_is_contiguous;
+  const bool contiguous = tensor_is_contiguous(u) && tensor_is_contiguous(delta) &&
+                          tensor_is_contiguous(A) && tensor_is_contiguous(B) &&
+                          tensor_is_contiguous(C) && tensor_is_contiguous(skip) &&
+                          tensor_is_contiguous(out);
   if (!check(ctx, floats, "every tensor must be float32") ||
+      !check(ctx, contiguous, "every tensor must be contiguous (the default dim order)") ||
       !check(ctx, u.dim() == 3 && delta.dim() == 4 && A.dim() == 2 && B.dim() == 4 &&
                       C.dim() == 4 && skip.dim() == 1 && out.dim() == 3,
              "expected u (b, d, L), delta (b, K, d, L), A (K*d, N), B and C (b, K, N, L), "
