@@ -23,8 +23,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-__all__ = ['BENCHMARK_MODELS', 'COLUMN_OPTIONS', 'RUNTIME_COLUMNS', 'DeployBenchmark', 'Row', 'draw_chart',
-           'format_tables']
+__all__ = ['BENCHMARK_MODELS', 'COLUMN_OPTIONS', 'RUNTIME_COLUMNS', 'DeployBenchmark', 'Row',
+           'draw_chart', 'format_tables']
 
 REPO = Path(__file__).resolve().parents[2]
 # key -> (label, backbone key or quickstart config, kind); backbones run at every --sizes
@@ -48,10 +48,12 @@ RUNTIME_COLUMNS: Dict[str, Tuple[str, str]] = {
     'executorch-fp32': ('executorch', 'fp32'),
     'executorch-int8': ('executorch', 'int8'),
     'executorch-kernel-fp32': ('executorch', 'fp32'),
+    'executorch-kernel-int8': ('executorch', 'int8'),
 }
 # a column's runtime options (export_network's runtime_options): SS2D's scans by the project's
-# ExecuTorch kernel (a network without SS2D exports as in 'executorch-fp32')
-COLUMN_OPTIONS: Dict[str, dict] = {'executorch-kernel-fp32': dict(scan_kernel=True)}
+# ExecuTorch kernel (a network without SS2D exports as without the option)
+COLUMN_OPTIONS: Dict[str, dict] = {'executorch-kernel-fp32': dict(scan_kernel=True),
+                                   'executorch-kernel-int8': dict(scan_kernel=True)}
 REFERENCE = 'regnetx_800mf'
 CALIBRATION_IMAGES = 8
 
@@ -277,6 +279,7 @@ class DeployBenchmark:
         import gc
 
         from mmmobilemamba.deploy.executorch import set_threads
+        from mmmobilemamba.models.layers.ss2d import SS2D
         os.makedirs(self.work_dir, exist_ok=True)
         rows: List[Row] = []
         blocks = []
@@ -284,17 +287,18 @@ class DeployBenchmark:
             block_rows, eagers, inputs, files = [], [], [], []
             for model_key, shape in members:
                 model, kind, x, calibration, eager = _build(model_key, shape, CALIBRATION_IMAGES)
+                has_scan = any(isinstance(m, SS2D) for m in model.modules())
                 row, row_files = Row(model_key, shape, block), {}
                 for column in self.columns:
                     runtime, precision = RUNTIME_COLUMNS[column]
                     if runtime == 'pytorch':
                         continue
                     name = f'{model_key}_{shape[0]}x{shape[1]}_{runtime}'
-                    if column in COLUMN_OPTIONS:
-                        name += '_' + '_'.join(sorted(COLUMN_OPTIONS[column]))
+                    options = COLUMN_OPTIONS.get(column) if has_scan else None
+                    if options:  # else the same file as the column without options
+                        name += '_' + '_'.join(sorted(options))
                     row_files[column], row.exports[column] = self._export(
-                        model, kind, x, calibration, name, runtime, precision,
-                        COLUMN_OPTIONS.get(column))
+                        model, kind, x, calibration, name, runtime, precision, options)
                 block_rows.append(row)
                 eagers.append(eager)
                 inputs.append(x)
@@ -425,7 +429,7 @@ def draw_chart(rows: List[Row], columns: Sequence[str], threads: Sequence[int],
 
     colors = {'pytorch': '#7f7f7f', 'onnxruntime-fp32': '#1f77b4', 'onnxruntime-int8': '#9ecae1',
               'executorch-fp32': '#d62728', 'executorch-int8': '#fc9272',
-              'executorch-kernel-fp32': '#2ca02c'}
+              'executorch-kernel-fp32': '#2ca02c', 'executorch-kernel-int8': '#a1d99b'}
     height = 0.8 / max(len(columns), 1)
     fig, axes = plt.subplots(1, len(threads), figsize=(4.2 * len(threads) + 1.6,
                                                       0.42 * len(rows) * len(columns) ** 0.5 + 1.4),

@@ -4,8 +4,8 @@
 :func:`~mmmobilemamba.ops.scan_chunked.ss2d_scan_graph` (its PyTorch implementation is that
 function: the reference the kernels are tested against), and ``ss2d_scan_graph.out`` is the
 same writing into ``out``: the form ExecuTorch's programs call. ExecuTorch's kernel of it is
-``mmmobilemamba/deploy/csrc/ss2d_scan.cpp`` (built and loaded by
-:mod:`mmmobilemamba.deploy.scan_kernel`). ``torch.export`` keeps the operator as one node
+``mmmobilemamba/deploy/csrc/ss2d_scan.cpp`` (built and loaded by the deployment package's
+``scan_kernel`` module). ``torch.export`` keeps the operator as one node
 (it is not decomposed), so a program holds one call per SS2D instead of the ~70 graph ops of
 the scan. Inference only: the operator has no gradient.
 """
