@@ -159,3 +159,30 @@ def test_export_tool_offers_the_kernel_for_executorch_only():
     with pytest.raises(SystemExit):
         build_parser('onnxruntime', 'x', '.onnx').parse_args(
             ['config.py', '--out', 'b1.onnx', '--scan-kernel'])
+
+
+@pytest.mark.slow
+def test_int8_export_runs_the_scan_in_the_kernel(tmp_path):
+    from mmmobilemamba.models import MobileMamba
+    backbone = randomise_norms(MobileMamba('t2', out_indices=(0, 1)))
+    x = torch.randn(1, 3, 64, 96)
+    calibration = [torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(i))
+                   for i in range(4)]
+    result = export_network(backbone, 'backbone', x, str(tmp_path / 't2_int8.pte'),
+                            runtime='executorch', verify=True, quantize='int8',
+                            calibration=calibration, runtime_options=dict(scan_kernel=True))
+    assert result.snr_db > 20
+    assert result.delegation['kernel_nodes'] == result.rewrites['GraphScan.one_operator'] > 0
+    assert result.delegation['portable_nodes'] == 0
+
+
+@pytest.mark.slow
+def test_b1_with_the_kernel_matches_pytorch_at_224(tmp_path):
+    from mmmobilemamba.models import MobileMamba
+    backbone = randomise_norms(MobileMamba('b1'))
+    result = export_network(backbone, 'backbone', torch.randn(1, 3, 224, 224),
+                            str(tmp_path / 'b1.pte'), runtime='executorch', verify=True,
+                            runtime_options=dict(scan_kernel=True))
+    assert result.max_rel_diff <= 1e-4
+    assert result.delegation['kernel_ops'] == {'mmmobilemamba.ss2d_scan_graph': 7}
+    assert result.delegation['portable_nodes'] == 0
