@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """The deployment table: MobileMamba B1/T2 backbones (224x224 and 512x512) and the quickstart
 RetinaNet / Semantic FPN in PyTorch eager, onnxruntime fp32/int8 and ExecuTorch (XNNPACK)
-fp32/int8, on 1 and 2 threads, next to RegNetX-800MF and MobileNetV2 exported the same way.
+fp32/int8, on 1 and 2 threads, next to RegNetX-800MF and MobileNetV2 exported the same way;
+on request ExecuTorch with the project's scan kernel (executorch-kernel-fp32 / -int8).
 
     python tools/analysis/benchmark_deploy.py [--models b1 t2 regnetx_800mf mobilenetv2
         retinanet_demo fpn_demo] [--sizes 224 512] [--runtimes pytorch onnxruntime-fp32 ...]
@@ -20,9 +21,12 @@ import argparse
 import sys
 
 from mmmobilemamba.analysis.benchmark import publish_report
-from mmmobilemamba.analysis.deploy_benchmark import (BENCHMARK_MODELS, RUNTIME_COLUMNS,
-                                                     DeployBenchmark, draw_chart, environment,
-                                                     format_tables)
+from mmmobilemamba.analysis.deploy_benchmark import (BENCHMARK_MODELS, COLUMN_OPTIONS,
+                                                     RUNTIME_COLUMNS, DeployBenchmark,
+                                                     draw_chart, environment, format_tables)
+
+# the columns that need the project's ExecuTorch scan kernel (a C++ compiler) are asked for
+DEFAULT_COLUMNS = [column for column in RUNTIME_COLUMNS if column not in COLUMN_OPTIONS]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -32,9 +36,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f'rows, of {list(BENCHMARK_MODELS)} (default: all)')
     parser.add_argument('--sizes', nargs='+', type=int, default=[224, 512],
                         help='square input sides of the backbones (default: 224 512)')
-    parser.add_argument('--runtimes', nargs='+', default=list(RUNTIME_COLUMNS),
+    parser.add_argument('--runtimes', nargs='+', default=DEFAULT_COLUMNS,
                         choices=list(RUNTIME_COLUMNS), metavar='RUNTIME',
-                        help=f'columns, of {list(RUNTIME_COLUMNS)} (default: all)')
+                        help=f'columns, of {list(RUNTIME_COLUMNS)} (default: all but the '
+                        f'scan kernel\'s, {list(COLUMN_OPTIONS)}, which build it with the C++ '
+                        'compiler)')
     parser.add_argument('--threads', nargs='+', type=int, default=[1, 2],
                         help='thread counts (default: 1 2)')
     parser.add_argument('--rounds', type=int, default=10, help='timed rounds per block')
