@@ -1,17 +1,18 @@
 // SS2D's two-direction selective scan as one ExecuTorch kernel: mmmobilemamba::ss2d_scan_graph.out.
 //
 // The exported graph's scan (mmmobilemamba.ops.scan_chunked.ss2d_scan_graph) is ~70 whole-tensor
-// ops per SS2D, each a pass over memory; here it is one pass per channel row. Semantics, for
+// ops per SS2D, each a pass over memory; here it is one pass over the operands. Semantics, for
 // image b, direction k (0 forwards, 1 backwards), channel c, state n:
 //
 //   dt_t = softplus(delta[b, k, c, t])
 //   h_t  = exp(dt_t A[k*d + c, n]) h_{t-+1} + dt_t u[b, c, t] B[b, k, n, t]
 //   y[b, c, t] = sum_k sum_n C[b, k, n, t] h_t + skip[c] u[b, c, t]
 //
-// Every row runs the same three loops: the step sizes and decays (exp and log written as
+// 16 channels at a time, in tiles of 128 steps: the step sizes (exp and log written as
 // polynomials, so that the compiler vectorises them for the target's SIMD: AVX on x86, NEON on
-// ARM), the recurrence over a block of rows at once (independent chains hide the multiply-add
-// latency), and the read-out. Rows are shared out over ExecuTorch's thread pool.
+// ARM) along each channel's row, then the tile turned step-major so that the recurrence is one
+// 16-lane vector operation per step, then turned back for the output. Blocks of channels are
+// shared out over ExecuTorch's thread pool.
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
 #include <executorch/runtime/kernel/thread_parallel_interface.h>
@@ -21,7 +22,6 @@
 #include <cstdint>
 #include <cstring>
 #include <utility>
-#include <vector>
 
 namespace mmmobilemamba {
 namespace {
@@ -107,8 +107,9 @@ inline void store_lanes(float* p, Lanes v) { std::memcpy(p, &v, sizeof(v)); }
 // columns (after H = 8, 4, 2, 1 the matrix is transposed): one two-source permute each.
 template <int H, int... C>
 inline void swap_blocks(Lanes& upper, Lanes& lower, std::integer_sequence<int, C...>) {
-  const Lanes first = __builtin_shufflevector(upper, lower, ((C & H) ? 16 + C - H : C)...);
-  const Lanes second = __builtin_shufflevector(upper, lower, ((C & H) ? 16 + C : C + H)...);
+  // indices from kRows on pick from ``lower``
+  const Lanes first = __builtin_shufflevector(upper, lower, ((C & H) ? kRows + C - H : C)...);
+  const Lanes second = __builtin_shufflevector(upper, lower, ((C & H) ? kRows + C : C + H)...);
   upper = first;
   lower = second;
 }
@@ -130,6 +131,26 @@ inline void transpose_16x16(const float* src, int64_t src_stride, float* dst,
   butterfly<2>(m);
   butterfly<1>(m);
   for (int i = 0; i < kRows; ++i) store_lanes(dst + i * dst_stride, m[i]);
+}
+
+// dst (cols x rows, row stride dst_stride) = the transpose of src (rows x cols, row stride
+// src_stride): whole 16 x 16 blocks in registers, the rest element by element.
+void transpose(const float* src, int64_t src_stride, float* dst, int64_t dst_stride,
+               int64_t rows, int64_t cols) {
+  for (int64_t i = 0; i < rows; i += kRows) {
+    for (int64_t j = 0; j < cols; j += kRows) {
+      if (i + kRows <= rows && j + kRows <= cols) {
+        transpose_16x16(src + i * src_stride + j, src_stride, dst + j * dst_stride + i,
+                        dst_stride);
+        continue;
+      }
+      for (int64_t r = i; r < std::min(i + kRows, rows); ++r) {
+        for (int64_t c = j; c < std::min(j + kRows, cols); ++c) {
+          dst[c * dst_stride + r] = src[r * src_stride + c];
+        }
+      }
+    }
+  }
 }
 
 struct Shapes {
@@ -185,17 +206,8 @@ void scan_block(const Shapes& s, const float* u, const float* delta, const float
         dtu_row[t] = step * u_row[t];
       }
     }
-    const int64_t whole = len - len % kRows;  // steps in whole 16 x 16 blocks
-    for (int64_t t = 0; t < whole; t += kRows) {
-      transpose_16x16(w.rows[0] + t, kTile, w.dt + t * kRows, kRows);
-      transpose_16x16(w.rows[1] + t, kTile, w.dt_u + t * kRows, kRows);
-    }
-    for (int64_t t = whole; t < len; ++t) {
-      for (int64_t r = 0; r < kRows; ++r) {
-        w.dt[t * kRows + r] = w.rows[0][r * kTile + t];
-        w.dt_u[t * kRows + r] = w.rows[1][r * kTile + t];
-      }
-    }
+    transpose(w.rows[0], kTile, w.dt, kRows, kRows, len);
+    transpose(w.rows[1], kTile, w.dt_u, kRows, kRows, len);
     std::fill(w.y, w.y + len * kRows, 0.0f);
     for (int64_t n = 0; n < N; ++n) {
       const float* B_n = B_bk + n * L + t0;
@@ -217,12 +229,7 @@ void scan_block(const Shapes& s, const float* u, const float* delta, const float
     }
     // back to rows (the transpose of the tile into w.rows[0]), written with the skip term
     // (k = 0) or added
-    for (int64_t t = 0; t < whole; t += kRows) {
-      transpose_16x16(w.y + t * kRows, kRows, w.rows[0] + t, kTile);
-    }
-    for (int64_t t = whole; t < len; ++t) {
-      for (int64_t r = 0; r < kRows; ++r) w.rows[0][r * kTile + t] = w.y[t * kRows + r];
-    }
+    transpose(w.y, kRows, w.rows[0], kTile, len, kRows);
     for (int64_t r = 0; r < rows; ++r) {
       float* y_row = y_b + (c0 + r) * L + t0;
       const float* out_row = w.rows[0] + r * kTile;
