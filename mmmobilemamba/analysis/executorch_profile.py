@@ -56,14 +56,13 @@ def profile_executorch(pte_file: str, inputs: torch.Tensor, runs: int = 5,
     from executorch.extension.pybindings.portable_lib import _load_for_executorch
 
     from mmmobilemamba.deploy.executorch import set_threads
-    from mmmobilemamba.deploy.scan_kernel import load_scan_kernel, program_calls_scan_kernel
+    from mmmobilemamba.deploy.scan_kernel import load_scan_kernel_if_called
 
     if runs < 1:
         raise ValueError(f'runs must be at least 1, got {runs}')
     if threads:
         set_threads(threads)
-    if program_calls_scan_kernel(str(pte_file)):
-        load_scan_kernel()  # before the program's operators are resolved
+    load_scan_kernel_if_called(str(pte_file))
     program = _load_for_executorch(str(pte_file), enable_etdump=True, debug_buffer_size=0)
     inputs = inputs.float().contiguous()
     for _ in range(runs + 1):

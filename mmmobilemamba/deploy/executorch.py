@@ -32,7 +32,7 @@ from .network import ExportedNetwork
 from .quantization import FloatParts
 from .runtime import ExportedBytes, Runtime, Session
 from .runtime_model import RuntimeModel
-from .scan_kernel import (KERNEL_OPERATOR, build_scan_kernel, load_scan_kernel,
+from .scan_kernel import (KERNEL_OPERATOR, build_scan_kernel, load_scan_kernel_if_called,
                           program_calls_scan_kernel)
 
 __all__ = ['ExecuTorchModel', 'ExecuTorchRuntime', 'ExecuTorchSession', 'delegation_report',
@@ -96,8 +96,7 @@ class ExecuTorchSession(Session):
             raise RuntimeError('this executorch build has no XNNPACK backend: ' + INSTALL_HINT)
         if threads:
             set_threads(threads)  # before loading: the program keeps this pool
-        if program_calls_scan_kernel(data):
-            load_scan_kernel()  # registered before the program's operators are resolved
+        load_scan_kernel_if_called(data)
         self.program = runtime.load_program(data)
         self.method = self.program.load_method('forward')
         self.threads = _thread_count()

@@ -14,7 +14,9 @@ The build is for this machine's CPU (``-march=native``): the cache key holds the
 identity, so a home directory shared between machines gets one library per kind of CPU.
 """
 import ctypes
+import functools
 import hashlib
+import mmap
 import os
 import os.path as osp
 import platform
@@ -22,10 +24,10 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from typing import List, Optional, Union
+from typing import List, Union
 
 __all__ = ['KERNEL_OPERATOR', 'SOURCE', 'ScanKernelError', 'build_scan_kernel',
-           'load_scan_kernel', 'loaded_scan_kernel', 'program_calls_scan_kernel']
+           'load_scan_kernel', 'load_scan_kernel_if_called', 'program_calls_scan_kernel']
 
 KERNEL_OPERATOR = 'mmmobilemamba::ss2d_scan_graph.out'
 SOURCE = osp.join(osp.dirname(__file__), 'csrc', 'ss2d_scan.cpp')
@@ -79,6 +81,18 @@ def _command(compiler: str, root: str, output: str) -> List[str]:
             '-lexecutorch', '-lexecutorch_threadpool', f'-Wl,-rpath,{lib}']
 
 
+@functools.lru_cache(maxsize=None)
+def _compiler_identity(compiler: str) -> str:
+    """``compiler --version`` (asked once per process: every export and session looks up the
+    library)."""
+    try:
+        return subprocess.run([compiler, '--version'], capture_output=True, text=True,
+                              timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return compiler
+
+
+@functools.lru_cache(maxsize=None)
 def _cpu_identity() -> str:
     """The CPU's model and feature flags (what ``-march=native`` compiles for)."""
     try:
@@ -102,25 +116,17 @@ def _library_path(compiler: str, root: str) -> str:
         et_version = version('executorch')
     except PackageNotFoundError:
         et_version = root
-    try:
-        compiler_id = subprocess.run([compiler, '--version'], capture_output=True, text=True,
-                                     timeout=60).stdout
-    except (OSError, subprocess.SubprocessError):
-        compiler_id = compiler
     key = hashlib.sha256()
     with open(SOURCE, 'rb') as f:
         key.update(f.read())
-    for part in (' '.join(_command(compiler, root, '')), et_version, compiler_id,
+    for part in (' '.join(_command(compiler, root, '')), et_version, _compiler_identity(compiler),
                  _cpu_identity(), platform.machine()):
         key.update(part.encode())
     return osp.join(_cache_dir(), f'libmmmobilemamba_scan-{key.hexdigest()[:16]}.so')
 
 
-def build_scan_kernel(force: bool = False) -> str:
+def build_scan_kernel() -> str:
     """Compile the kernel library (once: a cached build is reused) and return its path.
-
-    Args:
-        force (bool): rebuild even when a cached library exists. Default: False.
 
     Raises:
         ScanKernelError: no executorch package with headers, no compiler, or the compiler
@@ -129,7 +135,7 @@ def build_scan_kernel(force: bool = False) -> str:
     root = _executorch_root()
     compiler = _compiler()
     path = _library_path(compiler, root)
-    if osp.isfile(path) and not force:
+    if osp.isfile(path):
         return path
     os.makedirs(osp.dirname(path), exist_ok=True)
     fd, partial = tempfile.mkstemp(prefix='.building-', suffix='.so', dir=osp.dirname(path))
@@ -173,14 +179,24 @@ def load_scan_kernel() -> str:
 
 def program_calls_scan_kernel(program: Union[bytes, str]) -> bool:
     """Whether an ExecuTorch program (its bytes or path) calls the scan kernel: its operator
-    table names ``mmmobilemamba::ss2d_scan_graph`` (name and overload are stored apart)."""
+    table names ``mmmobilemamba::ss2d_scan_graph`` (name and overload are stored apart). A
+    file is searched mapped, not read into memory."""
     name = KERNEL_OPERATOR.rsplit('.', 1)[0].encode()
-    if isinstance(program, (bytes, bytearray, memoryview)):
-        return name in bytes(program)
+    if isinstance(program, (bytes, bytearray)):
+        return name in program
+    if isinstance(program, memoryview):
+        return name in program.tobytes()
     with open(program, 'rb') as f:
-        return name in f.read()
+        if os.fstat(f.fileno()).st_size == 0:
+            return False
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return data.find(name) >= 0
 
 
-def loaded_scan_kernel() -> Optional[str]:
-    """The path of the kernel library loaded in this process, or None."""
-    return _LOADED.get('path')
+def load_scan_kernel_if_called(program: Union[bytes, str]) -> bool:
+    """Load the kernel (:func:`load_scan_kernel`) when ``program`` calls it; before the
+    program is loaded, so that its operators resolve. Returns whether it calls it."""
+    if not program_calls_scan_kernel(program):
+        return False
+    load_scan_kernel()
+    return True

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 pytest.importorskip('executorch.exir')
 from mmmobilemamba.deploy import (ScanKernelError, build_scan_kernel,  # noqa: E402
-                                  export_network, load_scan_kernel, read_record)
+                                  export_network, read_record)
 from mmmobilemamba.deploy import scan_kernel  # noqa: E402
 from mmmobilemamba.models.layers.ss2d import GraphScan  # noqa: E402
 from mmmobilemamba.ops import ss2d_scan_graph_op  # noqa: E402
@@ -53,8 +53,7 @@ def _run_in_executorch(module, inputs):
     from executorch.runtime import Runtime
     program = to_edge_transform_and_lower(torch.export.export(module, inputs, strict=False))
     data = program.to_executorch().buffer
-    assert scan_kernel.program_calls_scan_kernel(data)
-    load_scan_kernel()
+    assert scan_kernel.load_scan_kernel_if_called(data)
     method = Runtime.get().load_program(data).load_method('forward')
     return method.execute(inputs)[0]
 
@@ -113,6 +112,11 @@ def test_backbone_exported_with_the_kernel_runs_it_and_matches_pytorch(tmp_path)
     assert delegation['portable_nodes'] == 0
     assert result.kernels == [dict(operator='mmmobilemamba::ss2d_scan_graph.out',
                                    source='mmmobilemamba/deploy/csrc/ss2d_scan.cpp')]
+    # a session finds the kernel's operator in the file as it does in the bytes
+    assert scan_kernel.program_calls_scan_kernel(result.file)
+    empty = tmp_path / 'empty.pte'
+    empty.write_bytes(b'')
+    assert not scan_kernel.program_calls_scan_kernel(str(empty))
 
 
 def test_missing_compiler_is_named_with_the_way_out(monkeypatch, tmp_path):
