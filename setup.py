@@ -28,7 +28,7 @@ setup(
     python_requires='>=3.9',
     packages=find_packages(exclude=('tests', 'tests.*', 'configs', 'tools')),
     # the ExecuTorch scan kernel's source, compiled on first use (deploy/scan_kernel.py)
-    package_data={'mmmobilemamba.deploy': ['csrc/*.cpp']},
+    package_data={'mmmobilemamba.deploy': ['csrc/*.cpp', 'csrc/*.h']},
     install_requires=['torch>=2.0'] + read_requirements('runtime.txt'),
     extras_require={'tests': read_requirements('tests.txt'),
                     'deploy': read_requirements('deploy.txt'),

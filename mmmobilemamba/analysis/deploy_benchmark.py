@@ -47,12 +47,16 @@ RUNTIME_COLUMNS: Dict[str, Tuple[str, str]] = {
     'onnxruntime-int8': ('onnxruntime', 'int8'),
     'executorch-fp32': ('executorch', 'fp32'),
     'executorch-int8': ('executorch', 'int8'),
+    'onnxruntime-kernel-fp32': ('onnxruntime', 'fp32'),
+    'onnxruntime-kernel-int8': ('onnxruntime', 'int8'),
     'executorch-kernel-fp32': ('executorch', 'fp32'),
     'executorch-kernel-int8': ('executorch', 'int8'),
 }
 # a column's runtime options (export_network's runtime_options): SS2D's scans by the project's
-# ExecuTorch kernel (a network without SS2D exports as without the option)
-COLUMN_OPTIONS: Dict[str, dict] = {'executorch-kernel-fp32': dict(scan_kernel=True),
+# kernels (a network without SS2D exports as without the option)
+COLUMN_OPTIONS: Dict[str, dict] = {'onnxruntime-kernel-fp32': dict(scan_kernel=True),
+                                   'onnxruntime-kernel-int8': dict(scan_kernel=True),
+                                   'executorch-kernel-fp32': dict(scan_kernel=True),
                                    'executorch-kernel-int8': dict(scan_kernel=True)}
 REFERENCE = 'regnetx_800mf'
 CALIBRATION_IMAGES = 8
@@ -429,7 +433,9 @@ def draw_chart(rows: List[Row], columns: Sequence[str], threads: Sequence[int],
 
     colors = {'pytorch': '#7f7f7f', 'onnxruntime-fp32': '#1f77b4', 'onnxruntime-int8': '#9ecae1',
               'executorch-fp32': '#d62728', 'executorch-int8': '#fc9272',
-              'executorch-kernel-fp32': '#2ca02c', 'executorch-kernel-int8': '#a1d99b'}
+              'onnxruntime-kernel-fp32': '#9467bd', 'onnxruntime-kernel-int8': '#c5b0d5',
+              'executorch-kernel-fp32': '#2ca02c',
+              'executorch-kernel-int8': '#a1d99b'}
     height = 0.8 / max(len(columns), 1)
     fig, axes = plt.subplots(1, len(threads), figsize=(4.2 * len(threads) + 1.6,
                                                       0.42 * len(rows) * len(columns) ** 0.5 + 1.4),

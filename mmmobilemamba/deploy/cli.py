@@ -65,12 +65,17 @@ def build_parser(runtime: str, description: str, example_suffix: str) -> argpars
                         f'{MAX_METRIC_DROP["int8"]} int8 below)')
     parser.add_argument('--cfg-options', nargs='+', metavar='KEY=VALUE',
                         action=DictAction, help='override config entries')
-    if runtime == 'executorch':
-        parser.add_argument('--scan-kernel', action='store_true',
-                            help='run each SS2D scan by this project\'s ExecuTorch kernel '
-                            '(mmmobilemamba/deploy/csrc/ss2d_scan.cpp, built here with the '
-                            'C++ compiler; an application compiles it in) instead of as '
-                            'XNNPACK operators')
+    kernel_help = {
+        'executorch': 'this project\'s ExecuTorch kernel (mmmobilemamba/deploy/csrc/'
+                      'ss2d_scan.cpp, built here with the C++ compiler; an application compiles '
+                      'it in) instead of as XNNPACK operators',
+        'onnxruntime': 'one node of the custom op mmmobilemamba.SS2DScan, run by this '
+                       'project\'s custom-op library (mmmobilemamba/deploy/csrc/'
+                       'ss2d_scan_onnxruntime.cpp, built here with the C++ compiler; an '
+                       'application registers it) instead of as ~60 ONNX nodes',
+    }
+    parser.add_argument('--scan-kernel', action='store_true',
+                        help=f'run each SS2D scan by {kernel_help[runtime]}')
     return parser
 
 

@@ -32,7 +32,7 @@ from .network import ExportedNetwork
 from .quantization import FloatParts
 from .runtime import ExportedBytes, Runtime, Session
 from .runtime_model import RuntimeModel
-from .scan_kernel import (KERNEL_OPERATOR, build_scan_kernel, load_scan_kernel_if_called,
+from .scan_kernel import (build_scan_kernel, kernel_record, load_scan_kernel_if_called,
                           program_calls_scan_kernel)
 
 __all__ = ['ExecuTorchModel', 'ExecuTorchRuntime', 'ExecuTorchSession', 'delegation_report',
@@ -309,7 +309,7 @@ class ExecuTorchRuntime(Runtime):
     def require(self) -> None:
         super().require()
         if self.scan_kernel:
-            build_scan_kernel()  # before the export: a missing compiler fails fast
+            build_scan_kernel(self.name)  # before the export: a missing compiler fails fast
 
     def distributions(self) -> Sequence[str]:
         return ('executorch', 'torchao')
@@ -331,8 +331,7 @@ class ExecuTorchRuntime(Runtime):
         data = edge.to_executorch().buffer
         record = dict(delegation=delegation)
         if program_calls_scan_kernel(data):
-            record['kernels'] = [dict(operator=KERNEL_OPERATOR,
-                                      source='mmmobilemamba/deploy/csrc/ss2d_scan.cpp')]
+            record['kernels'] = [kernel_record(self.name)]
         return ExportedBytes(data, record)
 
     def export(self, network: ExportedNetwork, inputs: torch.Tensor,

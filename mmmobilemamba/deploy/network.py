@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 
 __all__ = ['EXPORT_KINDS', 'ExportedNetwork', 'compare_outputs', 'head_group_names',
-           'output_groups', 'prepare_for_export', 'reference_outputs', 'signal_to_noise_db']
+           'output_groups', 'prepare_for_export', 'reference_outputs', 'set_scan_form',
+           'signal_to_noise_db']
 
 EXPORT_KINDS = ('backbone', 'detector', 'segmentor')
 TWO_STAGE_GROUPS = ('feat', 'rpn_cls', 'rpn_reg')
@@ -55,6 +56,29 @@ def prepare_for_export(model: nn.Module) -> nn.Module:
         if isinstance(module, SS2D):
             module.scan_backend = 'export'
     return model
+
+
+def set_scan_form(model: nn.Module, form: str) -> int:
+    """Switch every SS2D scan of a network in the export form
+    (:class:`~mmmobilemamba.models.layers.ss2d.GraphScan`) to ``form``, in place.
+
+    Args:
+        model (nn.Module): a folded network about to be exported.
+        form (str): 'split_directions' (each direction on its own) or 'one_operator' (the
+            operator ``mmmobilemamba::ss2d_scan_graph``, for a runtime with the scan kernel).
+
+    Returns:
+        int: how many scans were switched (those already in ``form`` are not counted).
+    """
+    from mmmobilemamba.models.layers.ss2d import GraphScan
+    if form not in ('split_directions', 'one_operator'):
+        raise ValueError(f"form must be 'split_directions' or 'one_operator', got {form!r}")
+    switched = 0
+    for module in model.modules():
+        if isinstance(module, GraphScan) and not getattr(module, form):
+            setattr(module, form, True)
+            switched += 1
+    return switched
 
 
 def _singular(name: str) -> str:

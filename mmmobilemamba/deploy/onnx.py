@@ -3,29 +3,38 @@
 What is exported and how it is post-processed: :mod:`.network`, :mod:`.runtime_model`. Here:
 the ONNX steps. The network in MobileMamba's export form (``switch_to_deploy('export')``: plain
 ops, the selective scan a fixed set of large ops whatever the map size) goes through
-``torch.onnx.export(..., dynamo=True)``, opset 18; nothing needs CUDA or a compiled kernel. The input shape is static (one export per input size), as the scan's
-chunking depends on the feature-map sizes.
+``torch.onnx.export(..., dynamo=True)``, opset 18; nothing needs CUDA, and nothing needs a
+compiled kernel unless ``scan_kernel`` is asked for (below). The input shape is static (one
+export per input size), as the scan's chunking depends on the feature-map sizes.
 
 int8: onnxruntime's QDQ static quantisation (``onnxruntime.quantization.quantize_static``)
 calibrated on the images given: weights int8 symmetric per output channel, activations uint8
 per tensor (min/max), the form onnxruntime's x86 kernels run fastest (u8 x s8 products).
 The nodes of the parts kept float (:mod:`.quantization`) are excluded by name, found from the
 module hierarchy the exporter writes into each node's metadata.
+
+With ``scan_kernel`` (``export_onnx.py --scan-kernel``) each SS2D scan is one node
+``mmmobilemamba.SS2DScan`` instead of ~60 graph nodes, run by this project's custom-op library
+(:mod:`.scan_kernel`); a session registers the library for a file that has such nodes. Any
+onnxruntime from 1.17 on loads it; other ONNX runtimes do not know the op.
 """
 import ast
 import os.path as osp
 import tempfile
-from typing import List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from .network import EXPORT_KINDS, ExportedNetwork, compare_outputs, prepare_for_export
+from .network import (EXPORT_KINDS, ExportedNetwork, compare_outputs, prepare_for_export,
+                      set_scan_form)
 from .quantization import FloatParts
 from .record import ExportResult
 from .runtime import ExportedBytes, Runtime, Session
 from .runtime_model import RuntimeModel
+from .scan_kernel import (ONNX_DOMAIN, ONNX_OPERATOR, build_scan_kernel, kernel_record,
+                          onnx_calls_scan_kernel)
 
 __all__ = ['EXPORT_KINDS', 'ExportResult', 'ExportedNetwork', 'OPSET', 'OnnxRuntime',
            'OnnxRuntimeModel', 'OnnxRuntimeSession', 'compare_outputs', 'export_config',
@@ -58,6 +67,8 @@ class OnnxRuntimeSession(Session):
             options.intra_op_num_threads = threads
         if not allow_spinning:
             options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+        if onnx_calls_scan_kernel(data):
+            options.register_custom_ops_library(build_scan_kernel('onnxruntime'))
         self.session = onnxruntime.InferenceSession(data, options,
                                                     providers=['CPUExecutionProvider'])
         self.threads = threads or _physical_cores()
@@ -82,6 +93,29 @@ class _Calibration:
         return next(self._images, None)
 
 
+def _calibrate_with_scan_kernel(source: str, augmented: str, images: Sequence[torch.Tensor],
+                                ranges: str) -> None:
+    """onnxruntime's min/max calibration (as ``quantize_static`` runs it for the operator types
+    it quantises) of the model at ``source``, in a session that has the scan kernel; the
+    ranges are written to ``ranges`` (a calibration cache)."""
+    import onnxruntime
+    from onnxruntime.quantization import MinMaxCalibrater, save_tensors_data
+
+    class Calibrater(MinMaxCalibrater):
+        def create_inference_session(self):
+            options = onnxruntime.SessionOptions()
+            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+            options.register_custom_ops_library(build_scan_kernel('onnxruntime'))
+            self.infer_session = onnxruntime.InferenceSession(
+                self.augmented_model_path, options, providers=['CPUExecutionProvider'])
+
+    calibrater = Calibrater(source, list(QUANTIZED_OP_TYPES), augmented)
+    calibrater.augment_graph()
+    calibrater.create_inference_session()
+    calibrater.collect_data(_Calibration(images))
+    save_tensors_data(calibrater.compute_data(), ranges)
+
+
 def _float_nodes(model, parts: FloatParts) -> List[str]:
     """Names of the nodes of ``model`` (an ONNX ModelProto) in the parts kept float."""
     names = []
@@ -99,8 +133,35 @@ def _float_nodes(model, parts: FloatParts) -> List[str]:
     return names
 
 
+def _scan_translation() -> dict:
+    """The exporter's translation of ``mmmobilemamba::ss2d_scan_graph`` into the custom op's
+    node."""
+    from onnx.defs import OpSchema
+    from onnxscript.values import Op, Opset
+    # the op's signature for the exporter (onnxruntime learns the op from the library)
+    schema = OpSchema(
+        ONNX_OPERATOR, ONNX_DOMAIN, 1,
+        doc='SS2D\'s two-direction selective scan (mmmobilemamba::ss2d_scan_graph)',
+        inputs=[OpSchema.FormalParameter(name, 'T')
+                for name in ('u', 'delta', 'A', 'B', 'C', 'skip')],
+        outputs=[OpSchema.FormalParameter('y', 'T')],
+        type_constraints=[('T', ['tensor(float)'], 'float32 only')])
+    scan_op = Op(Opset(ONNX_DOMAIN, 1), ONNX_OPERATOR, schema)
+
+    def ss2d_scan(u, delta, A, B, C, skip):
+        return scan_op(u, delta, A, B, C, skip)
+
+    return {torch.ops.mmmobilemamba.ss2d_scan_graph.default: ss2d_scan}
+
+
 class OnnxRuntime(Runtime):
-    """``torch.onnx`` export, onnxruntime (CPU) to run it."""
+    """``torch.onnx`` export, onnxruntime (CPU) to run it.
+
+    Args:
+        scan_kernel (bool): SS2D's scans as nodes of the custom op ``mmmobilemamba.SS2DScan``
+            (:mod:`.scan_kernel`: built here; a session registers the library) instead of
+            graph operators. Default: False.
+    """
 
     name = 'onnxruntime'
     suffix = '.onnx'
@@ -108,15 +169,34 @@ class OnnxRuntime(Runtime):
     install_hint = ('pip install -r requirements/deploy.txt (onnx, onnxscript, onnxruntime; '
                     '`make setup` installs it)')
 
+    def __init__(self, scan_kernel: bool = False) -> None:
+        self.scan_kernel = scan_kernel
+
+    def require(self) -> None:
+        super().require()
+        if self.scan_kernel:
+            build_scan_kernel('onnxruntime')  # before the export: a missing compiler fails fast
+
     def distributions(self) -> Sequence[str]:
         return ('onnx', 'onnxscript', 'onnxruntime')
 
+    def adapt(self, network: ExportedNetwork) -> Dict[str, int]:
+        if not self.scan_kernel:
+            return {}
+        switched = set_scan_form(network, 'one_operator')
+        return {'GraphScan.one_operator': switched} if switched else {}
+
     def export(self, network: ExportedNetwork, inputs: torch.Tensor,
                output_names: Sequence[str]) -> ExportedBytes:
-        program = torch.onnx.export(network, (inputs,), None, dynamo=True, opset_version=OPSET,
-                                    input_names=['input'], output_names=list(output_names),
-                                    verbose=False)
-        return ExportedBytes(program.model_proto.SerializeToString())
+        program = torch.onnx.export(
+            network, (inputs,), None, dynamo=True, opset_version=OPSET, input_names=['input'],
+            output_names=list(output_names), verbose=False,
+            custom_translation_table=_scan_translation() if self.scan_kernel else None)
+        model = program.model_proto
+        calls = sum(node.op_type == ONNX_OPERATOR and node.domain == ONNX_DOMAIN
+                    for graph in [model.graph, *model.functions] for node in graph.node)
+        record = dict(kernels=[kernel_record(self.name)]) if calls else {}
+        return ExportedBytes(model.SerializeToString(), record)
 
     def quantize(self, network: ExportedNetwork, inputs: torch.Tensor,
                  output_names: Sequence[str], float_export: ExportedBytes,
@@ -130,14 +210,22 @@ class OnnxRuntime(Runtime):
             source, target = osp.join(tmp, 'fp32.onnx'), osp.join(tmp, 'int8.onnx')
             with open(source, 'wb') as f:
                 f.write(float_export.data)
-            quantize_static(source, target, _Calibration(calibration),
+            ranges = None
+            if onnx_calls_scan_kernel(float_export.data):
+                # quantize_static's own calibration session cannot load the custom op: the
+                # ranges are measured here and handed over as its calibration cache
+                ranges = osp.join(tmp, 'ranges.json')
+                _calibrate_with_scan_kernel(source, osp.join(tmp, 'augmented.onnx'),
+                                            calibration, ranges)
+            quantize_static(source, target, None if ranges else _Calibration(calibration),
+                            calibration_cache_path=ranges,
                             quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             op_types_to_quantize=list(QUANTIZED_OP_TYPES),
                             nodes_to_exclude=excluded, calibrate_method=CalibrationMethod.MinMax,
                             extra_options=dict(WeightSymmetric=True, ActivationSymmetric=False))
             with open(target, 'rb') as f:
-                return ExportedBytes(f.read())
+                return ExportedBytes(f.read(), dict(float_export.record))  # its kernels
 
     def finalize(self, exported: ExportedBytes) -> ExportedBytes:
         """Without the exporter's per-node metadata (module paths, stack traces: about 1 MB

@@ -1,17 +1,26 @@
-"""ExecuTorch's kernel of SS2D's scan: built from ``csrc/ss2d_scan.cpp``, cached, loaded.
+"""The kernels of SS2D's scan for ExecuTorch and onnxruntime: built from ``csrc/``, cached,
+loaded.
 
-An ExecuTorch export with ``scan_kernel`` (``export_executorch.py --scan-kernel``) calls
-``mmmobilemamba::ss2d_scan_graph.out`` once per SS2D (:mod:`mmmobilemamba.ops.graph_scan_op`)
-instead of running the scan as ~70 XNNPACK operators; everything else stays in XNNPACK. A
-runtime runs such a program only with the kernel registered: here the kernel is compiled
-against the installed ``executorch`` package (its headers and ``libexecutorch.so``, into
-which the library registers the kernel when it is loaded), once per source, compiler and
-machine, under ``~/.cache/mmmobilemamba/kernels`` (``$MMM_CACHE``), and loaded into the
-process before a program that calls it (:func:`load_scan_kernel`). On a phone the same source
-is compiled into the application with ExecuTorch (docs/deployment.md).
+Both compute the scan of ``csrc/ss2d_scan_core.h`` (what
+:func:`~mmmobilemamba.ops.scan_chunked.ss2d_scan_graph` computes as ~70 graph operators) in one
+call per SS2D:
 
-The build is for this machine's CPU (``-march=native``): the cache key holds the CPU's
-identity, so a home directory shared between machines gets one library per kind of CPU.
+- ExecuTorch (``export_executorch.py --scan-kernel``): the program calls
+  ``mmmobilemamba::ss2d_scan_graph.out`` between XNNPACK's calls (``csrc/ss2d_scan.cpp``). It is
+  compiled against the installed ``executorch`` package (its headers and ``libexecutorch.so``,
+  into which the library registers the kernel when it is loaded), and loaded into the process
+  before a program that calls it (:func:`load_scan_kernel`). On a phone the same source is
+  compiled into the application with ExecuTorch (docs/deployment.md).
+- onnxruntime (``export_onnx.py --scan-kernel``): the graph holds one node
+  ``mmmobilemamba.SS2DScan`` per SS2D, run by a custom-op library (``csrc/
+  ss2d_scan_onnxruntime.cpp``) that a session registers (``SessionOptions.
+  register_custom_ops_library``). It needs no onnxruntime headers: it uses only the C API's
+  stable function table.
+
+Each library is built once per source, compiler and machine, under
+``~/.cache/mmmobilemamba/kernels`` (``$MMM_CACHE``). The build is for this machine's CPU
+(``-march=native``): the cache key holds the CPU's identity, so a home directory shared between
+machines gets one library per kind of CPU.
 """
 import ctypes
 import functools
@@ -26,11 +35,20 @@ import tempfile
 import threading
 from typing import List, Union
 
-__all__ = ['KERNEL_OPERATOR', 'SOURCE', 'ScanKernelError', 'build_scan_kernel',
-           'load_scan_kernel', 'load_scan_kernel_if_called', 'program_calls_scan_kernel']
+__all__ = ['KERNEL_OPERATOR', 'ONNX_DOMAIN', 'ONNX_OPERATOR', 'ONNXRUNTIME_SOURCE', 'SOURCE',
+           'ScanKernelError', 'build_scan_kernel', 'kernel_record', 'load_scan_kernel',
+           'load_scan_kernel_if_called', 'onnx_calls_scan_kernel', 'program_calls_scan_kernel']
 
 KERNEL_OPERATOR = 'mmmobilemamba::ss2d_scan_graph.out'
-SOURCE = osp.join(osp.dirname(__file__), 'csrc', 'ss2d_scan.cpp')
+# the onnxruntime custom op: domain and op type of its ONNX nodes
+ONNX_DOMAIN = 'mmmobilemamba'
+ONNX_OPERATOR = 'SS2DScan'
+_CSRC = osp.join(osp.dirname(__file__), 'csrc')
+SOURCE = osp.join(_CSRC, 'ss2d_scan.cpp')
+ONNXRUNTIME_SOURCE = osp.join(_CSRC, 'ss2d_scan_onnxruntime.cpp')
+# the computation both runtimes' kernels include
+CORE = osp.join(_CSRC, 'ss2d_scan_core.h')
+KERNEL_RUNTIMES = ('executorch', 'onnxruntime')
 # -fno-trapping-math lets the compiler vectorise the min/max selects of exp and softplus
 _OPTIMISATION = ('-O3', '-march=native', '-fno-trapping-math')
 # what the executorch package's CMake config asks of a consumer (EXECUTORCH_COMPILE_DEFINITIONS;
@@ -43,6 +61,16 @@ _LOADED: dict = {}
 
 class ScanKernelError(RuntimeError):
     """The scan kernel could not be built or loaded; the message says why and what to do."""
+
+
+def kernel_record(runtime: str) -> dict:
+    """What an export's record says of the kernel its file calls: the operator and the source
+    (a path in the repository)."""
+    operator, source = {'executorch': (KERNEL_OPERATOR, SOURCE),
+                        'onnxruntime': (f'{ONNX_DOMAIN}.{ONNX_OPERATOR}',
+                                        ONNXRUNTIME_SOURCE)}[runtime]
+    return dict(operator=operator,
+                source='/'.join(['mmmobilemamba', 'deploy', 'csrc', osp.basename(source)]))
 
 
 def _executorch_root() -> str:
@@ -71,9 +99,15 @@ def _compiler() -> str:
                           'or export without --scan-kernel')
 
 
-def _command(compiler: str, root: str, output: str) -> List[str]:
+def _command(compiler: str, runtime: str, output: str) -> List[str]:
+    if runtime == 'onnxruntime':
+        # no onnxruntime library to link: its C API comes with the call of RegisterCustomOps,
+        # the one symbol the library exports
+        return [compiler, '-std=c++17', '-shared', '-fPIC', *_OPTIMISATION,
+                '-fvisibility=hidden', f'-I{_CSRC}', ONNXRUNTIME_SOURCE, '-o', output]
+    root = _executorch_root()
     lib = osp.join(root, 'lib')
-    includes = [osp.join(root, 'include'),
+    includes = [_CSRC, osp.join(root, 'include'),
                 osp.join(root, 'include', 'executorch', 'runtime', 'core', 'portable_type',
                          'c10')]
     return [compiler, '-std=c++17', '-shared', '-fPIC', *_OPTIMISATION, *_DEFINES,
@@ -110,44 +144,53 @@ def _cache_dir() -> str:
     return osp.join(base, 'kernels')
 
 
-def _library_path(compiler: str, root: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        et_version = version('executorch')
-    except PackageNotFoundError:
-        et_version = root
+def _library_path(compiler: str, runtime: str) -> str:
+    command = _command(compiler, runtime, '')
     key = hashlib.sha256()
-    with open(SOURCE, 'rb') as f:
-        key.update(f.read())
-    for part in (' '.join(_command(compiler, root, '')), et_version, _compiler_identity(compiler),
-                 _cpu_identity(), platform.machine()):
+    for source in (command[command.index('-o') - 1], CORE):
+        with open(source, 'rb') as f:
+            key.update(f.read())
+    parts = [' '.join(command), _compiler_identity(compiler), _cpu_identity(), platform.machine()]
+    if runtime == 'executorch':  # linked against the package's libraries
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            parts.append(version('executorch'))
+        except PackageNotFoundError:
+            parts.append(_executorch_root())
+    for part in parts:
         key.update(part.encode())
-    return osp.join(_cache_dir(), f'libmmmobilemamba_scan-{key.hexdigest()[:16]}.so')
+    suffix = '' if runtime == 'executorch' else f'_{runtime}'
+    return osp.join(_cache_dir(), f'libmmmobilemamba_scan{suffix}-{key.hexdigest()[:16]}.so')
 
 
-def build_scan_kernel() -> str:
-    """Compile the kernel library (once: a cached build is reused) and return its path.
+def build_scan_kernel(runtime: str = 'executorch') -> str:
+    """Compile the kernel library for ``runtime`` (once: a cached build is reused) and return
+    its path.
+
+    Args:
+        runtime (str): 'executorch' or 'onnxruntime'.
 
     Raises:
-        ScanKernelError: no executorch package with headers, no compiler, or the compiler
-            failed (its output is in the message).
+        ScanKernelError: no compiler, the compiler failed (its output is in the message), or
+            (ExecuTorch) no executorch package with headers.
     """
-    root = _executorch_root()
+    if runtime not in KERNEL_RUNTIMES:
+        raise ValueError(f'no scan kernel for {runtime!r}: choose from {KERNEL_RUNTIMES}')
     compiler = _compiler()
-    path = _library_path(compiler, root)
+    path = _library_path(compiler, runtime)
     if osp.isfile(path):
         return path
     os.makedirs(osp.dirname(path), exist_ok=True)
     fd, partial = tempfile.mkstemp(prefix='.building-', suffix='.so', dir=osp.dirname(path))
     os.close(fd)
     try:
-        done = subprocess.run(_command(compiler, root, partial), capture_output=True,
+        done = subprocess.run(_command(compiler, runtime, partial), capture_output=True,
                               text=True, timeout=600)
         if done.returncode != 0:
             raise ScanKernelError(
-                f'building the scan kernel failed ({compiler}, exit {done.returncode}):\n'
-                f'{done.stderr.strip()[-4000:]}\nExport without --scan-kernel to run the '
-                f'scan as XNNPACK operators instead.')
+                f'building the scan kernel for {runtime} failed ({compiler}, exit '
+                f'{done.returncode}):\n{done.stderr.strip()[-4000:]}\nExport without '
+                f'--scan-kernel to run the scan as graph operators instead.')
         os.replace(partial, path)  # atomic: a concurrent build leaves one whole library
     finally:
         if osp.exists(partial):
@@ -165,7 +208,7 @@ def load_scan_kernel() -> str:
     with _LOCK:
         if 'path' in _LOADED:
             return _LOADED['path']
-        path = build_scan_kernel()
+        path = build_scan_kernel('executorch')
         # the runtime's library first, global: the kernel registers into its registry
         from executorch.extension.pybindings import portable_lib  # noqa: F401
         try:
@@ -177,20 +220,30 @@ def load_scan_kernel() -> str:
         return path
 
 
-def program_calls_scan_kernel(program: Union[bytes, str]) -> bool:
-    """Whether an ExecuTorch program (its bytes or path) calls the scan kernel: its operator
-    table names ``mmmobilemamba::ss2d_scan_graph`` (name and overload are stored apart). A
-    file is searched mapped, not read into memory."""
-    name = KERNEL_OPERATOR.rsplit('.', 1)[0].encode()
-    if isinstance(program, (bytes, bytearray)):
-        return name in program
-    if isinstance(program, memoryview):
-        return name in program.tobytes()
-    with open(program, 'rb') as f:
+def _contains(data: Union[bytes, str], name: bytes) -> bool:
+    """Whether a file's bytes (or a path's: searched mapped, not read into memory) hold
+    ``name``."""
+    if isinstance(data, (bytes, bytearray)):
+        return name in data
+    if isinstance(data, memoryview):
+        return name in data.tobytes()
+    with open(data, 'rb') as f:
         if os.fstat(f.fileno()).st_size == 0:
             return False
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            return data.find(name) >= 0
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            return mapped.find(name) >= 0
+
+
+def program_calls_scan_kernel(program: Union[bytes, str]) -> bool:
+    """Whether an ExecuTorch program (its bytes or path) calls the scan kernel: its operator
+    table names ``mmmobilemamba::ss2d_scan_graph`` (name and overload are stored apart)."""
+    return _contains(program, KERNEL_OPERATOR.rsplit('.', 1)[0].encode())
+
+
+def onnx_calls_scan_kernel(model: Union[bytes, str]) -> bool:
+    """Whether an ONNX model (its bytes or path) has nodes of the scan's custom op (the op
+    type ``SS2DScan`` is in the file only as such nodes' type)."""
+    return _contains(model, ONNX_OPERATOR.encode())
 
 
 def load_scan_kernel_if_called(program: Union[bytes, str]) -> bool:

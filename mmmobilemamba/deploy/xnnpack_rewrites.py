@@ -196,14 +196,10 @@ def rewrite_modules_for_xnnpack(model: nn.Module, scan_operator: bool = False
         direction, 'GraphScan.split_directions', or made one operator,
         'GraphScan.one_operator').
     """
-    from mmmobilemamba.models.layers.ss2d import GraphScan
+    from .network import set_scan_form
     scan_form = 'one_operator' if scan_operator else 'split_directions'
     replaced = {'RingDepthwiseConv2d': 0, 'SubpixelConvTranspose2d': 0,
-                f'GraphScan.{scan_form}': 0}
-    for module in model.modules():
-        if isinstance(module, GraphScan) and not getattr(module, scan_form):
-            setattr(module, scan_form, True)
-            replaced[f'GraphScan.{scan_form}'] += 1
+                f'GraphScan.{scan_form}': set_scan_form(model, scan_form)}
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             for rewrite in (RingDepthwiseConv2d, SubpixelConvTranspose2d):

@@ -19,24 +19,8 @@ from mmmobilemamba.ops import ss2d_scan_graph_op  # noqa: E402
 from mmmobilemamba.ops.scan_chunked import ss2d_scan_graph  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from deploy_checks import randomise_norms  # noqa: E402
-
-
-def _sequential_scan(u, delta, A, B, C, skip):
-    """SS2D's two-direction scan step by step in float64: the definition."""
-    u, delta, A, B, C, skip = (t.double() for t in (u, delta, A, B, C, skip))
-    batch, directions, channels, length = delta.shape
-    y = u * skip.view(1, -1, 1)
-    dt = torch.nn.functional.softplus(delta)
-    for k in range(directions):
-        a = A[k * channels:(k + 1) * channels]                          # (d, N)
-        h = torch.zeros(batch, channels, a.shape[1], dtype=torch.float64)
-        steps = range(length - 1, -1, -1) if k == 1 else range(length)
-        for t in steps:
-            step = dt[:, k, :, t].unsqueeze(-1)                            # (b, d, 1)
-            h = torch.exp(step * a) * h + step * u[:, :, t, None] * B[:, k, None, :, t]
-            y[:, :, t] += (h * C[:, k, None, :, t]).sum(-1)
-    return y
+from deploy_checks import (SCAN_CASES, randomise_norms, scan_inputs,  # noqa: E402
+                           sequential_scan)
 
 
 class _Scan(nn.Module):
@@ -58,36 +42,20 @@ def _run_in_executorch(module, inputs):
     return method.execute(inputs)[0]
 
 
-def _inputs(batch, directions, channels, length, states, delta_scale=1.0, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    u = torch.randn(batch, channels, length, generator=g)
-    delta = torch.randn(batch, directions, channels, length, generator=g) * delta_scale
-    A = -torch.rand(directions * channels, states, generator=g) * 4 - 0.05
-    B = torch.randn(batch, directions, states, length, generator=g)
-    C = torch.randn(batch, directions, states, length, generator=g)
-    skip = torch.randn(channels, generator=g)
-    return u, delta, A, B, C, skip
-
-
-@pytest.mark.parametrize('batch,directions,channels,length,states,delta_scale', [
-    (1, 2, 5, 1, 1, 1.0),        # one step; 11 of the 16 lanes empty
-    (2, 2, 20, 300, 1, 1.0),     # tiles of 128 steps: two whole, one partial, both ways
-    (1, 1, 3, 40, 3, 1.0),       # one direction, three states
-    (1, 2, 16, 130, 2, 30.0),    # softplus at both ends (x up to ~100), decays to ~0
-])
+@pytest.mark.parametrize('batch,directions,channels,length,states,delta_scale', SCAN_CASES)
 def test_kernel_equals_the_sequential_scan(batch, directions, channels, length, states,
                                            delta_scale):
-    u, delta, A, B, C, skip = _inputs(batch, directions, channels, length, states,
+    u, delta, A, B, C, skip = scan_inputs(batch, directions, channels, length, states,
                                       delta_scale)
     got = _run_in_executorch(_Scan(A, skip).eval(), (u, delta, B, C))
-    expected = _sequential_scan(u, delta, A, B, C, skip)
+    expected = sequential_scan(u, delta, A, B, C, skip)
     assert got.shape == (batch, channels, length) and got.dtype == torch.float32
     error = (got.double() - expected).abs().max() / expected.abs().max()
     assert error < 1e-5, error
 
 
 def test_operator_computes_the_graph_form_and_exports_as_one_node():
-    u, delta, A, B, C, skip = _inputs(1, 2, 6, 50, 1)
+    u, delta, A, B, C, skip = scan_inputs(1, 2, 6, 50, 1)
     torch.testing.assert_close(ss2d_scan_graph_op(u, delta, A, B, C, skip),
                                ss2d_scan_graph(u, delta, A, B, C, skip))
     graph = torch.export.export(_Scan(A, skip).eval(), (u, delta, B, C), strict=False).graph
@@ -133,7 +101,7 @@ def test_compiler_errors_are_reported_and_leave_no_library(monkeypatch, tmp_path
     bad.write_text('this is not C++\n')
     monkeypatch.setenv('MMM_CACHE', str(tmp_path / 'cache'))
     monkeypatch.setattr(scan_kernel, 'SOURCE', str(bad))
-    with pytest.raises(ScanKernelError, match='building the scan kernel failed'):
+    with pytest.raises(ScanKernelError, match='building the scan kernel for executorch failed'):
         build_scan_kernel()
     assert not list((tmp_path / 'cache' / 'kernels').iterdir())
 
@@ -150,19 +118,9 @@ def test_build_is_cached_per_source(monkeypatch, tmp_path):
 
 
 def test_kernel_refuses_a_state_size_it_does_not_take():
-    u, delta, A, B, C, skip = _inputs(1, 2, 4, 10, 17)  # d_state 17: over the kernel's 16
+    u, delta, A, B, C, skip = scan_inputs(1, 2, 4, 10, 17)  # d_state 17: over the kernel's 16
     with pytest.raises(RuntimeError):
         _run_in_executorch(_Scan(A, skip).eval(), (u, delta, B, C))
-
-
-def test_export_tool_offers_the_kernel_for_executorch_only():
-    from mmmobilemamba.deploy.cli import build_parser
-    args = build_parser('executorch', 'x', '.pte').parse_args(
-        ['config.py', '--out', 'b1.pte', '--scan-kernel'])
-    assert args.scan_kernel
-    with pytest.raises(SystemExit):
-        build_parser('onnxruntime', 'x', '.onnx').parse_args(
-            ['config.py', '--out', 'b1.onnx', '--scan-kernel'])
 
 
 @pytest.mark.slow

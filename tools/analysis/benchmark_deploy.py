@@ -2,7 +2,8 @@
 """The deployment table: MobileMamba B1/T2 backbones (224x224 and 512x512) and the quickstart
 RetinaNet / Semantic FPN in PyTorch eager, onnxruntime fp32/int8 and ExecuTorch (XNNPACK)
 fp32/int8, on 1 and 2 threads, next to RegNetX-800MF and MobileNetV2 exported the same way;
-on request ExecuTorch with the project's scan kernel (executorch-kernel-fp32 / -int8).
+on request onnxruntime and ExecuTorch with the project's scan kernels
+(onnxruntime-kernel-fp32 / -int8, executorch-kernel-fp32 / -int8).
 
     python tools/analysis/benchmark_deploy.py [--models b1 t2 regnetx_800mf mobilenetv2
         retinanet_demo fpn_demo] [--sizes 224 512] [--runtimes pytorch onnxruntime-fp32 ...]
