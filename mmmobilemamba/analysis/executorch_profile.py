@@ -90,13 +90,22 @@ def profile_executorch(pte_file: str, inputs: torch.Tensor, runs: int = 5,
                                                 for kind, ms in times.most_common()]
 
 
-def format_profile(profile: Sequence[OperatorTime], top: int = 15) -> str:
-    """The profile as a markdown table: kind, ms per run, share of the delegate's time,
-    instances."""
+def format_profile(profile: Sequence[OperatorTime], top: int = 15,
+                   whole: str = 'XNNPACK delegate', column: str = 'operator (XNNPACK)') -> str:
+    """The profile as a markdown table: kind, ms per run, share of the whole's time,
+    instances.
+
+    Args:
+        profile (Sequence[OperatorTime]): as :func:`profile_executorch` (or onnxruntime's
+            profile) returns it.
+        top (int): kinds listed. Default: 15.
+        whole (str): what the total is the time of. Default: 'XNNPACK delegate'.
+        column (str): the first column's header. Default: 'operator (XNNPACK)'.
+    """
     total = profile[0].ms if profile and profile[0].kind == 'total' else \
         sum(p.ms for p in profile)
-    lines = [f'XNNPACK delegate: {total:.2f} ms per run', '',
-             '| operator (XNNPACK) | ms | share | count |', '|---|---:|---:|---:|']
+    lines = [f'{whole}: {total:.2f} ms per run', '',
+             f'| {column} | ms | share | count |', '|---|---:|---:|---:|']
     for entry in [p for p in profile if p.kind != 'total'][:top]:
         lines.append(f'| {entry.kind} | {entry.ms:.2f} | {entry.ms / total:.0%} | '
                      f'{entry.count} |')

@@ -3,6 +3,7 @@
 
     python tools/deployment/export_onnx.py CONFIG [CHECKPOINT] --shape H W --out FILE.onnx
         [--backbone-only] [--verify] [--quantize int8 [--calib-images N]] [--evaluate]
+        [--scan-kernel]
 
 Example (the quickstart RetinaNet after `make demo`):
     python tools/deployment/export_onnx.py configs/quickstart/retinanet_mobilemamba_demo-coco.py \
@@ -13,7 +14,10 @@ The input is one image after the config's data preprocessor (normalised, padded)
 static shape; FILE.json beside FILE.onnx says what was exported. Detectors export their raw
 head outputs and segmentors their logits: mmmobilemamba.deploy.OnnxRuntimeModel runs a file
 with mmdet's / mmseg's post-processing. --quantize int8 writes onnxruntime QDQ int8 calibrated
-on training images of the config. See docs/deployment.md.
+on training images of the config. --scan-kernel: each SS2D scan one node of the custom op
+mmmobilemamba.SS2DScan instead of ~60 ONNX nodes, run by this project's custom-op library
+(built here with the C++ compiler; an application registers it with onnxruntime). See
+docs/deployment.md.
 """
 import sys
 
