@@ -99,19 +99,24 @@ def _compiler() -> str:
                           'or export without --scan-kernel')
 
 
+def _source(runtime: str) -> str:
+    """The kernel's source for ``runtime`` (read when called: tests point it elsewhere)."""
+    return ONNXRUNTIME_SOURCE if runtime == 'onnxruntime' else SOURCE
+
+
 def _command(compiler: str, runtime: str, output: str) -> List[str]:
     if runtime == 'onnxruntime':
         # no onnxruntime library to link: its C API comes with the call of RegisterCustomOps,
         # the one symbol the library exports
         return [compiler, '-std=c++17', '-shared', '-fPIC', *_OPTIMISATION,
-                '-fvisibility=hidden', f'-I{_CSRC}', ONNXRUNTIME_SOURCE, '-o', output]
+                '-fvisibility=hidden', f'-I{_CSRC}', _source(runtime), '-o', output]
     root = _executorch_root()
     lib = osp.join(root, 'lib')
     includes = [_CSRC, osp.join(root, 'include'),
                 osp.join(root, 'include', 'executorch', 'runtime', 'core', 'portable_type',
                          'c10')]
     return [compiler, '-std=c++17', '-shared', '-fPIC', *_OPTIMISATION, *_DEFINES,
-            *[f'-I{path}' for path in includes], SOURCE, '-o', output, f'-L{lib}',
+            *[f'-I{path}' for path in includes], _source(runtime), '-o', output, f'-L{lib}',
             '-lexecutorch', '-lexecutorch_threadpool', f'-Wl,-rpath,{lib}']
 
 
@@ -147,7 +152,7 @@ def _cache_dir() -> str:
 def _library_path(compiler: str, runtime: str) -> str:
     command = _command(compiler, runtime, '')
     key = hashlib.sha256()
-    for source in (command[command.index('-o') - 1], CORE):
+    for source in (_source(runtime), CORE):
         with open(source, 'rb') as f:
             key.update(f.read())
     parts = [' '.join(command), _compiler_identity(compiler), _cpu_identity(), platform.machine()]
