@@ -158,3 +158,15 @@ def test_compiler_errors_and_unknown_runtimes_are_reported(monkeypatch, tmp_path
     assert not list((tmp_path / 'cache' / 'kernels').iterdir())
     with pytest.raises(ValueError, match='no scan kernel for'):
         build_scan_kernel('tflite')
+
+
+@pytest.mark.slow
+def test_b1_with_the_kernel_matches_pytorch_at_224(tmp_path):
+    from mmmobilemamba.models import MobileMamba
+    backbone = randomise_norms(MobileMamba('b1'))
+    result = export_network(backbone, 'backbone', torch.randn(1, 3, 224, 224),
+                            str(tmp_path / 'b1.onnx'), runtime='onnxruntime', verify=True,
+                            runtime_options=dict(scan_kernel=True))
+    assert result.max_rel_diff <= 1e-4
+    nodes = onnx.load(result.file).graph.node
+    assert sum(n.op_type == scan_kernel.ONNX_OPERATOR for n in nodes) == 7  # B1's 7 SS2Ds
