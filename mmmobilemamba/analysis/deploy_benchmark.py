@@ -434,8 +434,7 @@ def draw_chart(rows: List[Row], columns: Sequence[str], threads: Sequence[int],
     colors = {'pytorch': '#7f7f7f', 'onnxruntime-fp32': '#1f77b4', 'onnxruntime-int8': '#9ecae1',
               'executorch-fp32': '#d62728', 'executorch-int8': '#fc9272',
               'onnxruntime-kernel-fp32': '#9467bd', 'onnxruntime-kernel-int8': '#c5b0d5',
-              'executorch-kernel-fp32': '#2ca02c',
-              'executorch-kernel-int8': '#a1d99b'}
+              'executorch-kernel-fp32': '#2ca02c', 'executorch-kernel-int8': '#a1d99b'}
     height = 0.8 / max(len(columns), 1)
     fig, axes = plt.subplots(1, len(threads), figsize=(4.2 * len(threads) + 1.6,
                                                       0.42 * len(rows) * len(columns) ** 0.5 + 1.4),

@@ -38,15 +38,14 @@ def profile_onnxruntime(onnx_file: str, inputs: torch.Tensor, runs: int = 5,
     """
     import onnxruntime
 
-    from mmmobilemamba.deploy.scan_kernel import build_scan_kernel, onnx_calls_scan_kernel
+    from mmmobilemamba.deploy.scan_kernel import register_scan_kernel_if_called
 
     if runs < 1:
         raise ValueError(f'runs must be at least 1, got {runs}')
     options = onnxruntime.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    if onnx_calls_scan_kernel(str(onnx_file)):
-        options.register_custom_ops_library(build_scan_kernel('onnxruntime'))
+    register_scan_kernel_if_called(options, str(onnx_file))
     with tempfile.TemporaryDirectory() as tmp:
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(tmp, 'profile')

@@ -9,19 +9,19 @@ import torch
 
 __all__ = ['profile_tool']
 
-# runtime -> (file description, thread option's help, the profile's whole, its first column)
+# runtime -> (its name, file description, thread option's help, the profile's whole, its
+# first column)
 _RUNTIMES = {
-    'executorch': ('an ExecuTorch program', "ExecuTorch's thread pool size", 'XNNPACK delegate',
-                   'operator (XNNPACK)'),
-    'onnxruntime': ('an ONNX file', "onnxruntime's intra-op threads", 'onnxruntime run',
-                    'operator (onnxruntime)'),
+    'executorch': ('ExecuTorch', 'an ExecuTorch program', "ExecuTorch's thread pool size",
+                   'XNNPACK delegate', 'operator (XNNPACK)'),
+    'onnxruntime': ('onnxruntime', 'an ONNX file', "onnxruntime's intra-op threads",
+                    'onnxruntime run', 'operator (onnxruntime)'),
 }
-_NAMES = {'executorch': 'ExecuTorch', 'onnxruntime': 'onnxruntime'}
 
 
 def _parse_args(runtime: str, description: str,
                 argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    what, threads_help = _RUNTIMES[runtime][:2]
+    what, threads_help = _RUNTIMES[runtime][1:3]
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument('file', help=f'{what} with its JSON record beside it')
     parser.add_argument('--runs', type=int, default=5, help='profiled runs (default: 5)')
@@ -57,7 +57,7 @@ def profile_tool(runtime: str, description: str, argv: Optional[Sequence[str]] =
             return 2
         if record.get('runtime') != runtime:
             print(f'error: {args.file} is a {record.get("runtime")} export, not '
-                  f'{_NAMES[runtime]}\'s', file=sys.stderr)
+                  f'{_RUNTIMES[runtime][0]}\'s', file=sys.stderr)
             return 2
         shape = record['input_shape']
     inputs = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
@@ -68,6 +68,6 @@ def profile_tool(runtime: str, description: str, argv: Optional[Sequence[str]] =
     times = profile(args.file, inputs, runs=args.runs, threads=args.threads)
     print(f'{args.file}: input {tuple(shape)}, {args.threads} thread(s), '
           f'median of {args.runs} runs')
-    whole, column = _RUNTIMES[runtime][2:]
+    whole, column = _RUNTIMES[runtime][3:]
     print(format_profile(times, args.top, whole=whole, column=column))
     return 0

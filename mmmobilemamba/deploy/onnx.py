@@ -34,7 +34,7 @@ from .record import ExportResult
 from .runtime import ExportedBytes, Runtime, Session
 from .runtime_model import RuntimeModel
 from .scan_kernel import (ONNX_DOMAIN, ONNX_OPERATOR, build_scan_kernel, kernel_record,
-                          onnx_calls_scan_kernel)
+                          register_scan_kernel_if_called)
 
 __all__ = ['EXPORT_KINDS', 'ExportResult', 'ExportedNetwork', 'OPSET', 'OnnxRuntime',
            'OnnxRuntimeModel', 'OnnxRuntimeSession', 'compare_outputs', 'export_config',
@@ -67,8 +67,7 @@ class OnnxRuntimeSession(Session):
             options.intra_op_num_threads = threads
         if not allow_spinning:
             options.add_session_config_entry('session.intra_op.allow_spinning', '0')
-        if onnx_calls_scan_kernel(data):
-            options.register_custom_ops_library(build_scan_kernel('onnxruntime'))
+        register_scan_kernel_if_called(options, data)
         self.session = onnxruntime.InferenceSession(data, options,
                                                     providers=['CPUExecutionProvider'])
         self.threads = threads or _physical_cores()
@@ -105,7 +104,7 @@ def _calibrate_with_scan_kernel(source: str, augmented: str, images: Sequence[to
         def create_inference_session(self):
             options = onnxruntime.SessionOptions()
             options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-            options.register_custom_ops_library(build_scan_kernel('onnxruntime'))
+            register_scan_kernel_if_called(options, self.augmented_model_path)
             self.infer_session = onnxruntime.InferenceSession(
                 self.augmented_model_path, options, providers=['CPUExecutionProvider'])
 
@@ -211,7 +210,7 @@ class OnnxRuntime(Runtime):
             with open(source, 'wb') as f:
                 f.write(float_export.data)
             ranges = None
-            if onnx_calls_scan_kernel(float_export.data):
+            if float_export.record.get('kernels'):
                 # quantize_static's own calibration session cannot load the custom op: the
                 # ranges are measured here and handed over as its calibration cache
                 ranges = osp.join(tmp, 'ranges.json')

@@ -37,7 +37,8 @@ from typing import List, Union
 
 __all__ = ['KERNEL_OPERATOR', 'ONNX_DOMAIN', 'ONNX_OPERATOR', 'ONNXRUNTIME_SOURCE', 'SOURCE',
            'ScanKernelError', 'build_scan_kernel', 'kernel_record', 'load_scan_kernel',
-           'load_scan_kernel_if_called', 'onnx_calls_scan_kernel', 'program_calls_scan_kernel']
+           'load_scan_kernel_if_called', 'onnx_calls_scan_kernel', 'program_calls_scan_kernel',
+           'register_scan_kernel_if_called']
 
 KERNEL_OPERATOR = 'mmmobilemamba::ss2d_scan_graph.out'
 # the onnxruntime custom op: domain and op type of its ONNX nodes
@@ -66,11 +67,10 @@ class ScanKernelError(RuntimeError):
 def kernel_record(runtime: str) -> dict:
     """What an export's record says of the kernel its file calls: the operator and the source
     (a path in the repository)."""
-    operator, source = {'executorch': (KERNEL_OPERATOR, SOURCE),
-                        'onnxruntime': (f'{ONNX_DOMAIN}.{ONNX_OPERATOR}',
-                                        ONNXRUNTIME_SOURCE)}[runtime]
-    return dict(operator=operator,
-                source='/'.join(['mmmobilemamba', 'deploy', 'csrc', osp.basename(source)]))
+    operator = {'executorch': KERNEL_OPERATOR,
+                'onnxruntime': f'{ONNX_DOMAIN}.{ONNX_OPERATOR}'}[runtime]
+    return dict(operator=operator, source='/'.join(['mmmobilemamba', 'deploy', 'csrc',
+                                                    osp.basename(_source(runtime))]))
 
 
 def _executorch_root() -> str:
@@ -257,4 +257,15 @@ def load_scan_kernel_if_called(program: Union[bytes, str]) -> bool:
     if not program_calls_scan_kernel(program):
         return False
     load_scan_kernel()
+    return True
+
+
+def register_scan_kernel_if_called(options, model: Union[bytes, str]) -> bool:
+    """Register the onnxruntime custom-op library (building it if needed) in ``options`` (an
+    ``onnxruntime.SessionOptions``) when ``model`` (an ONNX file's bytes or path) has nodes of
+    the scan's op; before the session is created, so that its nodes resolve. Returns whether it
+    has."""
+    if not onnx_calls_scan_kernel(model):
+        return False
+    options.register_custom_ops_library(build_scan_kernel('onnxruntime'))
     return True

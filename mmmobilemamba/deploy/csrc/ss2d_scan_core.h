@@ -130,7 +130,7 @@ inline void transpose_16x16(const float* src, int64_t src_stride, float* dst,
 // dst (cols x rows, row stride dst_stride) = the transpose of src (rows x cols, row stride
 // src_stride): whole 16 x 16 blocks in registers, the rest element by element.
 inline void transpose(const float* src, int64_t src_stride, float* dst, int64_t dst_stride,
-               int64_t rows, int64_t cols) {
+                      int64_t rows, int64_t cols) {
   for (int64_t i = 0; i < rows; i += kRows) {
     for (int64_t j = 0; j < cols; j += kRows) {
       if (i + kRows <= rows && j + kRows <= cols) {
@@ -165,8 +165,8 @@ struct Scratch {
 // of the recurrence (step-major tiles, rows fastest: one vector op per step for all rows);
 // the tiles run in scan order, carrying the states from one to the next.
 inline void scan_block(const Shapes& s, const float* u, const float* delta, const float* A,
-                const float* B, const float* C, const float* skip, float* y, int64_t b,
-                int64_t k, int64_t c0, int64_t rows, Scratch& w) {
+                       const float* B, const float* C, const float* skip, float* y, int64_t b,
+                       int64_t k, int64_t c0, int64_t rows, Scratch& w) {
   const int64_t L = s.length, N = s.states, d = s.channels;
   const bool reverse = k == 1;
   const float* u_b = u + b * d * L;
@@ -269,16 +269,15 @@ struct Operands {
   const float *u, *delta, *A, *B, *C, *skip;
 };
 
+inline int64_t blocks_per_image(const Shapes& s) { return (s.channels + kRows - 1) / kRows; }
+
 // Tasks of one scan: blocks of kRows channels of one image. Both directions of a block add
 // into the same rows, so they run in the same task (no two tasks write one row).
-inline int64_t scan_tasks(const Shapes& s) {
-  return s.batch * ((s.channels + kRows - 1) / kRows);
-}
+inline int64_t scan_tasks(const Shapes& s) { return s.batch * blocks_per_image(s); }
 
 inline void run_scan_task(const Shapes& s, const Operands& in, float* y, int64_t task) {
-  const int64_t blocks_per_image = (s.channels + kRows - 1) / kRows;
-  const int64_t b = task / blocks_per_image;
-  const int64_t c0 = (task % blocks_per_image) * kRows;
+  const int64_t b = task / blocks_per_image(s);
+  const int64_t c0 = (task % blocks_per_image(s)) * kRows;
   const int64_t rows = std::min(kRows, s.channels - c0);
   Scratch scratch;
   for (int64_t k = 0; k < s.directions; ++k) {
