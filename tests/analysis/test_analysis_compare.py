@@ -73,6 +73,7 @@ def test_run_comparison_times_every_model(comparison):
     assert table.count('\n') == 3 and '| 1.00x |' in table
 
 
+@pytest.mark.slow
 def test_training_memory_is_measured_in_a_fresh_process():
     """A larger batch needs more memory: the measurement sees the training steps."""
     small = training_memory(QUICK_FPN, QUICK_FPN.peers[0], REPO, 'cpu', (64, 64), 2, steps=1)

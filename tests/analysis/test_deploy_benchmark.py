@@ -42,6 +42,7 @@ def test_chart_is_a_small_png(tmp_path):
     assert data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) < 200_000
 
 
+@pytest.mark.slow
 def test_tool_times_exports_and_reuses_them(tmp_path):
     args = ['--models', 'mobilenetv2', 'regnetx_800mf', '--sizes', '32', '--runtimes',
             'pytorch', 'onnxruntime-fp32', '--threads', '1', '--rounds', '1', '--warmup', '0',

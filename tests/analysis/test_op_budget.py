@@ -88,6 +88,7 @@ def test_bf16_training_step_casts_no_more_than_autocast_itself(regnet_counts):
     assert per_conv <= regnet_per_conv, (per_conv, regnet_per_conv, counts.summary(top=20))
 
 
+@pytest.mark.slow
 def test_counting_without_running_the_kernels_counts_the_same():
     """The budgets count Triton launches without running the kernels: the counts are the
     same as with the kernels run (no operator of the model depends on their values)."""

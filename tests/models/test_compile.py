@@ -83,6 +83,7 @@ def test_deployed_forms_compile_as_one_graph():
                 atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_detection_sizes_compile_once():
     """Batches padded to multiples of 32 change size step to step: one dynamic graph serves
     them all (the wavelet pads and crops do not branch on the parity of a size). Sizes whose
