@@ -86,8 +86,10 @@ class Row:
         return f'{BENCHMARK_MODELS[self.model][0]} {self.shape[0]}x{self.shape[1]}'
 
 
-# the package's parts that shape an exported file
+# the package's parts that shape an exported file: the exporting code, and this benchmark's
+# own model building (its weights and norm statistics are in every file)
 EXPORTED_SOURCE = ('ops', 'models', 'deploy')
+BENCHMARK_SOURCE = ('analysis/backbones.py', 'analysis/deploy_benchmark.py')
 
 
 def _code_of(source: str) -> str:
@@ -106,14 +108,41 @@ def source_key(extra: Sequence[str] = ()) -> str:
     """A hash of the code that shapes an export (comments and docstrings aside) and ``extra``
     (versions): a cached export is reused only while it matches."""
     digest = hashlib.sha1()
-    paths = [path for folder in EXPORTED_SOURCE
-             for path in (REPO / 'mmmobilemamba' / folder).rglob('*.py')]
+    package = REPO / 'mmmobilemamba'
+    paths = [path for folder in EXPORTED_SOURCE for path in (package / folder).rglob('*.py')]
+    paths += [package / name for name in BENCHMARK_SOURCE]
     for path in sorted(paths):
         digest.update(str(path.relative_to(REPO)).encode())
         digest.update(_code_of(path.read_text()).encode())
     for item in extra:
         digest.update(item.encode())
     return digest.hexdigest()[:16]
+
+
+def connect_zero_initialised_norms(network: nn.Module) -> List[str]:
+    """Set to one the affine weights of the norms that are zero-initialised (MobileMamba's last
+    norm of each residual branch, so that a new block starts as the identity).
+
+    With those weights at zero every such branch adds nothing: the mixers, their scans and the
+    feed-forward layers would not reach the output, so that the exports' differences from
+    PyTorch and their int8 SNRs would measure the stem and the downsampling layers alone. A
+    trained network has them non-zero. Speed is unaffected.
+
+    Args:
+        network (nn.Module): a model with random weights.
+
+    Returns:
+        list[str]: the names of the norms set.
+    """
+    norm_types = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+    connected = []
+    with torch.no_grad():
+        for name, module in network.named_modules():
+            weight = getattr(module, 'weight', None)
+            if isinstance(module, norm_types) and weight is not None and not weight.any():
+                weight.fill_(1.0)
+                connected.append(name)
+    return connected
 
 
 def estimate_norm_statistics(network: nn.Module, images: Sequence[torch.Tensor]) -> None:
@@ -164,6 +193,7 @@ def _build(model_key: str, shape: Tuple[int, int], calib: int):
         scope = 'mmdet' if kind == 'detector' else 'mmseg'
         images = [preprocess(model, make_dummy_batch(scope, shape, seed=seed))['inputs']
                   for seed in range(calib + 1)]
+    connect_zero_initialised_norms(model)
     estimate_norm_statistics(ExportedNetwork(model, kind, shape), images[1:])
     folded = copy.deepcopy(model)
     folded.eval()  # mmdet's backbones' train() returns None: do not chain

@@ -81,3 +81,37 @@ def test_export_table_counts_scan_kernel_calls_apart_from_portable_nodes():
     assert cell == '63.0; 99% (0) + 7 scan kernel calls'
     delegation.update(kernel_nodes=0, share=1.0)
     assert _export_cell(dict(file_bytes=2**20, delegation=delegation)) == '1.0; 100% (0)'
+
+
+def test_benchmark_models_have_every_residual_branch_connected():
+    """MobileMamba zero-initialises the last norm of each residual branch: with random weights
+    as built, no mixer (and no scan) would reach the output, and the exports' differences and
+    int8 SNRs would say nothing about them. The benchmark's models have none left at zero,
+    and their mixers change the output."""
+    import torch
+
+    from mmmobilemamba.analysis.deploy_benchmark import _build, connect_zero_initialised_norms
+    from mmmobilemamba.analysis.backbones import build_backbone
+    assert any(name.endswith('mixer.proj.bn')
+               for name in connect_zero_initialised_norms(build_backbone('t2')))
+    model, kind, x, _, eager = _build('t2', (64, 64), 2)
+    norms = [m for m in model.modules()
+             if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm))]
+    assert norms and all(m.weight.any() for m in norms)
+    with torch.no_grad():
+        out = eager(x)
+        mixers = [m for m in eager.modules() if type(m).__name__ == 'SS2D']
+        for mixer in mixers:  # without the scans' skip terms
+            mixer.Ds.zero_()
+        assert mixers and not torch.allclose(eager(x)[-1], out[-1])
+
+
+def test_export_cache_key_covers_the_benchmarks_own_model_building(monkeypatch):
+    """The benchmark's weights and norm statistics are in every cached file: a change to how it
+    builds its models re-exports them."""
+    from mmmobilemamba.analysis import deploy_benchmark
+    before = deploy_benchmark.source_key()
+    code_of = deploy_benchmark._code_of
+    monkeypatch.setattr(deploy_benchmark, '_code_of', lambda source: code_of(source) + (
+        'changed' if 'def connect_zero_initialised_norms' in source else ''))
+    assert deploy_benchmark.source_key() != before
