@@ -12,10 +12,12 @@ RegNetX-800MF in the same runtime, precision and threads.
 import ast
 import copy
 import hashlib
+import inspect
 import json
 import os
 import os.path as osp
 import platform
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -87,9 +89,10 @@ class Row:
 
 
 # the package's parts that shape an exported file: the exporting code, and this benchmark's
-# own model building (its weights and norm statistics are in every file)
-EXPORTED_SOURCE = ('ops', 'models', 'deploy')
-BENCHMARK_SOURCE = ('analysis/backbones.py', 'analysis/deploy_benchmark.py')
+# own model building (its weights and norm statistics are in every file; the functions by name
+# below, so that a change to the tables or the chart keeps the exports)
+EXPORTED_SOURCE = ('ops', 'models', 'deploy', 'analysis/backbones.py')
+BUILDING_FUNCTIONS = ('_build', 'connect_zero_initialised_norms', 'estimate_norm_statistics')
 
 
 def _code_of(source: str) -> str:
@@ -109,11 +112,14 @@ def source_key(extra: Sequence[str] = ()) -> str:
     (versions): a cached export is reused only while it matches."""
     digest = hashlib.sha1()
     package = REPO / 'mmmobilemamba'
-    paths = [path for folder in EXPORTED_SOURCE for path in (package / folder).rglob('*.py')]
-    paths += [package / name for name in BENCHMARK_SOURCE]
+    paths = [path for part in EXPORTED_SOURCE
+             for path in ([package / part] if part.endswith('.py')
+                          else (package / part).rglob('*.py'))]
     for path in sorted(paths):
         digest.update(str(path.relative_to(REPO)).encode())
         digest.update(_code_of(path.read_text()).encode())
+    for name in BUILDING_FUNCTIONS:
+        digest.update(_code_of(textwrap.dedent(inspect.getsource(globals()[name]))).encode())
     for item in extra:
         digest.update(item.encode())
     return digest.hexdigest()[:16]
@@ -455,26 +461,42 @@ def draw_chart(rows: List[Row], columns: Sequence[str], threads: Sequence[int],
     """
     import io
 
-    import matplotlib
-    matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
     from mmmobilemamba.engine.atomic_io import atomic_write_bytes
 
-    colors = {'pytorch': '#7f7f7f', 'onnxruntime-fp32': '#1f77b4', 'onnxruntime-int8': '#9ecae1',
-              'executorch-fp32': '#d62728', 'executorch-int8': '#fc9272',
-              'onnxruntime-kernel-fp32': '#9467bd', 'onnxruntime-kernel-int8': '#c5b0d5',
-              'executorch-kernel-fp32': '#2ca02c', 'executorch-kernel-int8': '#a1d99b'}
+    fig = chart_figure(rows, columns, threads, title)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format='png', dpi=90)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+CHART_COLORS = {'pytorch': '#7f7f7f', 'onnxruntime-fp32': '#1f77b4',
+                'onnxruntime-int8': '#9ecae1', 'executorch-fp32': '#d62728',
+                'executorch-int8': '#fc9272', 'onnxruntime-kernel-fp32': '#9467bd',
+                'onnxruntime-kernel-int8': '#c5b0d5', 'executorch-kernel-fp32': '#2ca02c',
+                'executorch-kernel-int8': '#a1d99b'}
+LEGEND_COLUMNS = 5  # legend entries per line: all nine runtimes fit the figure's width
+
+
+def chart_figure(rows: List[Row], columns: Sequence[str], threads: Sequence[int], title: str):
+    """:func:`draw_chart`'s figure (a matplotlib ``Figure``, Agg backend)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
     height = 0.8 / max(len(columns), 1)
-    fig, axes = plt.subplots(1, len(threads), figsize=(4.2 * len(threads) + 1.6,
-                                                      0.42 * len(rows) * len(columns) ** 0.5 + 1.4),
+    legend_lines = -(-len(columns) // LEGEND_COLUMNS)
+    fig_height = 0.42 * len(rows) * len(columns) ** 0.5 + 1.2 + 0.2 * legend_lines
+    fig, axes = plt.subplots(1, len(threads), figsize=(4.2 * len(threads) + 1.6, fig_height),
                              sharey=True, squeeze=False)
     labels = [row.label for row in rows]
     for axis, t in zip(axes[0], threads):
         for j, column in enumerate(columns):
             values = [row.ms.get((column, t), 0.0) for row in rows]
             positions = [i + (j - (len(columns) - 1) / 2) * height for i in range(len(rows))]
-            axis.barh(positions, values, height=height, color=colors.get(column),
+            axis.barh(positions, values, height=height, color=CHART_COLORS.get(column),
                       label=column if t == threads[0] else None)
         axis.set_xscale('log')
         axis.set_title(f'{t} thread{"s" if t > 1 else ""}', fontsize=9)
@@ -484,10 +506,9 @@ def draw_chart(rows: List[Row], columns: Sequence[str], threads: Sequence[int],
     axes[0][0].set_yticks(range(len(rows)))
     axes[0][0].set_yticklabels(labels)
     axes[0][0].invert_yaxis()
-    fig.legend(loc='lower center', ncol=len(columns), fontsize=7, frameon=False)
+    fig.legend(loc='lower center', ncol=min(len(columns), LEGEND_COLUMNS), fontsize=7,
+               frameon=False)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format='png', dpi=90)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    # the legend's lines below the panels
+    fig.tight_layout(rect=(0, (0.05 + 0.2 * legend_lines) / fig_height, 1, 0.95))
+    return fig

@@ -108,10 +108,36 @@ def test_benchmark_models_have_every_residual_branch_connected():
 
 def test_export_cache_key_covers_the_benchmarks_own_model_building(monkeypatch):
     """The benchmark's weights and norm statistics are in every cached file: a change to how it
-    builds its models re-exports them."""
+    builds its models re-exports them; a change to its tables or chart does not."""
     from mmmobilemamba.analysis import deploy_benchmark
     before = deploy_benchmark.source_key()
     code_of = deploy_benchmark._code_of
-    monkeypatch.setattr(deploy_benchmark, '_code_of', lambda source: code_of(source) + (
-        'changed' if 'def connect_zero_initialised_norms' in source else ''))
-    assert deploy_benchmark.source_key() != before
+
+    def changed(marker):
+        monkeypatch.setattr(deploy_benchmark, '_code_of', lambda source: code_of(source) + (
+            'changed' if marker in source else ''))
+        return deploy_benchmark.source_key()
+
+    assert changed('def connect_zero_initialised_norms') != before
+    assert changed('def build_backbone') != before   # analysis/backbones.py
+    assert changed('def chart_figure') == before
+
+
+@pytest.mark.parametrize('count', [1, 5, 9])
+def test_chart_legend_fits_the_figure_with_every_runtime(count):
+    """All nine runtime columns (the scan kernel's included) are named inside the figure."""
+    import matplotlib.pyplot as plt
+
+    from mmmobilemamba.analysis.deploy_benchmark import RUNTIME_COLUMNS, chart_figure
+    columns = list(RUNTIME_COLUMNS)[:count]
+    rows = [Row(model, (224, 224), 'backbones 224x224',
+                {(c, t): 10.0 + i for i, c in enumerate(columns) for t in (1, 2)})
+            for model in ('b1', 'regnetx_800mf')]
+    fig = chart_figure(rows, columns, (1, 2), 'title')
+    renderer = fig.canvas.get_renderer()
+    legend = fig.legends[0].get_window_extent(renderer)
+    assert fig.bbox.x0 <= legend.x0 and legend.x1 <= fig.bbox.x1, (legend, fig.bbox)
+    assert fig.bbox.y0 <= legend.y0, (legend, fig.bbox)
+    panels = [axis.get_tightbbox(renderer) for axis in fig.axes]
+    assert all(legend.y1 <= panel.y0 + 1 for panel in panels), (legend, panels)
+    plt.close(fig)
