@@ -461,11 +461,10 @@ def draw_chart(rows: List[Row], columns: Sequence[str], threads: Sequence[int],
     """
     import io
 
-    import matplotlib.pyplot as plt
-
     from mmmobilemamba.engine.atomic_io import atomic_write_bytes
 
-    fig = chart_figure(rows, columns, threads, title)
+    fig = chart_figure(rows, columns, threads, title)  # selects the Agg backend
+    import matplotlib.pyplot as plt
     buffer = io.BytesIO()
     fig.savefig(buffer, format='png', dpi=90)
     plt.close(fig)

@@ -104,7 +104,8 @@ def _calibrate_with_scan_kernel(source: str, augmented: str, images: Sequence[to
         def create_inference_session(self):
             options = onnxruntime.SessionOptions()
             options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-            register_scan_kernel_if_called(options, self.augmented_model_path)
+            # only called for a model with the scan's nodes: no search of the file for them
+            options.register_custom_ops_library(build_scan_kernel('onnxruntime'))
             self.infer_session = onnxruntime.InferenceSession(
                 self.augmented_model_path, options, providers=['CPUExecutionProvider'])
 
